@@ -1,0 +1,165 @@
+//! The command line: every flag defined once, with a one-line and a long help.
+//!
+//! These definitions are the single source of `sup --help` (and, later, of
+//! the man page). Values stay raw here (`Option<String>`), so that defaults
+//! and validation live in one place, `config.rs`, where flag, environment and
+//! (later) config-file values meet. This module must not read files or
+//! validate anything that needs a syscall.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{ArgAction, Parser};
+
+const AFTER_HELP: &str = "\
+Signals (to sup's pid or --pidfile):
+  TERM, INT   graceful stop: stop signal to every worker, KILL after --graceful-timeout; a second INT stops at once
+  QUIT        immediate stop: KILL to every worker's process group
+  TTIN, TTOU  one worker more / fewer (never below 1)
+  CHLD        reap; sup never leaves a zombie
+
+Workers receive fds 0-2 and the sockets at fd 3, 4, ... in --bind order, plus LISTEN_FDS,
+LISTEN_PID, LISTEN_FDNAMES (systemd), EINHORN_* (Einhorn), SERVER_STARTER_PORT
+(server::Starter), SUP_WORKER, SUP_GENERATION, SUP_PID and PWD.
+
+Example:
+  sup --bind 0.0.0.0:3000 --workers 4 -- bundle exec puma -C config/puma.rb";
+
+/// sup: bind the listening sockets once, run N copies of any command that
+/// inherit them, keep them running.
+#[derive(Debug, Parser)]
+#[command(
+    name = "sup",
+    version,
+    about = "Supervise N workers of any command that share listening sockets sup binds once",
+    long_about = "sup binds the listening sockets itself, then starts N copies of COMMAND (\"workers\") \
+                  that inherit those sockets as file descriptors 3, 4, ... with the systemd, Einhorn and \
+                  server::Starter environment conventions, so servers written in any language run unchanged. \
+                  A worker that exits is replaced in its slot, with exponential backoff when it keeps crashing.",
+    after_help = AFTER_HELP,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// Listen on ADDR (repeatable; order is the fd order)
+    ///
+    /// Forms: HOST:PORT, tcp://HOST:PORT, [::1]:PORT, unix:/path/app.sock, unix:///path,
+    /// udp://HOST:PORT. Options as a query string: ?backlog=N (default 1024 or somaxconn,
+    /// whichever is smaller), name=NAME (for LISTEN_FDNAMES and {fd:NAME}), reuseport=1,
+    /// ipv6only=1, and for unix sockets mode=0660, owner=USER, group=GROUP. Port 0 binds a
+    /// free port; the address actually bound is logged.
+    #[arg(short, long = "bind", value_name = "ADDR", env = "SUP_BIND", value_delimiter = ',')]
+    pub bind: Vec<String>,
+
+    /// Number of workers [default: 1]
+    ///
+    /// Each worker runs in a numbered slot 0..N-1 (SUP_WORKER, EINHORN_CHILD_INDEX).
+    /// SIGTTIN and SIGTTOU change the count while sup runs.
+    #[arg(short, long, value_name = "N", env = "SUP_WORKERS")]
+    pub workers: Option<String>,
+
+    /// Run workers in DIR, re-resolved at every spawn
+    ///
+    /// DIR is kept as written (e.g. a Capistrano `current` symlink) and resolved each time a
+    /// worker starts, so a worker started after the symlink moved runs in the new release:
+    /// its cwd and PWD are the resolved path. A relative command path is resolved against it.
+    #[arg(short = 'd', long, value_name = "DIR", env = "SUP_DIRECTORY")]
+    pub directory: Option<PathBuf>,
+
+    /// Signal that asks a worker to stop gracefully [default: TERM]
+    ///
+    /// Sent to the worker's pid. When --graceful-timeout runs out, SIGKILL goes to the
+    /// worker's whole process group. Names with or without SIG, or numbers.
+    #[arg(long, value_name = "SIGNAL", env = "SUP_STOP_SIGNAL")]
+    pub stop_signal: Option<String>,
+
+    /// How long a worker may take to stop before it is killed [default: 30s]
+    ///
+    /// Durations read as 500ms, 30s, 2m or 1h; a bare number is seconds.
+    #[arg(long, value_name = "DURATION", env = "SUP_GRACEFUL_TIMEOUT")]
+    pub graceful_timeout: Option<String>,
+
+    /// Write sup's pid to FILE (removed when sup stops)
+    ///
+    /// The pid never changes while sup runs, so FILE stays valid for `kill -USR1 $(cat FILE)`.
+    #[arg(long, value_name = "FILE", env = "SUP_PIDFILE")]
+    pub pidfile: Option<PathBuf>,
+
+    /// Run workers as USER (sup must run as root)
+    ///
+    /// Sockets are bound before workers start, so an unprivileged worker can serve port 80.
+    /// The worker's group is the user's primary group unless --group is given; its
+    /// supplementary groups are the user's.
+    #[arg(short, long, value_name = "USER", env = "SUP_USER")]
+    pub user: Option<String>,
+
+    /// Run workers with primary group GROUP (sup must run as root)
+    #[arg(short, long, value_name = "GROUP", env = "SUP_GROUP")]
+    pub group: Option<String>,
+
+    /// Add the variables of a dotenv FILE to the workers' environment, re-read at every spawn
+    ///
+    /// A relative FILE is read from the resolved --directory, so each release can bring its
+    /// own environment. Lines are KEY=VALUE, optionally `export`ed and quoted; # starts a comment.
+    #[arg(long, value_name = "FILE", env = "SUP_ENV_FILE")]
+    pub env_file: Option<PathBuf>,
+
+    /// Log more (-v debug, -vv trace); RUST_LOG is used when neither -v nor -q is given
+    #[arg(short, long, action = ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+
+    /// Log less (-q warnings and errors only, -qq errors only)
+    #[arg(short, long, action = ArgAction::Count)]
+    pub quiet: u8,
+
+    /// The command each worker runs, after `--`
+    ///
+    /// A name without a slash is looked up in PATH, a relative path against the worker's
+    /// directory, both at every spawn. An argument containing {fd}, {fd:N} or {fd:NAME} gets
+    /// the fd number of the first, the Nth (from 0) or the named socket.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<OsString>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_a_typical_line() {
+        let cli = Cli::try_parse_from([
+            "sup",
+            "--bind",
+            "0.0.0.0:3000",
+            "-b",
+            "unix:/tmp/a.sock",
+            "--workers",
+            "4",
+            "--",
+            "ruby",
+            "app.rb",
+        ])
+        .unwrap();
+        assert_eq!(cli.bind, ["0.0.0.0:3000", "unix:/tmp/a.sock"]);
+        assert_eq!(cli.workers.as_deref(), Some("4"));
+        assert_eq!(cli.command, ["ruby", "app.rb"]);
+    }
+
+    #[test]
+    fn command_arguments_are_not_flags() {
+        let cli = Cli::try_parse_from(["sup", "--", "app", "--workers", "9", "-v"]).unwrap();
+        assert_eq!(cli.workers, None);
+        assert_eq!(cli.verbose, 0);
+        assert_eq!(cli.command, ["app", "--workers", "9", "-v"]);
+    }
+
+    #[test]
+    fn unknown_flags_are_rejected() {
+        assert!(Cli::try_parse_from(["sup", "--wrokers", "2", "--", "app"]).is_err());
+    }
+}

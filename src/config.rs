@@ -1,0 +1,378 @@
+//! Flags and `SUP_*` environment values → one validated [`Config`].
+//!
+//! Defaults live here and only here. Parsing is pure; the startup checks in
+//! [`Config::check_startup`] look at the file system (the directory, the
+//! command, the env file, user and group names) but never bind, spawn or
+//! change global state. Every problem found is reported, not just the first.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use crate::bind::BindSpec;
+use crate::cli::Cli;
+use crate::command;
+
+/// Credentials workers run with (`--user` / `--group`), resolved at startup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups (the user's, from the group database).
+    pub groups: Vec<u32>,
+    pub description: String,
+}
+
+/// Everything sup runs with, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub binds: Vec<BindSpec>,
+    pub workers: usize,
+    pub command: Vec<OsString>,
+    pub directory: Option<PathBuf>,
+    pub stop_signal: Signal,
+    pub graceful_timeout: Duration,
+    pub pidfile: Option<PathBuf>,
+    pub user: Option<String>,
+    pub group: Option<String>,
+    pub env_file: Option<PathBuf>,
+    /// A worker counts as ready once it has stayed up this long (`delay:1s`).
+    pub ready_delay: Duration,
+    /// `-v` count minus `-q` count; `None` when neither was given.
+    pub verbosity: Option<i8>,
+}
+
+/// A usage or configuration error: reported as one line, exit status 2.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Bind(#[from] crate::bind::BindParseError),
+    #[error("invalid --workers `{0}`: expected a whole number from 1 to 10000")]
+    Workers(String),
+    #[error("invalid --{flag} `{value}`: {why}")]
+    Duration {
+        flag: &'static str,
+        value: String,
+        why: String,
+    },
+    #[error("invalid --stop-signal `{0}`: not a signal name or number (e.g. TERM, SIGINT, QUIT, 15)")]
+    Signal(String),
+    #[error("no command given: put the command after `--`, e.g. sup --bind :3000 -- ./app")]
+    NoCommand,
+    #[error("socket name `{0}` is used by more than one --bind")]
+    DuplicateName(String),
+    #[error("--bind `{0}` is given twice")]
+    DuplicateBind(String),
+    #[error("{0}")]
+    Placeholder(String),
+    #[error("--directory {}: {why}", path.display())]
+    Directory { path: PathBuf, why: String },
+    #[error("{0}")]
+    Command(String),
+    #[error("--env-file {}: {why}", path.display())]
+    EnvFile { path: PathBuf, why: String },
+    #[error("{0}")]
+    Credentials(String),
+}
+
+const MAX_WORKERS: usize = 10_000;
+
+impl Config {
+    /// Build a config from parsed flags (clap has already merged `SUP_*`
+    /// environment values under the flags).
+    pub fn from_cli(cli: Cli) -> Result<Config, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let mut binds = Vec::new();
+        for raw in &cli.bind {
+            match BindSpec::parse(raw) {
+                Ok(spec) => binds.push(spec),
+                Err(e) => errors.push(e.into()),
+            }
+        }
+        for (i, spec) in binds.iter().enumerate() {
+            if binds[..i].iter().any(|b| b.addr == spec.addr) {
+                errors.push(ConfigError::DuplicateBind(spec.raw.clone()));
+            } else if binds[..i].iter().any(|b| b.name == spec.name) {
+                errors.push(ConfigError::DuplicateName(spec.name.clone()));
+            }
+        }
+        let workers = match cli.workers.as_deref() {
+            None => 1,
+            Some(s) => match s.parse::<usize>() {
+                Ok(n) if (1..=MAX_WORKERS).contains(&n) => n,
+                _ => {
+                    errors.push(ConfigError::Workers(s.to_string()));
+                    1
+                }
+            },
+        };
+        let stop_signal = match cli.stop_signal.as_deref() {
+            None => Signal::SIGTERM,
+            Some(s) => parse_signal(s).unwrap_or_else(|| {
+                errors.push(ConfigError::Signal(s.to_string()));
+                Signal::SIGTERM
+            }),
+        };
+        let graceful_timeout = match cli.graceful_timeout.as_deref() {
+            None => Duration::from_secs(30),
+            Some(s) => parse_duration(s).unwrap_or_else(|why| {
+                errors.push(ConfigError::Duration {
+                    flag: "graceful-timeout",
+                    value: s.to_string(),
+                    why,
+                });
+                Duration::from_secs(30)
+            }),
+        };
+        if cli.command.is_empty() {
+            errors.push(ConfigError::NoCommand);
+        }
+        for arg in &cli.command {
+            if let Err(why) = command::expand_placeholders(arg, &binds) {
+                errors.push(ConfigError::Placeholder(why));
+            }
+        }
+        let verbosity = match (cli.verbose, cli.quiet) {
+            (0, 0) => None,
+            (v, q) => Some(v.min(4) as i8 - q.min(4) as i8),
+        };
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Config {
+            binds,
+            workers,
+            command: cli.command,
+            directory: cli.directory,
+            stop_signal,
+            graceful_timeout,
+            pidfile: cli.pidfile,
+            user: cli.user,
+            group: cli.group,
+            env_file: cli.env_file,
+            ready_delay: Duration::from_secs(1),
+            verbosity,
+        })
+    }
+
+    /// The checks that look at the system: the directory resolves, the
+    /// command resolves in it, the env file reads, user and group exist.
+    /// Returns the resolved credentials when `--user`/`--group` are given.
+    pub fn check_startup(&self) -> Result<Option<Credentials>, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let cwd = match command::resolve_directory(self.directory.as_deref()) {
+            Ok(dir) => Some(dir),
+            Err(e) => {
+                errors.push(ConfigError::Directory {
+                    path: self.directory.clone().unwrap_or_default(),
+                    why: e,
+                });
+                None
+            }
+        };
+        if let Some(cwd) = &cwd {
+            let mut env_path = std::env::var_os("PATH");
+            if let Some(file) = &self.env_file {
+                match crate::envfile::read(&cwd.join(file)) {
+                    Ok(vars) => {
+                        if let Some((_, v)) = vars.iter().rev().find(|(k, _)| k == "PATH") {
+                            env_path = Some(v.into());
+                        }
+                    }
+                    Err(why) => errors.push(ConfigError::EnvFile {
+                        path: file.clone(),
+                        why,
+                    }),
+                }
+            }
+            if let Some(program) = self.command.first()
+                && let Err(e) = command::resolve_program(program, cwd, env_path.as_deref())
+            {
+                errors.push(ConfigError::Command(e));
+            }
+        }
+        let creds = match credentials(self.user.as_deref(), self.group.as_deref()) {
+            Ok(c) => c,
+            Err(e) => {
+                errors.push(ConfigError::Credentials(e));
+                None
+            }
+        };
+        if errors.is_empty() { Ok(creds) } else { Err(errors) }
+    }
+}
+
+/// Parse `500ms`, `30s`, `2m`, `1h` (or a bare number of seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| "expected a duration such as 500ms, 30s or 2m".to_string())?;
+    let scale = match unit.trim() {
+        "" | "s" | "sec" | "secs" => 1.0,
+        "ms" => 0.001,
+        "m" | "min" | "mins" => 60.0,
+        "h" => 3600.0,
+        other => return Err(format!("unknown unit `{other}` (use ms, s, m or h)")),
+    };
+    let secs = value * scale;
+    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
+        return Err("duration out of range".into());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parse `TERM`, `SIGTERM`, `term` or `15`.
+pub fn parse_signal(s: &str) -> Option<Signal> {
+    if let Ok(n) = s.parse::<i32>() {
+        return Signal::try_from(n).ok();
+    }
+    let upper = s.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    name.parse::<Signal>().ok()
+}
+
+/// Resolve `--user` / `--group` into ids. Without root, only the current
+/// user is accepted (a no-op), since setuid would fail at every spawn.
+fn credentials(user: Option<&str>, group: Option<&str>) -> Result<Option<Credentials>, String> {
+    use nix::unistd::{Gid, Group, Uid, User};
+    if user.is_none() && group.is_none() {
+        return Ok(None);
+    }
+    let lookup_user = |name: &str| -> Result<User, String> {
+        let found = match name.parse::<u32>() {
+            Ok(id) => User::from_uid(Uid::from_raw(id)),
+            Err(_) => User::from_name(name),
+        };
+        found
+            .map_err(|e| format!("cannot look up user `{name}`: {e}"))?
+            .ok_or_else(|| format!("--user `{name}`: no such user"))
+    };
+    let lookup_group = |name: &str| -> Result<Group, String> {
+        let found = match name.parse::<u32>() {
+            Ok(id) => Group::from_gid(Gid::from_raw(id)),
+            Err(_) => Group::from_name(name),
+        };
+        found
+            .map_err(|e| format!("cannot look up group `{name}`: {e}"))?
+            .ok_or_else(|| format!("--group `{name}`: no such group"))
+    };
+    let user = user.map(lookup_user).transpose()?;
+    let group = group.map(lookup_group).transpose()?;
+    let (uid, mut gid) = match &user {
+        Some(u) => (u.uid.as_raw(), u.gid.as_raw()),
+        None => (Uid::current().as_raw(), Gid::current().as_raw()),
+    };
+    if let Some(g) = &group {
+        gid = g.gid.as_raw();
+    }
+    let groups = match &user {
+        Some(u) => {
+            let cname = std::ffi::CString::new(u.name.as_str()).map_err(|_| "user name contains NUL".to_string())?;
+            nix::unistd::getgrouplist(&cname, Gid::from_raw(gid))
+                .map_err(|e| format!("cannot list the groups of `{}`: {e}", u.name))?
+                .into_iter()
+                .map(|g| g.as_raw())
+                .collect()
+        }
+        None => vec![gid],
+    };
+    let is_root = Uid::effective().is_root();
+    if !is_root && (uid != Uid::current().as_raw() || gid != Gid::current().as_raw()) {
+        return Err("--user and --group need sup to run as root".into());
+    }
+    let description = match (&user, &group) {
+        (Some(u), Some(g)) => format!("{}:{}", u.name, g.name),
+        (Some(u), None) => u.name.clone(),
+        (None, Some(g)) => format!(":{}", g.name),
+        (None, None) => String::new(),
+    };
+    Ok(Some(Credentials {
+        uid,
+        gid,
+        groups,
+        description,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn cfg(args: &[&str]) -> Result<Config, Vec<ConfigError>> {
+        let mut v = vec!["sup"];
+        v.extend_from_slice(args);
+        Config::from_cli(Cli::try_parse_from(v).unwrap())
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn signals() {
+        assert_eq!(parse_signal("TERM"), Some(Signal::SIGTERM));
+        assert_eq!(parse_signal("sigint"), Some(Signal::SIGINT));
+        assert_eq!(parse_signal("3"), Some(Signal::SIGQUIT));
+        assert_eq!(parse_signal("USR2"), Some(Signal::SIGUSR2));
+        assert_eq!(parse_signal("NOPE"), None);
+    }
+
+    #[test]
+    fn defaults() {
+        let c = cfg(&["--", "app"]).unwrap();
+        assert_eq!(c.workers, 1);
+        assert_eq!(c.stop_signal, Signal::SIGTERM);
+        assert_eq!(c.graceful_timeout, Duration::from_secs(30));
+        assert_eq!(c.verbosity, None);
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let errs = cfg(&["--workers", "0", "--stop-signal", "NOPE", "--bind", "nonsense"]).unwrap_err();
+        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert_eq!(errs.len(), 4, "{text:?}");
+        assert!(text.iter().any(|t| t.contains("--workers `0`")));
+        assert!(text.iter().any(|t| t.contains("--stop-signal `NOPE`")));
+        assert!(text.iter().any(|t| t.contains("--bind `nonsense`")));
+        assert!(text.iter().any(|t| t.contains("no command given")));
+    }
+
+    #[test]
+    fn duplicate_binds_and_names() {
+        let e = cfg(&["-b", "127.0.0.1:1", "-b", "tcp://127.0.0.1:1", "--", "x"]).unwrap_err();
+        assert_eq!(e, vec![ConfigError::DuplicateBind("tcp://127.0.0.1:1".into())]);
+        let e = cfg(&["-b", "127.0.0.1:1?name=a", "-b", "127.0.0.1:2?name=a", "--", "x"]).unwrap_err();
+        assert_eq!(e, vec![ConfigError::DuplicateName("a".into())]);
+    }
+
+    #[test]
+    fn placeholders_are_checked_against_binds() {
+        assert!(cfg(&["-b", "127.0.0.1:0?name=web", "--", "x", "--fd={fd:web}"]).is_ok());
+        let e = cfg(&["-b", "127.0.0.1:0", "--", "x", "{fd:nope}"]).unwrap_err();
+        assert!(e[0].to_string().contains("{fd:nope}"), "{e:?}");
+    }
+
+    #[test]
+    fn verbosity() {
+        assert_eq!(cfg(&["-vv", "--", "x"]).unwrap().verbosity, Some(2));
+        assert_eq!(cfg(&["-q", "--", "x"]).unwrap().verbosity, Some(-1));
+    }
+}

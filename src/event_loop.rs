@@ -1,0 +1,177 @@
+//! The imperative shell: owns the `mio::Poll`, turns readiness into core
+//! events, carries out the core's actions, and reaps children.
+//!
+//! One thread, one loop. It sleeps in `poll` until a signal arrives or the
+//! core's next deadline passes; with nothing timed it sleeps indefinitely.
+//! It holds no policy: every decision about workers is the core's. It must
+//! not decide anything itself — if a line here contains an `if` about
+//! workers, that logic belongs in `core.rs`.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use mio::{Events, Interest, Poll, Token};
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+use signal_hook_mio::v1_0::Signals;
+
+use crate::config::{Config, Credentials};
+use crate::core::{Action, Core, Event, Settings};
+use crate::signals::{self, SignalEvent};
+use crate::sockets::BoundSocket;
+use crate::spawn::{self, SpawnRequest};
+use crate::worker::{Backoff, ExitStatus};
+
+const SIGNALS: Token = Token(0);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoopError {
+    #[error("cannot set up the event loop")]
+    Setup(#[source] std::io::Error),
+    #[error("the event loop failed")]
+    Poll(#[source] std::io::Error),
+}
+
+/// The loop's resources, created before the sockets are bound so that a
+/// signal arriving during startup is already caught.
+pub struct EventLoop {
+    poll: Poll,
+    signals: Signals,
+}
+
+impl EventLoop {
+    pub fn new() -> Result<EventLoop, LoopError> {
+        let poll = Poll::new().map_err(LoopError::Setup)?;
+        let mut signals = Signals::new(signals::HANDLED.map(|s| s as i32)).map_err(LoopError::Setup)?;
+        poll.registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)
+            .map_err(LoopError::Setup)?;
+        Ok(EventLoop { poll, signals })
+    }
+
+    /// Run until the core says exit; returns the exit status.
+    pub fn run(
+        mut self,
+        config: &Config,
+        credentials: Option<&Credentials>,
+        sockets: &[BoundSocket],
+        devnull: &OwnedFd,
+    ) -> Result<i32, LoopError> {
+        let mut core = Core::new(Settings {
+            workers: config.workers,
+            stop_signal: config.stop_signal as i32,
+            graceful_timeout: config.graceful_timeout,
+            ready_delay: config.ready_delay,
+            backoff: Backoff::default(),
+            halt_timeout: Duration::from_secs(5),
+        });
+        let sup_pid = std::process::id() as i32;
+        let mut events = Events::with_capacity(16);
+        let mut pending = VecDeque::from([Event::Started]);
+        loop {
+            while let Some(event) = pending.pop_front() {
+                for action in core.handle(event, Instant::now()) {
+                    match action {
+                        Action::Spawn { slot, generation } => {
+                            let req = SpawnRequest {
+                                slot,
+                                generation,
+                                config,
+                                sockets,
+                                credentials,
+                                sup_pid,
+                                devnull: devnull.as_raw_fd(),
+                            };
+                            pending.push_back(match spawn::spawn(&req) {
+                                Ok(pid) => Event::Spawned { slot, generation, pid },
+                                Err(reason) => Event::SpawnFailed {
+                                    slot,
+                                    generation,
+                                    reason,
+                                },
+                            });
+                        }
+                        Action::Signal { pid, signal } => send(pid, signal),
+                        Action::KillGroup { pgid } => send(-pgid, Signal::SIGKILL as i32),
+                        Action::ReopenLogs => log::info!("HUP: no --log-file is in use, nothing to reopen"),
+                        Action::Log { level, message } => log::log!(level, "{message}"),
+                        Action::Exit(code) => return Ok(code),
+                    }
+                }
+            }
+
+            let timeout = core
+                .next_deadline()
+                .map(|d| d.saturating_duration_since(Instant::now()));
+            match self.poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                // A signal handler ran: epoll_wait is never restarted.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(LoopError::Poll(e)),
+            }
+            let mut reap = false;
+            for signal in self.signals.pending() {
+                match signals::translate(signal) {
+                    Some(SignalEvent::Intent(intent)) => pending.push_back(Event::Intent(intent)),
+                    Some(SignalEvent::Child) => reap = true,
+                    Some(SignalEvent::Unsupported(s)) => {
+                        log::warn!("{s} ignored: restarts are not supported by this version of sup");
+                    }
+                    None => {}
+                }
+            }
+            if reap {
+                reap_all(&mut pending);
+            }
+            if core.next_deadline().is_some_and(|d| d <= Instant::now()) {
+                pending.push_back(Event::Tick);
+            }
+        }
+    }
+}
+
+/// Collect every child that has exited (signals coalesce: one SIGCHLD may
+/// stand for many). Also reaps orphans re-parented to sup.
+fn reap_all(pending: &mut VecDeque<Event>) {
+    loop {
+        let (pid, status) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) => (pid, ExitStatus::Code(code)),
+            Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, ExitStatus::Signaled(sig as i32)),
+            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
+            Ok(_) => continue,
+            Err(Errno::EINTR) => continue,
+            Err(e) => {
+                log::error!("waitpid failed: {e}");
+                return;
+            }
+        };
+        // Does anything of its process group remain (a wrapper's children)?
+        // Only meaningful for workers, which lead their own group.
+        let group_alive = !matches!(kill(Pid::from_raw(-pid.as_raw()), None), Err(Errno::ESRCH));
+        pending.push_back(Event::Exited {
+            pid: pid.as_raw(),
+            status,
+            group_alive,
+        });
+    }
+}
+
+/// Send a signal; a target that is already gone is not an error.
+fn send(target: i32, signal: i32) {
+    let Ok(sig) = Signal::try_from(signal) else { return };
+    match kill(Pid::from_raw(target), sig) {
+        Ok(()) | Err(Errno::ESRCH) => {}
+        Err(e) => log::warn!("cannot send {sig} to {}: {e}", describe_target(target)),
+    }
+}
+
+fn describe_target(target: i32) -> String {
+    if target < 0 {
+        format!("process group {}", -target)
+    } else {
+        format!("pid {target}")
+    }
+}

@@ -1,0 +1,239 @@
+//! sup: a language-agnostic supervisor for network servers.
+//!
+//! sup binds the listening sockets once, starts N copies of any command that
+//! inherit them, and keeps them running. The decisions live in [`core`] (a
+//! pure state machine); the I/O lives in [`event_loop`], [`spawn`] and
+//! [`sockets`]. [`run`] wires them together for `main`.
+
+pub mod bind;
+pub mod cli;
+pub mod command;
+pub mod config;
+pub mod core;
+pub mod envfile;
+pub mod event_loop;
+pub mod logging;
+pub mod signals;
+pub mod sockets;
+pub mod spawn;
+pub mod worker;
+
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+
+/// Exit statuses: 0 clean stop, 1 runtime failure, 2 usage or config error.
+pub const EXIT_RUNTIME: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+
+/// Write one line to stderr, never panicking (stderr may be a closed pipe).
+pub fn say(line: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "sup: {line}");
+}
+
+/// Parse, validate, bind, supervise. Returns the process exit status.
+pub fn run() -> u8 {
+    if let Err(e) = sanitize_fds() {
+        say(&format!("error: cannot set up file descriptors: {e}"));
+        return EXIT_RUNTIME;
+    }
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return clap_error(e),
+    };
+    let config = match config::Config::from_cli(cli) {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in errors {
+                say(&format!("error: {e}"));
+            }
+            return EXIT_USAGE;
+        }
+    };
+    logging::init(config.verbosity);
+    let credentials = match config.check_startup() {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in errors {
+                say(&format!("error: {e}"));
+            }
+            return EXIT_USAGE;
+        }
+    };
+    let devnull = match open_devnull() {
+        Ok(fd) => fd,
+        Err(e) => {
+            say(&format!("error: cannot open /dev/null: {e}"));
+            return EXIT_RUNTIME;
+        }
+    };
+    // Handlers first: a TERM during startup must not kill sup with its
+    // sockets half made.
+    let event_loop = match event_loop::EventLoop::new() {
+        Ok(l) => l,
+        Err(e) => {
+            say(&format!("error: {}", chain(&e)));
+            return EXIT_RUNTIME;
+        }
+    };
+    let sockets = match sockets::bind_all(&config.binds) {
+        Ok(s) => s,
+        Err(e) => {
+            say(&format!("error: {e}"));
+            return EXIT_RUNTIME;
+        }
+    };
+    for (i, s) in sockets.iter().enumerate() {
+        log::info!(
+            "listening on {} (fd {} in workers, name {})",
+            s.local,
+            3 + i,
+            s.spec.name
+        );
+    }
+    let pidfile = match &config.pidfile {
+        Some(path) => match write_pidfile(path) {
+            Ok(()) => Some(path.clone()),
+            Err(e) => {
+                say(&format!("error: cannot write pidfile {}: {e}", path.display()));
+                sockets::remove_files(&sockets);
+                return EXIT_RUNTIME;
+            }
+        },
+        None => None,
+    };
+    become_subreaper();
+    log::info!(
+        "sup {} (pid {}) supervising {} worker(s) of {}",
+        env!("CARGO_PKG_VERSION"),
+        std::process::id(),
+        config.workers,
+        config
+            .command
+            .iter()
+            .map(|a| a.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let status = match event_loop.run(&config, credentials.as_ref(), &sockets, &devnull) {
+        Ok(code) => code as u8,
+        Err(e) => {
+            log::error!("{}", chain(&e));
+            EXIT_RUNTIME
+        }
+    };
+    sockets::remove_files(&sockets);
+    if let Some(path) = pidfile {
+        remove_pidfile(&path);
+    }
+    log::info!("sup stopped");
+    status
+}
+
+/// A clap error as one line (help and version print as usual).
+fn clap_error(e: clap::Error) -> u8 {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let _ = e.print();
+        return 0;
+    }
+    let rendered = e.render().to_string();
+    let mut lines = rendered.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or("invalid arguments");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    let tip = lines
+        .find(|l| l.starts_with("tip:"))
+        .map(|t| format!("; {t}"))
+        .unwrap_or_default();
+    say(&format!("error: {first}{tip} (see `sup --help`)"));
+    EXIT_USAGE
+}
+
+/// An error and its causes on one line: `a: b: c`.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
+}
+
+/// Make sure fds 0-2 are open (so nothing sup opens lands there and is
+/// then handed to a worker as its stdio), and close every other fd sup
+/// inherited: a worker must see nothing of the shell that started sup.
+fn sanitize_fds() -> std::io::Result<()> {
+    for fd in 0..3 {
+        // SAFETY: F_GETFD only queries the descriptor table.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            // SAFETY: open with a static NUL-terminated path; the lowest free
+            // fd is `fd`, which is exactly the gap being filled. Deliberately
+            // not CLOEXEC: it stands in for stdio.
+            let got = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) };
+            if got < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+    }
+    close_inherited_fds()
+}
+
+fn close_inherited_fds() -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: closing fds >= 3 that nothing in this process owns yet (this
+        // runs first thing in main, before any fd is opened).
+        let r = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+        if r == 0 {
+            return Ok(());
+        }
+    }
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .or_else(|_| std::fs::read_dir("/dev/fd"))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: as above; the directory fd used for the listing is already
+        // closed, and closing a stale number is harmless (EBADF).
+        unsafe { libc::close(fd) };
+    }
+    Ok(())
+}
+
+fn open_devnull() -> std::io::Result<OwnedFd> {
+    Ok(std::fs::OpenOptions::new().read(true).open("/dev/null")?.into())
+}
+
+/// sup adopts orphaned grandchildren so that it reaps them (as PID 1 it
+/// would anyway); a worker's leftovers never become someone else's zombies.
+fn become_subreaper() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: prctl with an integer argument; no memory is passed.
+        if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+            log::debug!("cannot become a child subreaper: {}", std::io::Error::last_os_error());
+        }
+    }
+}
+
+fn write_pidfile(path: &Path) -> std::io::Result<()> {
+    let tmp = PathBuf::from(format!("{}.{}.tmp", path.display(), std::process::id()));
+    std::fs::write(&tmp, format!("{}\n", std::process::id()))?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+/// Remove the pidfile only if it still holds our pid.
+fn remove_pidfile(path: &Path) {
+    if let Ok(text) = std::fs::read_to_string(path)
+        && text.trim() == std::process::id().to_string()
+    {
+        let _ = std::fs::remove_file(path);
+    }
+}

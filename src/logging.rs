@@ -1,0 +1,48 @@
+//! sup's log: env_logger to stderr, one line per event, never panicking.
+//!
+//! `-v`/`-q` set the level; without them `RUST_LOG` does, and the default is
+//! `info`. Lines read `2026-11-22T03:25:51.123Z sup[4120] INFO  worker 3
+//! (pid 4121, gen 7) started`: the pid tells sup's lines from its workers'
+//! when both write to the same stream.
+
+use std::io::Write;
+
+use log::LevelFilter;
+
+pub fn init(verbosity: Option<i8>) {
+    let mut builder = env_logger::Builder::new();
+    let pid = std::process::id();
+    builder.format(move |buf, record| {
+        writeln!(
+            buf,
+            "{} sup[{pid}] {:<5} {}",
+            buf.timestamp_millis(),
+            record.level(),
+            record.args()
+        )
+    });
+    match verbosity {
+        Some(v) => {
+            let level = match v {
+                i8::MIN..=-2 => LevelFilter::Error,
+                -1 => LevelFilter::Warn,
+                0 => LevelFilter::Info,
+                1 => LevelFilter::Debug,
+                _ => LevelFilter::Trace,
+            };
+            builder.filter_level(LevelFilter::Warn).filter_module("sup", level);
+        }
+        None => match std::env::var("RUST_LOG") {
+            Ok(spec) if !spec.trim().is_empty() => {
+                builder.parse_filters(&spec);
+            }
+            _ => {
+                builder
+                    .filter_level(LevelFilter::Warn)
+                    .filter_module("sup", LevelFilter::Info);
+            }
+        },
+    }
+    // env_logger ignores write errors, so a closed stderr cannot panic sup.
+    let _ = builder.try_init();
+}

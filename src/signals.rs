@@ -1,0 +1,99 @@
+//! Signals: which ones sup handles, what each means, and the guard that
+//! blocks them around `fork`.
+//!
+//! Handlers (installed by signal-hook-mio) only write to a self-pipe that the
+//! event loop polls; the translation into an [`Intent`] happens in the loop,
+//! never in a handler. Signals coalesce, so SIGCHLD means "reap until
+//! nothing is left", never "one child exited".
+
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
+
+use crate::core::Intent;
+
+/// Every signal sup catches.
+pub const HANDLED: [Signal; 9] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGQUIT,
+    Signal::SIGHUP,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGTTIN,
+    Signal::SIGTTOU,
+    Signal::SIGCHLD,
+];
+
+/// What a signal means to sup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignalEvent {
+    Intent(Intent),
+    /// A child changed state: reap.
+    Child,
+    /// Caught so that its default action (terminate) cannot kill sup, but
+    /// not acted on in this version.
+    Unsupported(Signal),
+}
+
+pub fn translate(signal: i32) -> Option<SignalEvent> {
+    let event = match Signal::try_from(signal).ok()? {
+        Signal::SIGTERM => SignalEvent::Intent(Intent::Stop),
+        Signal::SIGINT => SignalEvent::Intent(Intent::Interrupt),
+        Signal::SIGQUIT => SignalEvent::Intent(Intent::Halt),
+        Signal::SIGHUP => SignalEvent::Intent(Intent::ReopenLogs),
+        Signal::SIGTTIN => SignalEvent::Intent(Intent::Incr),
+        Signal::SIGTTOU => SignalEvent::Intent(Intent::Decr),
+        Signal::SIGCHLD => SignalEvent::Child,
+        other @ (Signal::SIGUSR1 | Signal::SIGUSR2) => SignalEvent::Unsupported(other),
+        _ => return None,
+    };
+    Some(event)
+}
+
+fn handled_set() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in HANDLED {
+        set.add(s);
+    }
+    set
+}
+
+/// Blocks every handled signal while alive and restores the previous mask
+/// on drop. Held across `fork` so that a signal arriving in the window can
+/// never run sup's handler in the child (it would write to sup's self-pipe,
+/// shared with the child until exec).
+pub struct BlockedSignals {
+    previous: SigSet,
+}
+
+impl BlockedSignals {
+    pub fn block_handled() -> nix::Result<BlockedSignals> {
+        let mut previous = SigSet::empty();
+        pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&handled_set()), Some(&mut previous))?;
+        Ok(BlockedSignals { previous })
+    }
+}
+
+impl Drop for BlockedSignals {
+    fn drop(&mut self) {
+        // Restoring a mask we read a moment ago cannot fail (EINVAL is only
+        // for a bad `how`); there is nothing useful to do if it did.
+        let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&self.previous), None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_handled_signal_means_something() {
+        for s in HANDLED {
+            assert!(translate(s as i32).is_some(), "{s}");
+        }
+        assert_eq!(
+            translate(Signal::SIGTERM as i32),
+            Some(SignalEvent::Intent(Intent::Stop))
+        );
+        assert_eq!(translate(Signal::SIGALRM as i32), None);
+    }
+}

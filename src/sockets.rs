@@ -1,0 +1,322 @@
+//! Binding the listening sockets, once, before any worker starts.
+//!
+//! Every socket is created CLOEXEC and in blocking mode (the O_NONBLOCK flag
+//! lives on the open file description, shared with every worker, and
+//! systemd passes sockets blocking). sup keeps its own copy of each for its
+//! whole life: while no worker accepts, the kernel queues connections in the
+//! backlog instead of refusing them. Unix socket files sup created are
+//! removed when it stops, and only if they are still the ones it created.
+//! This module must not fork, know about workers, or clear CLOEXEC.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::sys::socket::{
+    self, AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, SockaddrIn6, SockaddrStorage, UnixAddr, sockopt,
+};
+
+use crate::bind::{BindAddr, BindSpec};
+use crate::command::errno_text;
+
+/// The address a socket is actually bound to (port 0 resolved).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocalAddr {
+    Tcp(SocketAddr),
+    Udp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl fmt::Display for LocalAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LocalAddr::Tcp(a) => write!(f, "tcp://{a}"),
+            LocalAddr::Udp(a) => write!(f, "udp://{a}"),
+            LocalAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// One bound socket and what sup knows about it.
+#[derive(Debug)]
+pub struct BoundSocket {
+    pub spec: BindSpec,
+    pub fd: OwnedFd,
+    pub local: LocalAddr,
+    /// For a unix socket sup created: the file's (device, inode) right after
+    /// bind, so that sup never removes a file someone else put there later.
+    created: Option<(PathBuf, u64, u64)>,
+}
+
+impl BoundSocket {
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    #[error("cannot bind {addr}: {why}")]
+    Bind { addr: String, why: String },
+}
+
+/// Bind every spec, in order. On failure, whatever was bound is released
+/// (and its files removed) before the error is returned.
+pub fn bind_all(specs: &[BindSpec]) -> Result<Vec<BoundSocket>, SocketError> {
+    let mut bound: Vec<BoundSocket> = Vec::with_capacity(specs.len());
+    for spec in specs {
+        match bind_one(spec) {
+            Ok(s) => bound.push(s),
+            Err(why) => {
+                remove_files(&bound);
+                return Err(SocketError::Bind {
+                    addr: spec.addr.to_string(),
+                    why,
+                });
+            }
+        }
+    }
+    Ok(bound)
+}
+
+/// Remove the unix socket files sup created, if they are still its own.
+pub fn remove_files(sockets: &[BoundSocket]) {
+    for s in sockets {
+        if let Some((path, dev, ino)) = &s.created
+            && let Ok(meta) = std::fs::symlink_metadata(path)
+            && meta.dev() == *dev
+            && meta.ino() == *ino
+        {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// The default backlog: 1024 or the system's somaxconn, whichever is smaller.
+fn default_backlog() -> i32 {
+    let somaxconn = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .unwrap_or(4096);
+    somaxconn.clamp(1, 1024)
+}
+
+fn err(e: Errno) -> String {
+    errno_text(e as i32)
+}
+
+fn bind_one(spec: &BindSpec) -> Result<BoundSocket, String> {
+    let backlog = Backlog::new(spec.backlog.unwrap_or_else(default_backlog)).map_err(err)?;
+    match &spec.addr {
+        BindAddr::Tcp(addr) | BindAddr::Udp(addr) => {
+            let stream = matches!(spec.addr, BindAddr::Tcp(_));
+            let family = if addr.is_ipv4() {
+                AddressFamily::Inet
+            } else {
+                AddressFamily::Inet6
+            };
+            let ty = if stream { SockType::Stream } else { SockType::Datagram };
+            let fd = socket::socket(family, ty, SockFlag::SOCK_CLOEXEC, None).map_err(err)?;
+            socket::setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(err)?;
+            if spec.reuseport {
+                socket::setsockopt(&fd, sockopt::ReusePort, &true).map_err(err)?;
+            }
+            if addr.is_ipv6() {
+                // Explicit either way: the system default (bindv6only) varies.
+                socket::setsockopt(&fd, sockopt::Ipv6V6Only, &spec.ipv6only).map_err(err)?;
+            }
+            match addr {
+                SocketAddr::V4(a) => socket::bind(fd.as_raw_fd(), &SockaddrIn::from(*a)),
+                SocketAddr::V6(a) => socket::bind(fd.as_raw_fd(), &SockaddrIn6::from(*a)),
+            }
+            .map_err(err)?;
+            if stream {
+                socket::listen(&fd, backlog).map_err(err)?;
+            }
+            let local = local_inet(&fd)?;
+            let local = if stream {
+                LocalAddr::Tcp(local)
+            } else {
+                LocalAddr::Udp(local)
+            };
+            Ok(BoundSocket {
+                spec: spec.clone(),
+                fd,
+                local,
+                created: None,
+            })
+        }
+        BindAddr::Unix(path) => {
+            let path = std::path::absolute(path).map_err(|e| e.to_string())?;
+            clear_stale(&path)?;
+            let fd =
+                socket::socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).map_err(err)?;
+            let addr = UnixAddr::new(&path).map_err(|_| "path too long for a unix socket (108 bytes)".to_string())?;
+            socket::bind(fd.as_raw_fd(), &addr).map_err(err)?;
+            let meta = std::fs::symlink_metadata(&path).map_err(|e| e.to_string())?;
+            let created = Some((path.clone(), meta.dev(), meta.ino()));
+            let result = finish_unix(spec, &path, &fd, backlog);
+            let sock = BoundSocket {
+                spec: spec.clone(),
+                fd,
+                local: LocalAddr::Unix(path),
+                created,
+            };
+            if let Err(e) = result {
+                remove_files(std::slice::from_ref(&sock));
+                return Err(e);
+            }
+            Ok(sock)
+        }
+    }
+}
+
+fn finish_unix(spec: &BindSpec, path: &Path, fd: &OwnedFd, backlog: Backlog) -> Result<(), String> {
+    use nix::sys::stat::{FchmodatFlags, Mode, fchmodat};
+    use nix::unistd::{Group, User, chown};
+    if let Some(mode) = spec.mode {
+        fchmodat(
+            nix::fcntl::AT_FDCWD,
+            path,
+            Mode::from_bits_truncate(mode),
+            FchmodatFlags::FollowSymlink,
+        )
+        .map_err(|e| format!("cannot set mode {mode:o}: {}", err(e)))?;
+    }
+    if spec.owner.is_some() || spec.group.is_some() {
+        let uid = match &spec.owner {
+            Some(name) => Some(
+                User::from_name(name)
+                    .ok()
+                    .flatten()
+                    .ok_or_else(|| format!("owner `{name}`: no such user"))?
+                    .uid,
+            ),
+            None => None,
+        };
+        let gid = match &spec.group {
+            Some(name) => Some(
+                Group::from_name(name)
+                    .ok()
+                    .flatten()
+                    .ok_or_else(|| format!("group `{name}`: no such group"))?
+                    .gid,
+            ),
+            None => None,
+        };
+        chown(path, uid, gid).map_err(|e| format!("cannot change owner: {}", err(e)))?;
+    }
+    socket::listen(&fd.as_fd(), backlog).map_err(err)
+}
+
+/// A socket file left by a dead server is removed; one a live server
+/// answers on is an error; anything that is not a socket is never touched.
+fn clear_stale(path: &Path) -> Result<(), String> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e.to_string()),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(format!("{} exists and is not a socket", path.display()));
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => Err(format!("{} is in use by a running server", path.display())),
+        Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+            std::fs::remove_file(path).map_err(|e| format!("cannot remove stale socket: {e}"))
+        }
+        Err(e) => Err(format!("cannot check existing socket {}: {e}", path.display())),
+    }
+}
+
+fn local_inet(fd: &OwnedFd) -> Result<SocketAddr, String> {
+    let addr: SockaddrStorage = socket::getsockname(fd.as_raw_fd()).map_err(err)?;
+    if let Some(v4) = addr.as_sockaddr_in() {
+        Ok(SocketAddr::V4((*v4).into()))
+    } else if let Some(v6) = addr.as_sockaddr_in6() {
+        Ok(SocketAddr::V6((*v6).into()))
+    } else {
+        Err("unexpected address family".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(s: &str) -> BindSpec {
+        BindSpec::parse(s).unwrap()
+    }
+
+    #[test]
+    fn binds_port_zero_and_reports_the_real_port() {
+        let s = bind_all(&[spec("127.0.0.1:0")]).unwrap();
+        let LocalAddr::Tcp(a) = s[0].local else { panic!() };
+        assert_ne!(a.port(), 0);
+        // CLOEXEC by construction, blocking mode.
+        let fdflags = nix::fcntl::fcntl(&s[0].fd, nix::fcntl::FcntlArg::F_GETFD).unwrap();
+        assert_ne!(fdflags & libc::FD_CLOEXEC, 0);
+        let flflags = nix::fcntl::fcntl(&s[0].fd, nix::fcntl::FcntlArg::F_GETFL).unwrap();
+        assert_eq!(flflags & libc::O_NONBLOCK, 0);
+        // The kernel queues a connection while nobody accepts.
+        std::net::TcpStream::connect(a).unwrap();
+    }
+
+    #[test]
+    fn a_port_in_use_is_one_clear_error() {
+        let first = bind_all(&[spec("127.0.0.1:0")]).unwrap();
+        let LocalAddr::Tcp(a) = first[0].local else { panic!() };
+        let e = bind_all(&[spec(&a.to_string())]).unwrap_err().to_string();
+        assert_eq!(e, format!("cannot bind tcp://{a}: address already in use"));
+    }
+
+    #[test]
+    fn unix_sockets_stale_live_and_cleanup() {
+        let dir = std::env::temp_dir().join(format!("sup-sock-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("a.sock");
+        // A stale socket file (nobody listening) is replaced.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let s = bind_all(&[spec(&format!("unix:{}?mode=600", path.display()))]).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        // A live one is an error, and the live file is left alone.
+        let e = bind_all(&[spec(&format!("unix:{}", path.display()))])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("in use by a running server"), "{e}");
+        assert!(path.exists());
+        remove_files(&s);
+        assert!(!path.exists());
+        // A regular file is never removed.
+        std::fs::write(&path, "x").unwrap();
+        let e = bind_all(&[spec(&format!("unix:{}", path.display()))])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is not a socket"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_failure_releases_what_was_bound() {
+        let dir = std::env::temp_dir().join(format!("sup-sock2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("b.sock");
+        let taken = bind_all(&[spec("127.0.0.1:0")]).unwrap();
+        let LocalAddr::Tcp(a) = taken[0].local else { panic!() };
+        assert!(bind_all(&[spec(&format!("unix:{}", path.display())), spec(&a.to_string())]).is_err());
+        assert!(!path.exists(), "the unix socket bound first was removed");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn udp_and_v6() {
+        let s = bind_all(&[spec("udp://127.0.0.1:0")]).unwrap();
+        assert!(matches!(s[0].local, LocalAddr::Udp(a) if a.port() != 0));
+        if let Ok(v6) = bind_all(&[spec("[::1]:0")]) {
+            assert!(matches!(v6[0].local, LocalAddr::Tcp(a) if a.is_ipv6()));
+        }
+    }
+}

@@ -1,0 +1,510 @@
+//! The only code that forks. A worker is planned completely before `fork`
+//! and the child branch is a straight line of async-signal-safe calls.
+//!
+//! Why raw `fork`/`execve` and not `std::process::Command`:
+//! 1. `LISTEN_PID` must equal the worker's own pid, and `Command` fixes the
+//!    environment before it forks. Here the environment holds a
+//!    `LISTEN_PID=` entry with room for the digits, and the child writes its
+//!    own pid into it without allocating.
+//! 2. sup reaps with `waitpid(-1)`, which `Child::wait` cannot share.
+//! 3. Since 2022 `Command` lets the child inherit the parent's signal mask;
+//!    sup blocks its handled signals around fork and the child must start
+//!    with an empty mask and default dispositions.
+//!
+//! The child, in order: move the error pipe out of the way; `setpgid(0,0)`;
+//! every signal back to SIG_DFL; stdin from /dev/null; the sockets moved to
+//! fds 3, 4, … (first duplicated above the target range with
+//! `F_DUPFD_CLOEXEC`, then `dup2`ed into place, so no move can clobber a
+//! source); every other fd marked CLOEXEC (`close_range`, a backstop: sup
+//! opens everything CLOEXEC already); credentials; the parent-death signal
+//! (after setuid, which clears it); `chdir`; the `LISTEN_PID` digits; an
+//! empty signal mask; `execve`. A failure writes (stage, errno) to a CLOEXEC
+//! pipe and exits 127 (126 for a permission error on exec); an exec that
+//! succeeds closes the pipe, which is how the parent knows.
+//!
+//! This module must not log in the child, allocate in the child, reap, or
+//! touch the worker table.
+
+use std::ffi::{CString, OsString};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::Path;
+
+use libc::{c_char, c_int};
+
+use crate::command::{self, FIRST_SOCKET_FD, errno_text};
+use crate::config::{Config, Credentials};
+use crate::signals::BlockedSignals;
+use crate::sockets::{BoundSocket, LocalAddr};
+
+/// Variables sup itself may have been given that belong to sup, not to its
+/// workers: its own socket activation, notify socket and watchdog, and any
+/// protocol variable sup sets itself.
+const STRIPPED: [&str; 11] = [
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "SUP_WORKER",
+    "SUP_GENERATION",
+    "SUP_PID",
+    "PWD",
+    "SERVER_STARTER_GENERATION",
+];
+const STRIPPED_PREFIXES: [&str; 2] = ["EINHORN_", "SERVER_STARTER_"];
+
+/// What one spawn needs to know.
+pub struct SpawnRequest<'a> {
+    pub slot: usize,
+    pub generation: u64,
+    pub config: &'a Config,
+    pub sockets: &'a [BoundSocket],
+    pub credentials: Option<&'a Credentials>,
+    pub sup_pid: i32,
+    /// An fd open on /dev/null: the worker's stdin.
+    pub devnull: RawFd,
+}
+
+/// Where the child failed, reported through the error pipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+enum Stage {
+    ErrorPipe = 1,
+    ProcessGroup,
+    Stdin,
+    Sockets,
+    Credentials,
+    Directory,
+    Exec,
+}
+
+impl Stage {
+    fn from_u32(n: u32) -> &'static str {
+        match n {
+            1 => "cannot set up the error pipe",
+            2 => "cannot create a process group",
+            3 => "cannot redirect stdin",
+            4 => "cannot pass the sockets",
+            5 => "cannot switch user or group",
+            6 => "cannot change into the directory",
+            _ => "cannot execute",
+        }
+    }
+}
+
+/// Resolve everything for this spawn (directory, env file, program) and
+/// start the worker. Returns its pid, or why it could not run.
+pub fn spawn(req: &SpawnRequest<'_>) -> Result<i32, String> {
+    let config = req.config;
+    let cwd = command::resolve_directory(config.directory.as_deref()).map_err(|why| match &config.directory {
+        Some(d) => format!("--directory {} {why}", d.display()),
+        None => why,
+    })?;
+    let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
+        .filter(|(k, _)| {
+            let k = k.to_string_lossy();
+            !STRIPPED.contains(&k.as_ref()) && !STRIPPED_PREFIXES.iter().any(|p| k.starts_with(p))
+        })
+        .collect();
+    if let Some(file) = &config.env_file {
+        let path = cwd.join(file);
+        let vars = crate::envfile::read(&path).map_err(|why| format!("--env-file {}: {why}", path.display()))?;
+        for (k, v) in vars {
+            set_var(&mut env, k.into(), v.into());
+        }
+    }
+    for (k, v) in protocol_env(req, &cwd) {
+        set_var(&mut env, k.into(), v.into());
+    }
+    let path_var = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_os_str());
+    let program_arg = config.command.first().ok_or("no command")?;
+    let program = command::resolve_program(program_arg, &cwd, path_var)?;
+    let specs: Vec<_> = req.sockets.iter().map(|s| s.spec.clone()).collect();
+    let argv = config
+        .command
+        .iter()
+        .map(|arg| command::expand_placeholders(arg, &specs))
+        .collect::<Result<Vec<_>, _>>()?;
+    let plan = Plan::new(&argv, env, &cwd, req)?;
+    plan.fork_exec(&program)
+}
+
+/// The variables every worker gets (systemd, Einhorn, server::Starter, sup).
+fn protocol_env(req: &SpawnRequest<'_>, cwd: &Path) -> Vec<(String, String)> {
+    let n = req.sockets.len();
+    let fds: Vec<usize> = (0..n).map(|i| FIRST_SOCKET_FD + i).collect();
+    let mut env = vec![
+        ("LISTEN_FDS".to_string(), n.to_string()),
+        (
+            "LISTEN_FDNAMES".to_string(),
+            req.sockets
+                .iter()
+                .map(|s| s.spec.name.as_str())
+                .collect::<Vec<_>>()
+                .join(":"),
+        ),
+        ("EINHORN_MASTER_PID".to_string(), req.sup_pid.to_string()),
+        ("EINHORN_CHILD_INDEX".to_string(), req.slot.to_string()),
+        ("EINHORN_FD_COUNT".to_string(), n.to_string()),
+        (
+            "EINHORN_FDS".to_string(),
+            fds.iter().map(|f| f.to_string()).collect::<Vec<_>>().join(" "),
+        ),
+    ];
+    for (i, fd) in fds.iter().enumerate() {
+        env.push((format!("EINHORN_FD_{i}"), fd.to_string()));
+    }
+    let starter: Vec<String> = req
+        .sockets
+        .iter()
+        .zip(&fds)
+        .filter_map(|(s, fd)| match &s.local {
+            LocalAddr::Tcp(a) => Some(format!("{a}={fd}")),
+            LocalAddr::Unix(p) => Some(format!("{}={fd}", p.display())),
+            LocalAddr::Udp(_) => None,
+        })
+        .collect();
+    if !starter.is_empty() {
+        env.push(("SERVER_STARTER_PORT".to_string(), starter.join(";")));
+    }
+    env.push(("SERVER_STARTER_GENERATION".to_string(), req.generation.to_string()));
+    env.push(("SUP_WORKER".to_string(), req.slot.to_string()));
+    env.push(("SUP_GENERATION".to_string(), req.generation.to_string()));
+    env.push(("SUP_PID".to_string(), req.sup_pid.to_string()));
+    env.push(("PWD".to_string(), cwd.display().to_string()));
+    env
+}
+
+fn set_var(env: &mut Vec<(OsString, OsString)>, key: OsString, value: OsString) {
+    match env.iter_mut().find(|(k, _)| *k == key) {
+        Some(entry) => entry.1 = value,
+        None => env.push((key, value)),
+    }
+}
+
+fn cstring(bytes: &[u8], what: &str) -> Result<CString, String> {
+    CString::new(bytes).map_err(|_| format!("{what} contains a NUL byte"))
+}
+
+/// `LISTEN_PID=` followed by room for any pid's digits and a NUL.
+const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
+const PID_DIGITS: usize = 12;
+
+/// Everything the child needs, allocated before `fork`.
+struct Plan {
+    argv: Vec<CString>,
+    /// Environment entries, each NUL-terminated; the last is `LISTEN_PID=`.
+    env: Vec<Vec<u8>>,
+    cwd: CString,
+    sources: Vec<RawFd>,
+    creds: Option<(libc::uid_t, libc::gid_t, Vec<libc::gid_t>)>,
+    devnull: RawFd,
+}
+
+impl Plan {
+    fn new(
+        argv: &[OsString],
+        env: Vec<(OsString, OsString)>,
+        cwd: &Path,
+        req: &SpawnRequest<'_>,
+    ) -> Result<Plan, String> {
+        let argv = argv
+            .iter()
+            .map(|a| cstring(a.as_bytes(), "an argument"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut entries = Vec::with_capacity(env.len() + 1);
+        for (k, v) in env {
+            let mut e = k.into_vec();
+            e.push(b'=');
+            e.extend_from_slice(v.as_bytes());
+            if e.contains(&0) {
+                return Err("an environment variable contains a NUL byte".into());
+            }
+            e.push(0);
+            entries.push(e);
+        }
+        let mut listen_pid = LISTEN_PID_PREFIX.to_vec();
+        listen_pid.resize(LISTEN_PID_PREFIX.len() + PID_DIGITS + 1, 0);
+        entries.push(listen_pid);
+        Ok(Plan {
+            argv,
+            env: entries,
+            cwd: cstring(cwd.as_os_str().as_bytes(), "the directory")?,
+            sources: req.sockets.iter().map(BoundSocket::raw_fd).collect(),
+            creds: req.credentials.map(|c| (c.uid, c.gid, c.groups.clone())),
+            devnull: req.devnull,
+        })
+    }
+
+    fn fork_exec(mut self, program: &Path) -> Result<i32, String> {
+        let path = cstring(program.as_os_str().as_bytes(), "the program path")?;
+        let mut argv_ptrs: Vec<*const c_char> = self.argv.iter().map(|a| a.as_ptr()).collect();
+        argv_ptrs.push(std::ptr::null());
+        let mut envp: Vec<*mut c_char> = self.env.iter_mut().map(|e| e.as_mut_ptr().cast::<c_char>()).collect();
+        // The last entry is LISTEN_PID=; the digits go right after the prefix.
+        let listen_pid_digits = envp
+            .last()
+            .copied()
+            .ok_or("empty environment")?
+            .wrapping_add(LISTEN_PID_PREFIX.len())
+            .cast::<u8>();
+        envp.push(std::ptr::null_mut());
+        let mut scratch: Vec<c_int> = vec![-1; self.sources.len()];
+        // SAFETY: sigemptyset only writes the set we own.
+        let empty_mask = unsafe {
+            let mut set = std::mem::zeroed::<libc::sigset_t>();
+            libc::sigemptyset(&mut set);
+            set
+        };
+        let (groups_ptr, groups_len) = match &self.creds {
+            Some((_, _, g)) => (g.as_ptr(), g.len()),
+            None => (std::ptr::null(), 0),
+        };
+        let child = Child {
+            path: path.as_ptr(),
+            argv: argv_ptrs.as_ptr(),
+            envp: envp.as_ptr().cast::<*const c_char>(),
+            listen_pid_digits,
+            cwd: self.cwd.as_ptr(),
+            sources: self.sources.as_ptr(),
+            scratch: scratch.as_mut_ptr(),
+            count: self.sources.len(),
+            devnull: self.devnull,
+            creds: self.creds.as_ref().map(|(u, g, _)| (*u, *g)),
+            groups: groups_ptr,
+            groups_len,
+            empty_mask,
+            // SAFETY: getpid has no preconditions.
+            parent: unsafe { libc::getpid() },
+        };
+
+        let (err_read, err_write) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("cannot create a pipe: {e}"))?;
+        let guard = BlockedSignals::block_handled().map_err(|e| format!("cannot block signals: {e}"))?;
+        // SAFETY: sup is single-threaded, so no lock can be held by another
+        // thread at fork. The child branch runs only `Child::exec`, which uses
+        // async-signal-safe calls on memory prepared above and never returns.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: we are the freshly forked child; see `Child::exec`.
+            unsafe { child.exec(err_write.as_raw_fd()) }
+        }
+        drop(guard);
+        drop(err_write);
+        if pid < 0 {
+            return Err(format!("fork failed: {}", errno_text(nix::errno::Errno::last_raw())));
+        }
+        // Keep the buffers the child pointed into alive until after fork
+        // (the child has its own copy; this is for the reader).
+        drop(scratch);
+        drop(argv_ptrs);
+        drop(envp);
+
+        let mut report = [0u8; 8];
+        let mut got = 0;
+        while got < report.len() {
+            match nix::unistd::read(&err_read, &mut report[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(format!("cannot read the spawn error pipe: {e}")),
+            }
+        }
+        if got == 0 {
+            return Ok(pid);
+        }
+        // The child failed before exec and is exiting: collect it now, so
+        // that no zombie is left and the reaper never sees an unknown pid.
+        loop {
+            // SAFETY: waitpid on our own child with a null status pointer.
+            let r = unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+            if r >= 0 || nix::errno::Errno::last() != nix::errno::Errno::EINTR {
+                break;
+            }
+        }
+        let stage = u32::from_ne_bytes([report[0], report[1], report[2], report[3]]);
+        let errno = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
+        let what = Stage::from_u32(stage);
+        let detail = if stage == Stage::Exec as u32 {
+            format!("{what} {}", program.display())
+        } else if stage == Stage::Directory as u32 {
+            format!("{what} {}", self.cwd.to_string_lossy())
+        } else {
+            what.to_string()
+        };
+        Err(format!("{detail}: {}", errno_text(errno)))
+    }
+}
+
+/// Raw pointers into a [`Plan`], all the child touches.
+struct Child {
+    path: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+    listen_pid_digits: *mut u8,
+    cwd: *const c_char,
+    sources: *const RawFd,
+    scratch: *mut c_int,
+    count: usize,
+    devnull: RawFd,
+    creds: Option<(libc::uid_t, libc::gid_t)>,
+    groups: *const libc::gid_t,
+    groups_len: usize,
+    empty_mask: libc::sigset_t,
+    parent: libc::pid_t,
+}
+
+/// `close_range(2)` flag: mark CLOEXEC instead of closing (Linux 5.11).
+#[cfg(target_os = "linux")]
+const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+
+impl Child {
+    /// The child branch. Only async-signal-safe libc calls; the only memory
+    /// written is the scratch fd array and the LISTEN_PID digits, both
+    /// allocated before fork (this process has its own copy of them).
+    ///
+    /// # Safety
+    /// Must be called only in the child right after `fork`, with every
+    /// pointer in `self` valid (they point into the parent's `Plan`, which
+    /// the child's copy of memory still holds).
+    unsafe fn exec(&self, err_fd: RawFd) -> ! {
+        let n = self.count as c_int;
+        let first_free = FIRST_SOCKET_FD as c_int + n;
+        // SAFETY: every call below is async-signal-safe and only reads or
+        // writes memory prepared before fork; see the function's contract.
+        unsafe {
+            // The error pipe must survive the socket moves: put it above them.
+            let err = libc::fcntl(err_fd, libc::F_DUPFD_CLOEXEC, first_free);
+            if err < 0 {
+                fail(err_fd, Stage::ErrorPipe);
+            }
+            if libc::setpgid(0, 0) != 0 {
+                fail(err, Stage::ProcessGroup);
+            }
+            let mut dfl: libc::sigaction = std::mem::zeroed();
+            dfl.sa_sigaction = libc::SIG_DFL;
+            for sig in 1..65 {
+                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                    // Fails harmlessly for numbers the C library reserves.
+                    libc::sigaction(sig, &dfl, std::ptr::null_mut());
+                }
+            }
+            if libc::dup2(self.devnull, 0) < 0 {
+                fail(err, Stage::Stdin);
+            }
+            for i in 0..self.count {
+                let tmp = libc::fcntl(*self.sources.add(i), libc::F_DUPFD_CLOEXEC, first_free);
+                if tmp < 0 {
+                    fail(err, Stage::Sockets);
+                }
+                *self.scratch.add(i) = tmp;
+            }
+            for i in 0..self.count {
+                // dup2 clears CLOEXEC on the target: exactly these survive exec.
+                if libc::dup2(*self.scratch.add(i), FIRST_SOCKET_FD as c_int + i as c_int) < 0 {
+                    fail(err, Stage::Sockets);
+                }
+            }
+            #[cfg(target_os = "linux")]
+            libc::syscall(
+                libc::SYS_close_range,
+                first_free as libc::c_uint,
+                libc::c_uint::MAX,
+                CLOSE_RANGE_CLOEXEC,
+            );
+            if let Some((uid, gid)) = self.creds
+                && (libc::setgroups(self.groups_len as _, self.groups) != 0
+                    || libc::setgid(gid) != 0
+                    || libc::setuid(uid) != 0)
+            {
+                fail(err, Stage::Credentials);
+            }
+            // After setuid, which clears it. If sup died before this point
+            // the signal would never come: check the parent is still there.
+            #[cfg(target_os = "linux")]
+            {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+                if libc::getppid() != self.parent {
+                    libc::_exit(1);
+                }
+            }
+            if libc::chdir(self.cwd) != 0 {
+                fail(err, Stage::Directory);
+            }
+            write_pid(self.listen_pid_digits, libc::getpid());
+            libc::sigprocmask(libc::SIG_SETMASK, &self.empty_mask, std::ptr::null_mut());
+            libc::execve(self.path, self.argv, self.envp);
+            fail(err, Stage::Exec)
+        }
+    }
+}
+
+/// Report (stage, errno) to the parent and exit: 126 when exec was refused
+/// for permissions, 127 otherwise (the shell's convention).
+///
+/// # Safety
+/// Child side of fork only.
+unsafe fn fail(err_fd: RawFd, stage: Stage) -> ! {
+    // SAFETY: errno location, write and _exit are async-signal-safe.
+    unsafe {
+        let errno = *libc::__errno_location();
+        let mut msg = [0u8; 8];
+        let s = (stage as u32).to_ne_bytes();
+        let e = errno.to_ne_bytes();
+        let mut i = 0;
+        while i < 4 {
+            msg[i] = s[i];
+            msg[4 + i] = e[i];
+            i += 1;
+        }
+        libc::write(err_fd, msg.as_ptr().cast(), msg.len());
+        let code = if stage == Stage::Exec && errno == libc::EACCES {
+            126
+        } else {
+            127
+        };
+        libc::_exit(code)
+    }
+}
+
+/// Write `pid` as decimal digits and a NUL at `dst`, without allocating.
+///
+/// # Safety
+/// `dst` must have room for `PID_DIGITS + 1` bytes.
+unsafe fn write_pid(dst: *mut u8, pid: libc::pid_t) {
+    let mut digits = [0u8; PID_DIGITS];
+    let mut n = pid.unsigned_abs();
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 || i == 0 {
+            break;
+        }
+    }
+    let len = digits.len() - i;
+    // SAFETY: the caller guarantees room for PID_DIGITS + 1 bytes; len <= PID_DIGITS.
+    unsafe {
+        std::ptr::copy_nonoverlapping(digits.as_ptr().add(i), dst, len);
+        *dst.add(len) = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pid_digits() {
+        for pid in [1, 9, 10, 4242, i32::MAX] {
+            let mut buf = [0xffu8; PID_DIGITS + 1];
+            // SAFETY: buf has PID_DIGITS + 1 bytes.
+            unsafe { write_pid(buf.as_mut_ptr(), pid) };
+            let end = buf.iter().position(|&b| b == 0).unwrap();
+            assert_eq!(std::str::from_utf8(&buf[..end]).unwrap(), pid.to_string());
+        }
+    }
+}
