@@ -33,7 +33,8 @@ pub fn resolve_directory(dir: Option<&Path>) -> Result<PathBuf, String> {
 pub fn resolve_program(program: &OsStr, cwd: &Path, path_var: Option<&OsStr>) -> Result<PathBuf, String> {
     let shown = Path::new(program).display();
     if program.as_bytes().contains(&b'/') {
-        let path = cwd.join(program);
+        // `components()` drops `.` segments: report /srv/app/bin/run, not /srv/app/./bin/run.
+        let path: PathBuf = cwd.join(program).components().collect();
         match std::fs::metadata(&path) {
             Ok(m) if m.is_file() => Ok(path),
             Ok(_) => Err(format!("command {} is not a file", path.display())),
@@ -166,7 +167,7 @@ mod tests {
         let e = resolve_program(OsStr::new("no-such-program-xyz"), &tmp, Some(OsStr::new("/usr/bin"))).unwrap_err();
         assert_eq!(e, "command `no-such-program-xyz` not found in PATH (/usr/bin)");
         let e = resolve_program(OsStr::new("./nope"), Path::new("/"), None).unwrap_err();
-        assert_eq!(e, "command /./nope: no such file or directory");
+        assert_eq!(e, "command /nope: no such file or directory");
     }
 
     #[test]

@@ -383,14 +383,7 @@ impl Child {
             if libc::setpgid(0, 0) != 0 {
                 fail(err, Stage::ProcessGroup);
             }
-            let mut dfl: libc::sigaction = std::mem::zeroed();
-            dfl.sa_sigaction = libc::SIG_DFL;
-            for sig in 1..65 {
-                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                    // Fails harmlessly for numbers the C library reserves.
-                    libc::sigaction(sig, &dfl, std::ptr::null_mut());
-                }
-            }
+            reset_signal_dispositions();
             if libc::dup2(self.devnull, 0) < 0 {
                 fail(err, Stage::Stdin);
             }
@@ -437,6 +430,51 @@ impl Child {
             libc::sigprocmask(libc::SIG_SETMASK, &self.empty_mask, std::ptr::null_mut());
             libc::execve(self.path, self.argv, self.envp);
             fail(err, Stage::Exec)
+        }
+    }
+}
+
+/// Every signal back to SIG_DFL, in the child.
+///
+/// On Linux this uses the raw `rt_sigaction` system call: glibc's wrapper
+/// refuses signals 32 and 33 (reserved for its threads), yet a sup started
+/// by a process that ignores them would otherwise pass that on, since an
+/// ignored disposition survives `execve`. An all-zero kernel `sigaction` is
+/// SIG_DFL with no flags and an empty mask on every architecture.
+///
+/// # Safety
+/// Child side of fork only.
+unsafe fn reset_signal_dispositions() {
+    #[cfg(target_os = "linux")]
+    {
+        // Larger than any architecture's kernel sigaction; the kernel reads
+        // only its own size.
+        let dfl = [0u64; 8];
+        for sig in 1..=64 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                // SAFETY: rt_sigaction reads `dfl` and writes nothing (null old
+                // action); 8 is the kernel's sigset size on Linux.
+                unsafe {
+                    libc::syscall(
+                        libc::SYS_rt_sigaction,
+                        sig,
+                        dfl.as_ptr(),
+                        std::ptr::null_mut::<u8>(),
+                        8usize,
+                    )
+                };
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    // SAFETY: sigaction with a zeroed struct whose handler is SIG_DFL.
+    unsafe {
+        let mut dfl: libc::sigaction = std::mem::zeroed();
+        dfl.sa_sigaction = libc::SIG_DFL;
+        for sig in 1..libc::NSIG {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+            }
         }
     }
 }

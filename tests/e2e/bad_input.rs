@@ -1,0 +1,155 @@
+//! Bad input: one clear line on stderr, the right exit code, nothing bound,
+//! nothing started, nothing left running.
+
+use std::process::{Command, Stdio};
+
+use crate::harness::*;
+
+struct Outcome {
+    code: Option<i32>,
+    stderr: String,
+    stdout: String,
+}
+
+fn run(dir: &TestDir, args: &[&str]) -> Outcome {
+    let out = Command::new(SUP)
+        .args(args)
+        .current_dir(&dir.path)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    Outcome {
+        code: out.status.code(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+    }
+}
+
+fn assert_one_line(o: &Outcome, code: i32, needle: &str) {
+    assert_eq!(o.code, Some(code), "exit code; stderr: {}", o.stderr);
+    let lines: Vec<&str> = o.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "exactly one line: {:?}", o.stderr);
+    assert!(lines[0].starts_with("sup: error: "), "{}", lines[0]);
+    assert!(lines[0].contains(needle), "`{needle}` in {}", lines[0]);
+    assert!(o.stdout.is_empty(), "nothing on stdout: {}", o.stdout);
+}
+
+#[test]
+fn usage_and_config_errors_exit_2_with_one_line() {
+    let dir = TestDir::new();
+    std::fs::create_dir(dir.join("reports")).unwrap();
+    let reports = dir.s("reports");
+    let cases: &[(&[&str], &str)] = &[
+        (&["--bind", "nonsense", "--", WORKER], "invalid --bind `nonsense`"),
+        (&["--bind", "0.0.0.0:3000?backlog=x", "--", WORKER], "backlog `x`"),
+        (&["--workers", "0", "--", WORKER], "invalid --workers `0`"),
+        (&["--workers", "many", "--", WORKER], "invalid --workers `many`"),
+        (&["--wrokers", "2", "--", WORKER], "unexpected argument '--wrokers'"),
+        (
+            &["--graceful-timeout", "soon", "--", WORKER],
+            "invalid --graceful-timeout `soon`",
+        ),
+        (
+            &["--stop-signal", "SIGNOPE", "--", WORKER],
+            "invalid --stop-signal `SIGNOPE`",
+        ),
+        (&["--bind", "127.0.0.1:0"], "no command given"),
+        (
+            &["--", "no-such-command-anywhere"],
+            "command `no-such-command-anywhere` not found in PATH",
+        ),
+        (&["--", "./missing-script"], "missing-script: no such file or directory"),
+        (
+            &["--directory", "/no/such/release", "--", WORKER],
+            "--directory /no/such/release: does not resolve",
+        ),
+        (
+            &["--bind", "127.0.0.1:0", "--", WORKER, "{fd:nope}"],
+            "no --bind has that name",
+        ),
+        (&["--env-file", "missing.env", "--", WORKER], "--env-file missing.env"),
+        (&["--user", "no-such-user-xyz", "--", WORKER], "no such user"),
+    ];
+    for (args, needle) in cases {
+        // The worker would write a report if it were ever started.
+        let mut full: Vec<&str> = args.to_vec();
+        if full.contains(&WORKER) {
+            full.extend(["--report-dir", &reports]);
+        }
+        let o = run(&dir, &full);
+        assert_one_line(&o, 2, needle);
+    }
+    assert!(dir.reports("reports").is_empty(), "no worker was started");
+}
+
+#[test]
+fn a_port_in_use_exits_1_and_releases_what_was_bound() {
+    let dir = TestDir::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let sock = dir.s("first.sock");
+    let first = format!("unix:{sock}");
+    let o = run(&dir, &["--bind", &first, "--bind", &addr, "--", WORKER]);
+    assert_one_line(&o, 1, &format!("cannot bind tcp://{addr}: address already in use"));
+    assert!(
+        !std::path::Path::new(&sock).exists(),
+        "the socket bound before the failure was removed"
+    );
+}
+
+#[test]
+fn a_live_unix_socket_is_not_stolen() {
+    let dir = TestDir::new();
+    let path = dir.join("live.sock");
+    let _live = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let bind = format!("unix:{}", path.display());
+    let o = run(&dir, &["--bind", &bind, "--", WORKER]);
+    assert_one_line(&o, 1, "is in use by a running server");
+    assert!(path.exists());
+}
+
+#[test]
+fn every_problem_is_listed_one_per_line() {
+    let dir = TestDir::new();
+    let o = run(
+        &dir,
+        &["--workers", "0", "--bind", "bad", "--stop-signal", "X", "--", WORKER],
+    );
+    assert_eq!(o.code, Some(2));
+    assert_eq!(o.stderr.lines().count(), 3, "{}", o.stderr);
+    assert!(o.stderr.lines().all(|l| l.starts_with("sup: error: ")), "{}", o.stderr);
+}
+
+#[test]
+fn help_and_version_exit_0() {
+    let dir = TestDir::new();
+    let help = run(&dir, &["--help"]);
+    assert_eq!(help.code, Some(0));
+    assert!(help.stdout.contains("--graceful-timeout"));
+    let version = run(&dir, &["--version"]);
+    assert_eq!(version.code, Some(0));
+    assert!(version.stdout.starts_with("sup "));
+}
+
+#[test]
+fn a_command_that_cannot_exec_is_a_failed_boot_with_its_path_and_error() {
+    // Resolves at startup, then loses its execute bit: the spawn reports the
+    // path and the OS error, counts as a failed boot, and sup stays up.
+    let dir = TestDir::new();
+    let script = dir.join("app");
+    std::fs::write(&script, "#!/bin/sh\nexec sleep 60\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut sup = Sup::start(&dir, &["--", "./app"]);
+    let pid = wait_until("a worker", secs(10), || sup.started_pids().first().copied());
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    // SAFETY: a worker of our sup.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let line = sup.wait_log("failed to start", secs(10));
+    let expected = format!(
+        "cannot execute {}: permission denied",
+        std::fs::canonicalize(&dir.path).unwrap().join("app").display()
+    );
+    // execve needs an execute bit even for root, so this holds as root too.
+    assert!(line.contains(&expected), "{line}\nexpected: {expected}");
+    assert!(sup.is_running());
+}

@@ -1,0 +1,264 @@
+//! Test harness: a short temporary directory, a `Sup` process guard whose
+//! output goes to a file, polling with deadlines, and a tiny HTTP client.
+//!
+//! `Sup` runs sup in its own process group. On drop, a sup that is still
+//! running gets TERM, then after 5 s SIGKILL to its group and to the group
+//! of every worker it logged, so a failing test leaves nothing behind.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub const SUP: &str = env!("CARGO_BIN_EXE_sup");
+pub const WORKER: &str = env!("CARGO_BIN_EXE_sup-test-worker");
+
+/// Liveness bounds, never speed assertions. `SUP_TEST_TIME_SCALE` stretches
+/// them on a slow machine.
+pub fn secs(n: u64) -> Duration {
+    let scale: u64 = std::env::var("SUP_TEST_TIME_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    Duration::from_secs(n * scale.max(1))
+}
+
+/// Poll `probe` until it returns `Some`, or panic after `timeout`.
+pub fn wait_until<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {:?} waiting for {what}", start.elapsed());
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// A fresh directory under /tmp (unix socket paths must stay short).
+pub struct TestDir {
+    pub path: PathBuf,
+}
+
+impl TestDir {
+    pub fn new() -> TestDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let path = PathBuf::from(format!(
+            "/tmp/sup-e2e/{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        TestDir { path }
+    }
+
+    pub fn join(&self, p: &str) -> PathBuf {
+        self.path.join(p)
+    }
+
+    pub fn s(&self, p: &str) -> String {
+        self.join(p).display().to_string()
+    }
+
+    /// Every worker report written to `dir` (by `--report-dir`).
+    pub fn reports(&self, dir: &str) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(self.join(dir)) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                if name.ends_with(".json") && !name.starts_with('.') {
+                    let text = std::fs::read_to_string(e.path()).unwrap();
+                    out.push(serde_json::from_str(&text).unwrap());
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+pub struct Sup {
+    pub child: Child,
+    pub log: PathBuf,
+    status: Option<ExitStatus>,
+}
+
+impl Sup {
+    /// Start sup with `args`, output to `dir/sup.log`.
+    pub fn start(dir: &TestDir, args: &[&str]) -> Sup {
+        Sup::start_with(dir, args, |_| {})
+    }
+
+    pub fn start_with(dir: &TestDir, args: &[&str], tweak: impl FnOnce(&mut Command)) -> Sup {
+        let mut cmd = Command::new(SUP);
+        cmd.args(args);
+        tweak(&mut cmd);
+        Sup::launch(dir, cmd)
+    }
+
+    /// Run `cmd` (sup, or something that execs sup) in its own process
+    /// group, in `dir`, with its output appended to `dir/sup.log`.
+    pub fn launch(dir: &TestDir, mut cmd: Command) -> Sup {
+        let log = dir.join("sup.log");
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        cmd.current_dir(&dir.path)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .process_group(0);
+        let child = cmd.spawn().unwrap();
+        Sup {
+            child,
+            log,
+            status: None,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Wait for a log line containing `needle`; returns the line.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> String {
+        wait_until(&format!("log line `{needle}`"), timeout, || {
+            self.log().lines().find(|l| l.contains(needle)).map(str::to_string)
+        })
+    }
+
+    /// The address sup logged for its `index`th tcp socket.
+    pub fn tcp_addr(&self, index: usize) -> SocketAddr {
+        wait_until("sup to log its tcp addresses", secs(10), || {
+            let log = self.log();
+            let addrs: Vec<SocketAddr> = log
+                .lines()
+                .filter_map(|l| l.split("listening on tcp://").nth(1))
+                .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+                .collect();
+            addrs.get(index).copied()
+        })
+    }
+
+    /// Pids of the workers sup has logged as started, in order.
+    pub fn started_pids(&self) -> Vec<i32> {
+        self.log()
+            .lines()
+            .filter(|l| l.ends_with(" started"))
+            .filter_map(|l| l.split("(pid ").nth(1)?.split(',').next()?.parse().ok())
+            .collect()
+    }
+
+    pub fn signal(&self, sig: libc::c_int) {
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    pub fn try_status(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().unwrap();
+        }
+        self.status
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.try_status() {
+                return s;
+            }
+            if start.elapsed() > timeout {
+                panic!("sup did not exit within {timeout:?}; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.try_status().is_none()
+    }
+}
+
+impl Drop for Sup {
+    fn drop(&mut self) {
+        if self.try_status().is_some() {
+            return;
+        }
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self.try_status().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for pid in self.started_pids() {
+            // SAFETY: killing process groups our sup created; ESRCH is harmless.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+        }
+        // SAFETY: as above, sup's own group.
+        unsafe { libc::kill(-self.pid(), libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP request on a fresh connection; the JSON body of the answer.
+pub fn get(addr: SocketAddr) -> std::io::Result<serde_json::Value> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: test\r\n\r\n")?;
+    read_body(&mut s)
+}
+
+pub fn get_unix(path: &Path) -> std::io::Result<serde_json::Value> {
+    let mut s = std::os::unix::net::UnixStream::connect(path)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: test\r\n\r\n")?;
+    read_body(&mut s)
+}
+
+fn read_body(s: &mut impl Read) -> std::io::Result<serde_json::Value> {
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .ok_or_else(|| std::io::Error::other(format!("no HTTP body in {text:?}")))?;
+    serde_json::from_str(body).map_err(|e| std::io::Error::other(format!("{e}: {body:?}")))
+}
+
+/// Whether `pid` still exists as a live (non-zombie) process.
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat.rsplit(')').next().and_then(|r| r.split_whitespace().next());
+            state != Some("Z")
+        }
+        Err(_) => false,
+    }
+}
+
+/// The parent pid of `pid`, from /proc.
+pub fn ppid(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')').next()?.split_whitespace().nth(1)?.parse().ok()
+}

@@ -1,0 +1,15 @@
+//! End-to-end tests: the real sup binary, the helper worker, real sockets
+//! and real signals. Run with `cargo nextest run --features test-helpers`.
+
+#![expect(
+    clippy::unwrap_used,
+    reason = "a test that cannot set itself up should fail loudly, where it happened"
+)]
+
+mod harness;
+
+mod bad_input;
+mod inheritance;
+mod real_servers;
+mod stopping;
+mod supervision;

@@ -1,0 +1,77 @@
+//! Servers nobody here wrote, which check LISTEN_PID strictly, run
+//! unchanged under sup.
+
+use crate::harness::*;
+
+/// Whether `program` is on PATH. Locally a missing runtime skips the test
+/// with a line saying so; in CI (CI=true) it fails, since .ci/run installs it.
+fn have(program: &str) -> bool {
+    let found = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {program} >/dev/null"))
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var("CI").is_err(),
+            "{program} is required in CI (.ci/run installs it)"
+        );
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            format!("skipped: {program} is not installed (pip install {program})\n").as_bytes(),
+        );
+    }
+    found
+}
+
+const WSGI_APP: &str = r#"
+import json, os
+def app(environ, start_response):
+    body = json.dumps({"pid": os.getpid(), "master": os.getppid()}).encode()
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
+"#;
+
+#[test]
+fn gunicorn_serves_the_socket_sup_passes() {
+    if !have("gunicorn") {
+        return;
+    }
+    let dir = TestDir::new();
+    std::fs::write(dir.join("wsgi.py"), WSGI_APP).unwrap();
+    let chdir = dir.s("");
+    // gunicorn uses the inherited socket only when LISTEN_PID equals its own
+    // pid; otherwise it would bind 127.0.0.1:8000 and this port would never
+    // answer.
+    let mut sup = Sup::start(
+        &dir,
+        &[
+            "--bind",
+            "127.0.0.1:0",
+            "--workers",
+            "2",
+            "--",
+            "gunicorn",
+            "--workers",
+            "1",
+            "--chdir",
+            &chdir,
+            "wsgi:app",
+        ],
+    );
+    let addr = sup.tcp_addr(0);
+    let answer = wait_until("gunicorn to answer on sup's socket", secs(30), || get(addr).ok());
+    let masters = sup.started_pids();
+    let master = answer["master"].as_i64().unwrap() as i32;
+    assert!(
+        masters.contains(&master),
+        "answered by a gunicorn under sup: {master} in {masters:?}"
+    );
+    assert!(
+        sup.log().contains(&format!("Listening at: http://{addr}")),
+        "{}",
+        sup.log()
+    );
+    sup.signal(libc::SIGTERM);
+    assert_eq!(sup.wait_exit(secs(40)).code(), Some(0), "{}", sup.log());
+}

@@ -1,0 +1,179 @@
+//! Stopping: graceful, escalated, immediate, and sup's own death.
+
+use crate::harness::*;
+
+#[test]
+fn a_graceful_stop_lets_an_in_flight_request_finish() {
+    let dir = TestDir::new();
+    let pidfile = dir.s("sup.pid");
+    let sock = dir.s("s.sock");
+    let unix_bind = format!("unix:{sock}");
+    let mut sup = Sup::start(
+        &dir,
+        &[
+            "--bind",
+            "127.0.0.1:0",
+            "--bind",
+            &unix_bind,
+            "--pidfile",
+            &pidfile,
+            "--",
+            WORKER,
+            "--serve",
+            "--delay-response",
+            "1500",
+        ],
+    );
+    let addr = sup.tcp_addr(0);
+    wait_until("the pidfile", secs(10), || {
+        std::fs::read_to_string(&pidfile).ok().filter(|s| !s.is_empty())
+    });
+    assert_eq!(std::fs::read_to_string(&pidfile).unwrap().trim(), sup.pid().to_string());
+    let client = std::thread::spawn(move || get(addr));
+    sup.wait_log("request received", secs(10));
+    sup.signal(libc::SIGTERM);
+    let answer = client.join().unwrap().expect("the in-flight request is answered");
+    assert!(answer["pid"].is_number());
+    let status = sup.wait_exit(secs(20));
+    assert_eq!(status.code(), Some(0), "{}", sup.log());
+    assert!(sup.log().contains("exiting gracefully"));
+    assert!(!std::path::Path::new(&sock).exists(), "unix socket file removed");
+    assert!(!std::path::Path::new(&pidfile).exists(), "pidfile removed");
+}
+
+#[test]
+fn a_term_ignoring_worker_and_its_grandchild_are_killed_after_the_timeout() {
+    let dir = TestDir::new();
+    std::fs::create_dir(dir.join("reports")).unwrap();
+    let reports = dir.s("reports");
+    let mut sup = Sup::start(
+        &dir,
+        &[
+            "--bind",
+            "127.0.0.1:0",
+            "--graceful-timeout",
+            "1s",
+            "--",
+            WORKER,
+            "--ignore-term",
+            "--grandchild",
+            "--report-dir",
+            &reports,
+        ],
+    );
+    let r = wait_until("a report", secs(10), || dir.reports("reports").into_iter().next());
+    let worker = r["pid"].as_i64().unwrap() as i32;
+    let grandchild = r["grandchild"].as_i64().unwrap() as i32;
+    assert!(alive(worker) && alive(grandchild));
+    sup.signal(libc::SIGTERM);
+    let status = sup.wait_exit(secs(20));
+    assert_eq!(status.code(), Some(0), "{}", sup.log());
+    assert!(
+        sup.log().contains("did not stop within 1s: killing its process group"),
+        "{}",
+        sup.log()
+    );
+    wait_until("worker and grandchild gone", secs(5), || {
+        (!alive(worker) && !alive(grandchild)).then_some(())
+    });
+}
+
+#[test]
+fn a_wrapper_that_exits_leaves_no_child_behind() {
+    // `sh -c 'child & wait'` dies of TERM; its child ignores TERM and stays
+    // in the group until the graceful deadline, then is killed.
+    let dir = TestDir::new();
+    std::fs::create_dir(dir.join("reports")).unwrap();
+    let reports = dir.s("reports");
+    let script = format!("{WORKER} --ignore-term --report-dir {reports} & wait");
+    let mut sup = Sup::start(&dir, &["--graceful-timeout", "1s", "--", "sh", "-c", &script]);
+    let r = wait_until("a report", secs(10), || dir.reports("reports").into_iter().next());
+    let inner = r["pid"].as_i64().unwrap() as i32;
+    sup.signal(libc::SIGTERM);
+    assert_eq!(sup.wait_exit(secs(20)).code(), Some(0), "{}", sup.log());
+    wait_until("the wrapper's child gone", secs(5), || (!alive(inner)).then_some(()));
+}
+
+#[test]
+fn a_second_int_stops_at_once() {
+    let dir = TestDir::new();
+    let mut sup = Sup::start(&dir, &["--graceful-timeout", "60s", "--", WORKER, "--ignore-term"]);
+    let pid = wait_until("a worker", secs(10), || sup.started_pids().first().copied());
+    sup.signal(libc::SIGINT);
+    sup.wait_log("stopping: 1 worker(s)", secs(10));
+    sup.signal(libc::SIGINT);
+    assert_eq!(sup.wait_exit(secs(10)).code(), Some(0), "{}", sup.log());
+    assert!(sup.log().contains("second INT: stopping at once"));
+    wait_until("the worker gone", secs(5), || (!alive(pid)).then_some(()));
+}
+
+#[test]
+fn quit_stops_at_once() {
+    let dir = TestDir::new();
+    let mut sup = Sup::start(
+        &dir,
+        &[
+            "--workers",
+            "2",
+            "--graceful-timeout",
+            "60s",
+            "--",
+            WORKER,
+            "--ignore-term",
+        ],
+    );
+    let pids = wait_until("two workers", secs(10), || {
+        let p = sup.started_pids();
+        (p.len() == 2).then_some(p)
+    });
+    sup.signal(libc::SIGQUIT);
+    assert_eq!(sup.wait_exit(secs(10)).code(), Some(0), "{}", sup.log());
+    wait_until("the workers gone", secs(5), || {
+        pids.iter().all(|p| !alive(*p)).then_some(())
+    });
+}
+
+#[test]
+fn sigkill_of_sup_takes_its_workers_down() {
+    let dir = TestDir::new();
+    let mut sup = Sup::start(
+        &dir,
+        &["--bind", "127.0.0.1:0", "--workers", "3", "--", WORKER, "--serve"],
+    );
+    let pids = wait_until("three workers", secs(10), || {
+        let p = sup.started_pids();
+        (p.len() == 3).then_some(p)
+    });
+    for p in &pids {
+        assert_eq!(ppid(*p), Some(sup.pid()));
+    }
+    sup.signal(libc::SIGKILL);
+    sup.wait_exit(secs(5));
+    wait_until("workers gone after sup's death", secs(5), || {
+        pids.iter().all(|p| !alive(*p)).then_some(())
+    });
+}
+
+#[test]
+fn sup_reaps_every_child_and_leaves_no_zombie() {
+    let dir = TestDir::new();
+    std::fs::create_dir(dir.join("reports")).unwrap();
+    let reports = dir.s("reports");
+    // The worker's grandchild is orphaned when the worker is killed; sup,
+    // a subreaper, adopts and reaps it after killing the group.
+    let sup = Sup::start(&dir, &["--", WORKER, "--grandchild", "--report-dir", &reports]);
+    let r = wait_until("a report", secs(10), || dir.reports("reports").into_iter().next());
+    let (worker, grandchild) = (
+        r["pid"].as_i64().unwrap() as i32,
+        r["grandchild"].as_i64().unwrap() as i32,
+    );
+    // SAFETY: a worker of our sup.
+    unsafe { libc::kill(worker, libc::SIGKILL) };
+    wait_until("the replacement", secs(10), || {
+        (sup.started_pids().len() == 2).then_some(())
+    });
+    wait_until("no zombie or orphan left", secs(10), || {
+        let gone = |p: i32| !std::path::Path::new(&format!("/proc/{p}")).exists();
+        (gone(worker) && gone(grandchild)).then_some(())
+    });
+}

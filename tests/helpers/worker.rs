@@ -1,0 +1,289 @@
+//! `sup-test-worker`: a worker whose behaviour the end-to-end tests choose
+//! with flags, instead of shell scripts.
+//!
+//!   --report-dir DIR      write DIR/<pid>.json first thing: fds, env,
+//!                         signal mask and ignored set, pid/ppid/pgid, cwd,
+//!                         argv, and what each inherited socket is
+//!   --serve               answer on every inherited socket (LISTEN_FDS,
+//!                         checked strictly against LISTEN_PID, as real
+//!                         servers do) with one JSON line: pid, slot, gen
+//!   --delay-response MS   take this long to answer each request
+//!   --exit N              exit with status N (at once, or after --exit-after)
+//!   --exit-after MS       ... after this long
+//!   --ignore-term         ignore SIGTERM
+//!   --grandchild          start a child of its own in the same process
+//!                         group that ignores TERM and sleeps (a wrapper's
+//!                         child); its pid goes in the report
+//!
+//! Graceful stop in --serve mode: on TERM it stops accepting, finishes the
+//! requests in flight, prints `worker <pid> exiting gracefully` and exits 0.
+//! Every request prints `worker <pid> request received` when it is read.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+static TERMINATING: AtomicBool = AtomicBool::new(false);
+
+#[derive(Default)]
+struct Opts {
+    report_dir: Option<String>,
+    serve: bool,
+    delay_response: u64,
+    exit: Option<i32>,
+    exit_after: Option<u64>,
+    ignore_term: bool,
+    grandchild: bool,
+    sleep_forever: bool,
+}
+
+fn parse() -> Opts {
+    let mut o = Opts::default();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut value = |name: &str| args.next().unwrap_or_else(|| die(&format!("{name} needs a value")));
+        match a.as_str() {
+            "--report-dir" => o.report_dir = Some(value("--report-dir")),
+            "--serve" => o.serve = true,
+            "--delay-response" => o.delay_response = value("--delay-response").parse().unwrap_or_else(|_| die("ms")),
+            "--exit" => o.exit = Some(value("--exit").parse().unwrap_or_else(|_| die("code"))),
+            "--exit-after" => o.exit_after = Some(value("--exit-after").parse().unwrap_or_else(|_| die("ms"))),
+            "--ignore-term" => o.ignore_term = true,
+            "--grandchild" => o.grandchild = true,
+            "--sleep-forever" => o.sleep_forever = true,
+            // Anything else is just recorded in argv (placeholder tests).
+            _ => {}
+        }
+    }
+    o
+}
+
+fn die(msg: &str) -> ! {
+    let _ = writeln!(std::io::stderr(), "sup-test-worker: {msg}");
+    std::process::exit(64)
+}
+
+fn main() {
+    let opts = parse();
+    // Taken before this process opens anything of its own.
+    let fds = list_fds();
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    if opts.sleep_forever {
+        ignore(libc::SIGTERM);
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+    let grandchild = opts.grandchild.then(|| {
+        let exe = std::env::current_exe().unwrap_or_else(|_| die("current_exe"));
+        std::process::Command::new(exe)
+            .arg("--sleep-forever")
+            .spawn()
+            .unwrap_or_else(|e| die(&format!("grandchild: {e}")))
+            .id()
+    });
+    if let Some(dir) = &opts.report_dir {
+        write_report(dir, &fds, &status, grandchild);
+    }
+    if opts.ignore_term {
+        ignore(libc::SIGTERM);
+    }
+    if let Some(code) = opts.exit {
+        if let Some(ms) = opts.exit_after {
+            std::thread::sleep(Duration::from_millis(ms));
+        }
+        std::process::exit(code);
+    }
+    if opts.serve {
+        serve(&opts);
+    }
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn ignore(sig: libc::c_int) {
+    // SAFETY: setting a disposition to SIG_IGN has no memory-safety preconditions.
+    unsafe { libc::signal(sig, libc::SIG_IGN) };
+}
+
+/// fd number → what it points at, without the directory handle used to list.
+fn list_fds() -> BTreeMap<i32, String> {
+    let me = format!("/proc/{}/fd", std::process::id());
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir("/proc/self/fd")
+        .unwrap_or_else(|_| die("read /proc/self/fd"))
+        .flatten()
+    {
+        let Ok(fd) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let target = std::fs::read_link(entry.path())
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        if target == me || target.is_empty() {
+            continue;
+        }
+        out.insert(fd, target);
+    }
+    out
+}
+
+fn status_field(status: &str, key: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn sockopt(fd: RawFd, level: libc::c_int, opt: libc::c_int) -> i32 {
+    let mut v: libc::c_int = -1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: v and len are valid for writes of an int-sized option.
+    unsafe { libc::getsockopt(fd, level, opt, (&mut v as *mut libc::c_int).cast(), &mut len) };
+    v
+}
+
+fn write_report(dir: &str, fds: &BTreeMap<i32, String>, status: &str, grandchild: Option<u32>) {
+    let listen_fds: i32 = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let sockets: Vec<serde_json::Value> = (3..3 + listen_fds)
+        .map(|fd| {
+            // SAFETY: F_GETFL only queries the descriptor.
+            let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+            serde_json::json!({
+                "fd": fd,
+                "domain": match sockopt(fd, libc::SOL_SOCKET, libc::SO_DOMAIN) {
+                    libc::AF_INET => "inet", libc::AF_INET6 => "inet6", libc::AF_UNIX => "unix", _ => "other" },
+                "type": match sockopt(fd, libc::SOL_SOCKET, libc::SO_TYPE) {
+                    libc::SOCK_STREAM => "stream", libc::SOCK_DGRAM => "dgram", _ => "other" },
+                "listening": sockopt(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN) == 1,
+                "nonblocking": fl >= 0 && fl & libc::O_NONBLOCK != 0,
+            })
+        })
+        .collect();
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let report = serde_json::json!({
+        "pid": std::process::id(),
+        // SAFETY: getppid and getpgrp have no preconditions.
+        "ppid": unsafe { libc::getppid() },
+        // SAFETY: as above.
+        "pgid": unsafe { libc::getpgrp() },
+        "fds": fds.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<BTreeMap<_, _>>(),
+        "sig_blk": status_field(status, "SigBlk:"),
+        "sig_ign": status_field(status, "SigIgn:"),
+        "cwd": std::env::current_dir().map(|p| p.display().to_string()).unwrap_or_default(),
+        "argv": std::env::args().collect::<Vec<_>>(),
+        "env": env,
+        "sockets": sockets,
+        "grandchild": grandchild,
+    });
+    let pid = std::process::id();
+    let tmp = format!("{dir}/.{pid}.tmp");
+    std::fs::write(&tmp, report.to_string()).unwrap_or_else(|e| die(&format!("write report: {e}")));
+    std::fs::rename(&tmp, format!("{dir}/{pid}.json")).unwrap_or_else(|e| die(&format!("rename report: {e}")));
+}
+
+fn answer(fd: RawFd) -> String {
+    let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
+    let name = names.split(':').nth((fd - 3) as usize).unwrap_or("").to_string();
+    serde_json::json!({
+        "pid": std::process::id(),
+        "slot": std::env::var("SUP_WORKER").ok().and_then(|v| v.parse::<u64>().ok()),
+        "generation": std::env::var("SUP_GENERATION").ok().and_then(|v| v.parse::<u64>().ok()),
+        "fd": fd,
+        "name": name,
+    })
+    .to_string()
+}
+
+fn serve(opts: &Opts) {
+    let pid = std::process::id();
+    let ok_pid = std::env::var("LISTEN_PID").ok() == Some(pid.to_string());
+    let count: i32 = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if !ok_pid || count == 0 {
+        die(&format!(
+            "no sockets for me: LISTEN_PID={:?}, pid {pid}",
+            std::env::var("LISTEN_PID").ok()
+        ));
+    }
+    if !opts.ignore_term {
+        std::thread::spawn(|| {
+            let mut signals = signal_hook::iterator::Signals::new([libc::SIGTERM]).unwrap_or_else(|_| die("signals"));
+            if signals.forever().next().is_some() {
+                TERMINATING.store(true, Ordering::SeqCst);
+                while IN_FLIGHT.load(Ordering::SeqCst) > 0 {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                let _ = writeln!(std::io::stdout(), "worker {} exiting gracefully", std::process::id());
+                std::process::exit(0);
+            }
+        });
+    }
+    let delay = Duration::from_millis(opts.delay_response);
+    let mut handles = Vec::new();
+    for fd in 3..3 + count {
+        let stream = sockopt(fd, libc::SOL_SOCKET, libc::SO_TYPE) == libc::SOCK_STREAM;
+        handles.push(std::thread::spawn(move || {
+            if stream { accept_loop(fd, delay) } else { udp_loop(fd) }
+        }));
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+}
+
+fn accept_loop(fd: RawFd, delay: Duration) {
+    loop {
+        // SAFETY: fd is an inherited listening socket; null address pointers are allowed.
+        let conn = unsafe { libc::accept4(fd, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
+        if conn < 0 {
+            continue;
+        }
+        IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+        std::thread::spawn(move || {
+            // SAFETY: conn is a fresh fd owned by this thread from here on.
+            let mut s = unsafe { std::net::TcpStream::from_raw_fd(conn) };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 65536 {
+                match s.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let _ = writeln!(std::io::stdout(), "worker {} request received", std::process::id());
+            std::thread::sleep(delay);
+            let body = answer(fd);
+            let _ = write!(
+                s,
+                "HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = s.flush();
+            drop(s);
+            IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+}
+
+fn udp_loop(fd: RawFd) {
+    // SAFETY: fd is an inherited datagram socket this thread serves for the process lifetime.
+    let sock = unsafe { std::net::UdpSocket::from_raw_fd(fd) };
+    let mut buf = [0u8; 2048];
+    loop {
+        if let Ok((_, peer)) = sock.recv_from(&mut buf) {
+            let _ = sock.send_to(answer(fd).as_bytes(), peer);
+        }
+    }
+}
