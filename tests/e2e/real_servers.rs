@@ -75,3 +75,29 @@ fn gunicorn_serves_the_socket_sup_passes() {
     sup.signal(libc::SIGTERM);
     assert_eq!(sup.wait_exit(secs(40)).code(), Some(0), "{}", sup.log());
 }
+
+#[test]
+fn the_python_example_from_the_readme_serves_and_stops_gracefully() {
+    if !have("python3") {
+        return;
+    }
+    let dir = TestDir::new();
+    let app = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/python/hello.py");
+    let mut sup = Sup::start(&dir, &["--bind", "127.0.0.1:0", "--workers", "2", "--", "python3", app]);
+    let addr = sup.tcp_addr(0);
+    let text = wait_until("the example to answer", secs(20), || {
+        let mut s = std::net::TcpStream::connect(addr).ok()?;
+        std::io::Write::write_all(&mut s, b"GET / HTTP/1.0\r\n\r\n").ok()?;
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut s, &mut out).ok()?;
+        out.contains("200 OK").then_some(out)
+    });
+    assert!(text.contains("hello from worker "), "{text}");
+    sup.signal(libc::SIGTERM);
+    assert_eq!(sup.wait_exit(secs(20)).code(), Some(0), "{}", sup.log());
+    // A worker still starting Python when TERM came dies of it (clean too).
+    let log = sup.log();
+    let clean = log.matches("stopped (status 0)").count() + log.matches("stopped (signal TERM)").count();
+    assert_eq!(clean, 2, "{log}");
+    assert!(log.contains("stopped (status 0)"), "the one that served stopped gracefully: {log}");
+}
