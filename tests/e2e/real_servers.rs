@@ -99,5 +99,8 @@ fn the_python_example_from_the_readme_serves_and_stops_gracefully() {
     let log = sup.log();
     let clean = log.matches("stopped (status 0)").count() + log.matches("stopped (signal TERM)").count();
     assert_eq!(clean, 2, "{log}");
-    assert!(log.contains("stopped (status 0)"), "the one that served stopped gracefully: {log}");
+    assert!(
+        log.contains("stopped (status 0)"),
+        "the one that served stopped gracefully: {log}"
+    );
 }
