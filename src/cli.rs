@@ -13,6 +13,7 @@ use clap::{ArgAction, Parser};
 
 const AFTER_HELP: &str = "\
 Signals (to sup's pid or --pidfile):
+  USR1        rolling restart: each worker's replacement starts and is ready before the old one stops
   TERM, INT   graceful stop: stop signal to every worker, KILL after --graceful-timeout; a second INT stops at once
   QUIT        immediate stop: KILL to every worker's process group
   TTIN, TTOU  one worker more / fewer (never below 1)
@@ -102,6 +103,51 @@ pub struct Cli {
     /// own environment. Lines are KEY=VALUE, optionally `export`ed and quoted; # starts a comment.
     #[arg(long, value_name = "FILE", env = "SUP_ENV_FILE")]
     pub env_file: Option<PathBuf>,
+
+    /// When a new worker counts as ready: notify, or delay:DURATION [default: delay:1s]
+    ///
+    /// notify: when it sends READY=1 on NOTIFY_SOCKET (the sd_notify protocol; Puma and
+    /// gunicorn already do). delay:DURATION: once it has stayed up that long. A rolling
+    /// restart stops an old worker only after its replacement is ready.
+    #[arg(long, value_name = "MODE", env = "SUP_READY")]
+    pub ready: Option<String>,
+
+    /// A worker not ready within DURATION has failed to boot [default: 60s]
+    ///
+    /// It is killed; during a rolling restart, the restart stops there and the old
+    /// workers keep serving.
+    #[arg(long, value_name = "DURATION", env = "SUP_BOOT_TIMEOUT")]
+    pub boot_timeout: Option<String>,
+
+    /// Kill and replace a worker that sent WATCHDOG=1 once, then went silent this long
+    #[arg(long, value_name = "DURATION", env = "SUP_WATCHDOG")]
+    pub watchdog: Option<String>,
+
+    /// How many replacements may boot at once during a rolling restart [default: 1]
+    ///
+    /// Capacity never drops below --workers ready workers, whatever the value.
+    #[arg(long, value_name = "K", env = "SUP_MAX_SURGE")]
+    pub max_surge: Option<String>,
+
+    /// Run `sh -c CMD` before every restart; a failure abandons the restart
+    ///
+    /// Runs in the resolved --directory with SUP_RESTART=rolling (or hot) in its
+    /// environment and its output in sup's log. A non-zero exit, or running longer than
+    /// --hook-timeout, abandons the restart: nothing is stopped.
+    #[arg(long, value_name = "CMD", env = "SUP_ON_RESTART")]
+    pub on_restart: Option<String>,
+
+    /// How long --on-restart may run [default: 60s]
+    #[arg(long, value_name = "DURATION", env = "SUP_HOOK_TIMEOUT")]
+    pub hook_timeout: Option<String>,
+
+    /// Also accept Einhorn's worker:ack on an Einhorn command socket (EINHORN_SOCK_PATH)
+    ///
+    /// A {"command":"worker:ack","pid":N} line counts as READY=1 for that worker, so apps
+    /// built on Einhorn client libraries (goji/bind, go-einhorn, the einhorn gem) report
+    /// readiness unchanged. Messages are parsed as JSON only.
+    #[arg(long, env = "SUP_EINHORN_ACK")]
+    pub einhorn_ack: bool,
 
     /// Log more (-v debug, -vv trace); RUST_LOG is used when neither -v nor -q is given
     #[arg(short, long, action = ArgAction::Count, conflicts_with = "quiet")]

@@ -25,6 +25,15 @@ pub struct Credentials {
     pub description: String,
 }
 
+/// When a freshly started worker counts as ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// It sends `READY=1` on `NOTIFY_SOCKET` (or an Einhorn ack).
+    Notify,
+    /// It has stayed up this long (or sent `READY=1` sooner).
+    Delay(Duration),
+}
+
 /// Everything sup runs with, validated.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -38,8 +47,13 @@ pub struct Config {
     pub user: Option<String>,
     pub group: Option<String>,
     pub env_file: Option<PathBuf>,
-    /// A worker counts as ready once it has stayed up this long (`delay:1s`).
-    pub ready_delay: Duration,
+    pub ready: Readiness,
+    pub boot_timeout: Duration,
+    pub watchdog: Option<Duration>,
+    pub max_surge: usize,
+    pub on_restart: Option<String>,
+    pub hook_timeout: Duration,
+    pub einhorn_ack: bool,
     /// `-v` count minus `-q` count; `None` when neither was given.
     pub verbosity: Option<i8>,
 }
@@ -51,6 +65,12 @@ pub enum ConfigError {
     Bind(#[from] crate::bind::BindParseError),
     #[error("invalid --workers `{0}`: expected a whole number from 1 to 10000")]
     Workers(String),
+    #[error("invalid --max-surge `{0}`: expected a whole number from 1 to 10000")]
+    MaxSurge(String),
+    #[error("invalid --ready `{0}`: expected notify or delay:DURATION (e.g. delay:2s)")]
+    Ready(String),
+    #[error("--on-restart is empty")]
+    EmptyHook,
     #[error("invalid --{flag} `{value}`: {why}")]
     Duration {
         flag: &'static str,
@@ -126,6 +146,47 @@ impl Config {
                 Duration::from_secs(30)
             }),
         };
+        let mut duration = |flag: &'static str, value: Option<&str>, default: Duration| match value {
+            None => default,
+            Some(s) => parse_duration(s).unwrap_or_else(|why| {
+                errors.push(ConfigError::Duration {
+                    flag,
+                    value: s.to_string(),
+                    why,
+                });
+                default
+            }),
+        };
+        let boot_timeout = duration("boot-timeout", cli.boot_timeout.as_deref(), Duration::from_secs(60));
+        let hook_timeout = duration("hook-timeout", cli.hook_timeout.as_deref(), Duration::from_secs(60));
+        let watchdog = cli
+            .watchdog
+            .as_deref()
+            .map(|w| duration("watchdog", Some(w), Duration::from_secs(30)));
+        let ready = match cli.ready.as_deref() {
+            None => Readiness::Delay(Duration::from_secs(1)),
+            Some("notify") => Readiness::Notify,
+            Some(s) => match s.strip_prefix("delay:").map(parse_duration) {
+                Some(Ok(d)) => Readiness::Delay(d),
+                _ => {
+                    errors.push(ConfigError::Ready(s.to_string()));
+                    Readiness::Notify
+                }
+            },
+        };
+        let max_surge = match cli.max_surge.as_deref() {
+            None => 1,
+            Some(s) => match s.parse::<usize>() {
+                Ok(n) if (1..=MAX_WORKERS).contains(&n) => n,
+                _ => {
+                    errors.push(ConfigError::MaxSurge(s.to_string()));
+                    1
+                }
+            },
+        };
+        if cli.on_restart.as_deref().is_some_and(|h| h.trim().is_empty()) {
+            errors.push(ConfigError::EmptyHook);
+        }
         if cli.command.is_empty() {
             errors.push(ConfigError::NoCommand);
         }
@@ -152,7 +213,13 @@ impl Config {
             user: cli.user,
             group: cli.group,
             env_file: cli.env_file,
-            ready_delay: Duration::from_secs(1),
+            ready,
+            boot_timeout,
+            watchdog,
+            max_surge,
+            on_restart: cli.on_restart,
+            hook_timeout,
+            einhorn_ack: cli.einhorn_ack,
             verbosity,
         })
     }
@@ -368,6 +435,57 @@ mod tests {
         assert!(cfg(&["-b", "127.0.0.1:0?name=web", "--", "x", "--fd={fd:web}"]).is_ok());
         let e = cfg(&["-b", "127.0.0.1:0", "--", "x", "{fd:nope}"]).unwrap_err();
         assert!(e[0].to_string().contains("{fd:nope}"), "{e:?}");
+    }
+
+    #[test]
+    fn readiness_and_restart_settings() {
+        let c = cfg(&["--", "x"]).unwrap();
+        assert_eq!(c.ready, Readiness::Delay(Duration::from_secs(1)));
+        assert_eq!(
+            (c.boot_timeout, c.hook_timeout, c.max_surge),
+            (Duration::from_secs(60), Duration::from_secs(60), 1)
+        );
+        let c = cfg(&[
+            "--ready",
+            "notify",
+            "--boot-timeout",
+            "5s",
+            "--watchdog",
+            "2s",
+            "--max-surge",
+            "3",
+            "--",
+            "x",
+        ])
+        .unwrap();
+        assert_eq!(c.ready, Readiness::Notify);
+        assert_eq!(
+            (c.boot_timeout, c.watchdog, c.max_surge),
+            (Duration::from_secs(5), Some(Duration::from_secs(2)), 3)
+        );
+        assert_eq!(
+            cfg(&["--ready", "delay:250ms", "--", "x"]).unwrap().ready,
+            Readiness::Delay(Duration::from_millis(250))
+        );
+        let e = cfg(&[
+            "--ready",
+            "sometimes",
+            "--max-surge",
+            "0",
+            "--on-restart",
+            " ",
+            "--",
+            "x",
+        ])
+        .unwrap_err();
+        assert_eq!(
+            e,
+            vec![
+                ConfigError::Ready("sometimes".into()),
+                ConfigError::MaxSurge("0".into()),
+                ConfigError::EmptyHook
+            ]
+        );
     }
 
     #[test]

@@ -1,11 +1,21 @@
 //! The supervisor's decisions: `(event, now) → actions`, and the next deadline.
 //!
-//! Everything sup decides happens here — when to spawn, when to stop or
-//! kill, how long to back off, when to exit — so it is tested by feeding
+//! Everything sup decides happens here — when to spawn, when a worker is
+//! ready, when to stop or kill, how long to back off, how a rolling restart
+//! advances or is abandoned, when to exit — so it is tested by feeding
 //! events and asserting actions, without processes. The core makes no
 //! syscalls, never reads the clock (callers pass `now`), and does not log:
 //! it returns [`Action::Log`] lines for the shell to write. It must not
-//! import the shell (`event_loop`, `spawn`, `sockets`).
+//! import the shell (`event_loop`, `spawn`, `sockets`, `notify`'s socket).
+//!
+//! Two rules carry most of the behaviour:
+//! - **Fill**: a slot below the target count with no live worker gets one
+//!   (after its crash backoff).
+//! - **Hand over**: in a slot whose newest live worker is ready, every
+//!   older live worker is stopped. A rolling restart is then only "start a
+//!   replacement in each slot, at most `max_surge` booting at once": the
+//!   hand-over rule stops each old worker once its replacement is ready, so
+//!   capacity never drops below the ready workers there were.
 //!
 //! Idle means no deadline: a steady sup sets no timer at all.
 
@@ -13,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use log::Level;
 
+use crate::notify::{Message, Sender};
 use crate::worker::{Backoff, ExitStatus, Lingering, SlotState, Worker, WorkerState};
 
 /// What the signal handlers (and later the control server) ask for.
@@ -30,6 +41,49 @@ pub enum Intent {
     Decr,
     /// HUP: reopen the log file.
     ReopenLogs,
+    /// USR1: rolling restart.
+    Rolling,
+}
+
+/// Which restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartKind {
+    Rolling,
+}
+
+impl RestartKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartKind::Rolling => "rolling",
+        }
+    }
+}
+
+/// How a restart ended (or that it has not yet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Running,
+    Completed,
+    /// A replacement failed to boot; the old workers kept serving.
+    Failed {
+        slot: usize,
+        reason: String,
+    },
+    /// Nothing was stopped: the hook failed, or sup began stopping.
+    Abandoned {
+        reason: String,
+    },
+}
+
+/// The current or last restart, as `/stats` will show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestartRecord {
+    pub kind: RestartKind,
+    /// The generation being rolled out (known once the hook has passed).
+    pub generation: Option<u64>,
+    pub started_at: Instant,
+    pub finished_at: Option<Instant>,
+    pub outcome: Outcome,
 }
 
 /// Something that happened, as the shell saw it.
@@ -57,6 +111,19 @@ pub enum Event {
         status: ExitStatus,
         group_alive: bool,
     },
+    /// An sd_notify datagram (or an Einhorn ack, as `READY=1` + `MAINPID`).
+    Notify {
+        sender: Option<Sender>,
+        message: Message,
+    },
+    /// The restart hook the core asked for is running as `pid`.
+    HookSpawned {
+        pid: i32,
+    },
+    /// The restart hook could not be started.
+    HookFailed {
+        reason: String,
+    },
     /// A deadline passed (the poll timed out).
     Tick,
 }
@@ -77,6 +144,10 @@ pub enum Action {
     KillGroup {
         pgid: i32,
     },
+    /// Start the `--on-restart` hook for this kind of restart.
+    RunHook {
+        kind: RestartKind,
+    },
     ReopenLogs,
     Log {
         level: Level,
@@ -92,7 +163,17 @@ pub struct Settings {
     pub workers: usize,
     pub stop_signal: i32,
     pub graceful_timeout: Duration,
-    pub ready_delay: Duration,
+    /// `Some(d)`: ready after `d` up (or READY=1); `None`: only on READY=1.
+    pub ready_delay: Option<Duration>,
+    pub boot_timeout: Duration,
+    pub watchdog: Option<Duration>,
+    pub max_surge: usize,
+    /// Whether an `--on-restart` hook runs before each restart.
+    pub hook: bool,
+    pub hook_timeout: Duration,
+    /// Senders whose `MAINPID=` naming a worker is believed (root, sup's
+    /// user, the workers' user).
+    pub trusted_uids: Vec<u32>,
     pub backoff: Backoff,
     /// After an immediate stop, how long to wait for reaping before exiting anyway.
     pub halt_timeout: Duration,
@@ -102,6 +183,22 @@ pub struct Settings {
 enum Shutdown {
     Graceful,
     Immediate { exit_by: Instant },
+}
+
+/// Where the restart in progress is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// The hook runs (`pid` once it has been spawned).
+    Hook { pid: Option<i32>, deadline: Instant },
+    /// Replacements of `generation` are being started.
+    Rolling { generation: u64 },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Restart {
+    kind: RestartKind,
+    started_at: Instant,
+    phase: Phase,
 }
 
 /// The supervisor's whole state.
@@ -114,6 +211,10 @@ pub struct Core {
     lingering: Vec<Lingering>,
     slots: Vec<SlotState>,
     shutdown: Option<Shutdown>,
+    restart: Option<Restart>,
+    /// A restart was asked for while a hook ran; it is not lost.
+    pending: bool,
+    last_restart: Option<RestartRecord>,
     started: bool,
     exited: bool,
 }
@@ -132,6 +233,9 @@ impl Core {
             lingering: Vec::new(),
             slots: vec![SlotState::default(); target],
             shutdown: None,
+            restart: None,
+            pending: false,
+            last_restart: None,
             started: false,
             exited: false,
         }
@@ -153,6 +257,23 @@ impl Core {
         self.slots.get(slot)
     }
 
+    /// The restart in progress, or else the last one.
+    pub fn restart_record(&self) -> Option<RestartRecord> {
+        match self.restart {
+            Some(r) => Some(RestartRecord {
+                kind: r.kind,
+                generation: match r.phase {
+                    Phase::Rolling { generation } => Some(generation),
+                    Phase::Hook { .. } => None,
+                },
+                started_at: r.started_at,
+                finished_at: None,
+                outcome: Outcome::Running,
+            }),
+            None => self.last_restart.clone(),
+        }
+    }
+
     /// Decide what to do about `event` at `now`.
     pub fn handle(&mut self, event: Event, now: Instant) -> Vec<Action> {
         let mut out = Vec::new();
@@ -172,11 +293,33 @@ impl Core {
                 pid,
                 status,
                 group_alive,
-            } => self.on_exited(pid, status, group_alive, now, &mut out),
+            } => {
+                if self.hook_pid() == Some(pid) {
+                    self.on_hook_exited(status, now, &mut out);
+                } else {
+                    self.on_exited(pid, status, group_alive, now, &mut out);
+                }
+            }
+            Event::Notify { sender, message } => self.on_notify(sender, &message, now, &mut out),
+            Event::HookSpawned { pid } => {
+                if let Some(Restart {
+                    phase: Phase::Hook { pid: p, .. },
+                    ..
+                }) = &mut self.restart
+                {
+                    *p = Some(pid);
+                }
+            }
+            Event::HookFailed { reason } => {
+                self.abandon(format!("cannot run the restart hook: {reason}"), now, &mut out);
+            }
             Event::Tick => {}
         }
         self.on_deadlines(now, &mut out);
-        self.reconcile(now, &mut out);
+        self.hand_over(now, &mut out);
+        self.roll(&mut out);
+        self.fill(now, &mut out);
+        self.check_rollout_done(now, &mut out);
         self.check_done(now, &mut out);
         out
     }
@@ -184,10 +327,17 @@ impl Core {
     /// The earliest instant at which [`Event::Tick`] has something to do;
     /// `None` when nothing is timed (an idle sup sleeps until an event).
     pub fn next_deadline(&self) -> Option<Instant> {
-        let workers = self.workers.iter().filter_map(|w| match w.state {
-            WorkerState::Booting { ready_at } => Some(ready_at),
-            WorkerState::Stopping { kill_at, killed: false } => Some(kill_at),
-            _ => None,
+        let workers = self.workers.iter().flat_map(|w| {
+            let state = match w.state {
+                WorkerState::Booting {
+                    ready_at,
+                    boot_deadline,
+                } => [ready_at, Some(boot_deadline)].into_iter().flatten().min(),
+                WorkerState::Stopping { kill_at, killed: false } => Some(kill_at),
+                _ => None,
+            };
+            let watchdog = if w.is_stopping() { None } else { w.watchdog_deadline };
+            [state, watchdog].into_iter().flatten()
         });
         let lingering = self.lingering.iter().map(|l| l.kill_at);
         let backoff = self
@@ -197,11 +347,18 @@ impl Core {
             .filter(|_| self.shutdown.is_none())
             .filter(|(i, s)| *i < self.target && !s.spawning && !self.slot_occupied(*i))
             .filter_map(|(_, s)| s.not_before);
+        let hook = match self.restart {
+            Some(Restart {
+                phase: Phase::Hook { deadline, .. },
+                ..
+            }) => Some(deadline),
+            _ => None,
+        };
         let exit = match self.shutdown {
             Some(Shutdown::Immediate { exit_by }) => Some(exit_by),
             _ => None,
         };
-        workers.chain(lingering).chain(backoff).chain(exit).min()
+        workers.chain(lingering).chain(backoff).chain(hook).chain(exit).min()
     }
 
     fn on_intent(&mut self, intent: Intent, now: Instant, out: &mut Vec<Action>) {
@@ -258,6 +415,186 @@ impl Core {
                 }
             }
             Intent::ReopenLogs => out.push(Action::ReopenLogs),
+            Intent::Rolling => self.request_restart(RestartKind::Rolling, now, out),
+        }
+    }
+
+    fn request_restart(&mut self, kind: RestartKind, now: Instant, out: &mut Vec<Action>) {
+        if self.shutdown.is_some() {
+            log(
+                out,
+                Level::Info,
+                format!("{} restart ignored: sup is stopping", kind.as_str()),
+            );
+            return;
+        }
+        match self.restart.map(|r| r.phase) {
+            Some(Phase::Hook { .. }) => {
+                // The rollout that follows the hook starts new workers from
+                // what is on disk then: this request is served by it.
+                self.pending = true;
+                log(
+                    out,
+                    Level::Info,
+                    format!(
+                        "{} restart requested while the restart hook runs: it will include it",
+                        kind.as_str()
+                    ),
+                );
+            }
+            Some(Phase::Rolling { generation }) => {
+                log(
+                    out,
+                    Level::Info,
+                    format!(
+                        "{} restart requested during the rollout of gen {generation}: starting over",
+                        kind.as_str()
+                    ),
+                );
+                self.begin_restart(kind, now, out);
+            }
+            None => self.begin_restart(kind, now, out),
+        }
+    }
+
+    fn begin_restart(&mut self, kind: RestartKind, now: Instant, out: &mut Vec<Action>) {
+        if self.settings.hook {
+            self.restart = Some(Restart {
+                kind,
+                started_at: now,
+                phase: Phase::Hook {
+                    pid: None,
+                    deadline: now + self.settings.hook_timeout,
+                },
+            });
+            out.push(Action::RunHook { kind });
+        } else {
+            self.restart = Some(Restart {
+                kind,
+                started_at: now,
+                phase: Phase::Rolling { generation: 0 },
+            });
+            self.start_rollout(now, out);
+        }
+    }
+
+    fn start_rollout(&mut self, now: Instant, out: &mut Vec<Action>) {
+        self.pending = false;
+        self.generation += 1;
+        let generation = self.generation;
+        if let Some(r) = &mut self.restart {
+            r.phase = Phase::Rolling { generation };
+        }
+        log(
+            out,
+            Level::Info,
+            format!(
+                "rolling restart to gen {generation}: {} worker(s), {} at a time",
+                self.target,
+                self.settings.max_surge.min(self.target)
+            ),
+        );
+        // Replacements still booting from a superseded rollout are not
+        // serving yet: stop them, the new rollout replaces their slot.
+        for i in 0..self.workers.len() {
+            let w = &self.workers[i];
+            let superseded = matches!(w.state, WorkerState::Booting { .. })
+                && w.generation < generation
+                && self.live_in_slot(w.slot) > 1;
+            if superseded {
+                self.stop_worker(i, now, out);
+            }
+        }
+    }
+
+    fn hook_pid(&self) -> Option<i32> {
+        match self.restart {
+            Some(Restart {
+                phase: Phase::Hook { pid, .. },
+                ..
+            }) => pid,
+            _ => None,
+        }
+    }
+
+    fn on_hook_exited(&mut self, status: ExitStatus, now: Instant, out: &mut Vec<Action>) {
+        if status == ExitStatus::Code(0) {
+            log(out, Level::Info, "restart hook succeeded".to_string());
+            self.start_rollout(now, out);
+        } else {
+            self.abandon(format!("the restart hook exited with {status}"), now, out);
+        }
+    }
+
+    /// Give up the restart in progress before anything was stopped.
+    fn abandon(&mut self, reason: String, now: Instant, out: &mut Vec<Action>) {
+        let Some(r) = self.restart.take() else { return };
+        if let Phase::Hook { pid: Some(pid), .. } = r.phase {
+            out.push(Action::KillGroup { pgid: pid });
+        }
+        log(
+            out,
+            Level::Error,
+            format!(
+                "{} restart abandoned: {reason}; the running workers keep serving",
+                r.kind.as_str()
+            ),
+        );
+        self.last_restart = Some(RestartRecord {
+            kind: r.kind,
+            generation: None,
+            started_at: r.started_at,
+            finished_at: Some(now),
+            outcome: Outcome::Abandoned { reason },
+        });
+        // A request that came in while the hook ran is not lost.
+        if self.pending && self.shutdown.is_none() {
+            self.pending = false;
+            self.begin_restart(r.kind, now, out);
+        }
+    }
+
+    /// A replacement of the generation being rolled out failed to boot:
+    /// stop the rollout there; every old worker keeps serving.
+    fn fail_rollout(&mut self, slot: usize, reason: String, now: Instant, out: &mut Vec<Action>) {
+        let Some(r) = self.restart else { return };
+        let Phase::Rolling { generation } = r.phase else { return };
+        self.restart = None;
+        let serving = self.workers.iter().filter(|w| !w.is_stopping()).count();
+        log(
+            out,
+            Level::Error,
+            format!(
+                "rolling restart to gen {generation} failed: worker {slot} {reason}; stopped there, {serving} worker(s) keep serving"
+            ),
+        );
+        self.last_restart = Some(RestartRecord {
+            kind: r.kind,
+            generation: Some(generation),
+            started_at: r.started_at,
+            finished_at: Some(now),
+            outcome: Outcome::Failed { slot, reason },
+        });
+        // Other replacements still booting (max surge > 1) go too, where an
+        // older worker still holds their slot.
+        for i in 0..self.workers.len() {
+            let w = &self.workers[i];
+            if w.generation == generation
+                && matches!(w.state, WorkerState::Booting { .. })
+                && self.live_in_slot(w.slot) > 1
+            {
+                self.stop_worker(i, now, out);
+            }
+        }
+    }
+
+    fn rolling_generation(&self) -> Option<u64> {
+        match self.restart {
+            Some(Restart {
+                phase: Phase::Rolling { generation },
+                ..
+            }) => Some(generation),
+            _ => None,
         }
     }
 
@@ -266,6 +603,7 @@ impl Core {
             return;
         }
         self.shutdown = Some(Shutdown::Graceful);
+        self.stop_restart(now, out);
         let live = self.workers.iter().filter(|w| !w.is_stopping()).count();
         log(
             out,
@@ -286,6 +624,7 @@ impl Core {
         self.shutdown = Some(Shutdown::Immediate {
             exit_by: now + self.settings.halt_timeout,
         });
+        self.stop_restart(now, out);
         for w in &mut self.workers {
             out.push(Action::KillGroup { pgid: w.pid });
             w.state = WorkerState::Stopping {
@@ -295,6 +634,14 @@ impl Core {
         }
         for l in self.lingering.drain(..) {
             out.push(Action::KillGroup { pgid: l.pgid });
+        }
+    }
+
+    /// A stop ends any restart in progress.
+    fn stop_restart(&mut self, now: Instant, out: &mut Vec<Action>) {
+        self.pending = false;
+        if self.restart.is_some() {
+            self.abandon("sup is stopping".to_string(), now, out);
         }
     }
 
@@ -316,6 +663,16 @@ impl Core {
         };
     }
 
+    /// Kill worker `i`'s group now (it failed a deadline).
+    fn kill_worker(&mut self, i: usize, now: Instant, out: &mut Vec<Action>) {
+        let w = &mut self.workers[i];
+        out.push(Action::KillGroup { pgid: w.pid });
+        w.state = WorkerState::Stopping {
+            kill_at: now,
+            killed: true,
+        };
+    }
+
     fn on_spawned(&mut self, slot: usize, generation: u64, pid: i32, now: Instant, out: &mut Vec<Action>) {
         if let Some(s) = self.slots.get_mut(slot) {
             s.spawning = false;
@@ -326,8 +683,11 @@ impl Core {
             pid,
             spawned_at: now,
             state: WorkerState::Booting {
-                ready_at: now + self.settings.ready_delay,
+                ready_at: self.settings.ready_delay.map(|d| now + d),
+                boot_deadline: now + self.settings.boot_timeout,
             },
+            status: None,
+            watchdog_deadline: None,
         };
         log(out, Level::Info, format!("{} started", worker.label()));
         self.workers.push(worker);
@@ -339,46 +699,58 @@ impl Core {
         }
     }
 
+    /// Count a failed run of `slot` and schedule its next spawn.
+    fn record_failure(&mut self, slot: usize, healthy_run: bool, status: Option<ExitStatus>, now: Instant) -> Duration {
+        let backoff = self.settings.backoff;
+        let Some(s) = self.slots.get_mut(slot) else {
+            return Duration::ZERO;
+        };
+        s.failures = if healthy_run { 1 } else { s.failures.saturating_add(1) };
+        if status.is_some() {
+            s.restarts = s.restarts.saturating_add(1);
+            s.last_exit = status;
+        }
+        let delay = backoff.delay(s.failures);
+        s.not_before = Some(now + delay);
+        delay
+    }
+
     fn on_spawn_failed(&mut self, slot: usize, generation: u64, reason: &str, now: Instant, out: &mut Vec<Action>) {
         let Some(s) = self.slots.get_mut(slot) else { return };
         s.spawning = false;
-        s.failures = s.failures.saturating_add(1);
-        let delay = self.settings.backoff.delay(s.failures);
-        s.not_before = Some(now + delay);
+        let delay = self.record_failure(slot, false, None, now);
+        let failures = self.slots[slot].failures;
         log(
             out,
             Level::Error,
             format!(
                 "worker {slot} (gen {generation}) failed to start: {reason}; {}",
-                retry_text(delay, s.failures)
+                retry_text(delay, failures)
             ),
         );
+        if self.rolling_generation() == Some(generation) {
+            self.fail_rollout(slot, format!("failed to start: {reason}"), now, out);
+        }
     }
 
     fn on_exited(&mut self, pid: i32, status: ExitStatus, group_alive: bool, now: Instant, out: &mut Vec<Action>) {
         let Some(i) = self.workers.iter().position(|w| w.pid == pid) else {
-            // An orphan that was re-parented to sup (it is a subreaper), or a
-            // member of a lingering group.
+            // An orphan that was re-parented to sup (it is a subreaper), a
+            // member of a lingering group, or a hook that was killed.
             log(out, Level::Debug, format!("reaped process {pid} ({status})"));
             return;
         };
         let w = self.workers.remove(i);
         let label = w.label();
-        let expected = match w.state {
-            WorkerState::Stopping { kill_at, .. } => {
-                let clean = matches!(status, ExitStatus::Code(0))
-                    || status == ExitStatus::Signaled(self.settings.stop_signal)
-                    || status == ExitStatus::Signaled(SIGKILL);
-                let level = if clean { Level::Info } else { Level::Warn };
-                log(out, level, format!("{label} stopped ({status})"));
-                if group_alive {
-                    self.linger(w.pid, w.slot, kill_at, &label, out);
-                }
-                true
+        if let WorkerState::Stopping { kill_at, .. } = w.state {
+            let clean = matches!(status, ExitStatus::Code(0))
+                || status == ExitStatus::Signaled(self.settings.stop_signal)
+                || status == ExitStatus::Signaled(SIGKILL);
+            let level = if clean { Level::Info } else { Level::Warn };
+            log(out, level, format!("{label} stopped ({status})"));
+            if group_alive {
+                self.linger(w.pid, w.slot, kill_at, &label, out);
             }
-            WorkerState::Booting { .. } | WorkerState::Ready { .. } => false,
-        };
-        if expected {
             return;
         }
         // An unexpected exit: whatever else is left of its group is an orphan
@@ -386,24 +758,26 @@ impl Core {
         if group_alive {
             out.push(Action::KillGroup { pgid: w.pid });
         }
-        let backoff = self.settings.backoff;
-        let Some(s) = self.slots.get_mut(w.slot) else { return };
-        let healthy = now.saturating_duration_since(w.spawned_at) >= backoff.reset_after;
-        s.failures = if healthy { 1 } else { s.failures.saturating_add(1) };
-        s.restarts = s.restarts.saturating_add(1);
-        s.last_exit = Some(status);
-        let delay = backoff.delay(s.failures);
-        s.not_before = Some(now + delay);
-        let when = if self.shutdown.is_some() || w.slot >= self.target {
-            "not replaced".to_string()
+        let booting = matches!(w.state, WorkerState::Booting { .. });
+        let healthy = now.saturating_duration_since(w.spawned_at) >= self.settings.backoff.reset_after;
+        let delay = self.record_failure(w.slot, healthy, Some(status), now);
+        let failures = self.slots.get(w.slot).map_or(0, |s| s.failures);
+        let replaced = self.shutdown.is_none() && w.slot < self.target && !self.slot_occupied(w.slot);
+        let when = if replaced {
+            retry_text(delay, failures)
         } else {
-            retry_text(delay, s.failures)
+            "not replaced".to_string()
         };
-        let phase = match w.state {
-            WorkerState::Booting { .. } => " before becoming ready",
-            _ => "",
-        };
+        let phase = if booting { " before becoming ready" } else { "" };
         log(out, Level::Warn, format!("{label} exited with {status}{phase}; {when}"));
+        if booting && self.rolling_generation() == Some(w.generation) {
+            self.fail_rollout(
+                w.slot,
+                format!("(pid {pid}) exited with {status} before becoming ready"),
+                now,
+                out,
+            );
+        }
     }
 
     fn linger(&mut self, pgid: i32, slot: usize, kill_at: Instant, label: &str, out: &mut Vec<Action>) {
@@ -419,11 +793,82 @@ impl Core {
         self.lingering.push(Lingering { pgid, slot, kill_at });
     }
 
+    /// Which worker a notify message is about: the sender itself, a process
+    /// in a worker's process group (a child such as systemd-notify), or a
+    /// worker named by `MAINPID=` from a trusted user.
+    fn attribute(&self, sender: Option<Sender>, message: &Message) -> Option<usize> {
+        let sender = sender?;
+        let live = |pid: i32| self.workers.iter().position(|w| w.pid == pid && !w.is_stopping());
+        live(sender.pid).or_else(|| sender.pgid.and_then(live)).or_else(|| {
+            let trusted = self.settings.trusted_uids.contains(&sender.uid);
+            message.mainpid.filter(|_| trusted).and_then(live)
+        })
+    }
+
+    fn on_notify(&mut self, sender: Option<Sender>, message: &Message, now: Instant, out: &mut Vec<Action>) {
+        if message.is_empty() {
+            return;
+        }
+        let Some(i) = self.attribute(sender, message) else {
+            let who = match sender {
+                Some(s) => format!("pid {} (uid {})", s.pid, s.uid),
+                None => "a sender without credentials".to_string(),
+            };
+            log(
+                out,
+                Level::Warn,
+                format!("dropped a notify message from {who}: not a worker nor in a worker's process group"),
+            );
+            return;
+        };
+        let watchdog = self.settings.watchdog;
+        let w = &mut self.workers[i];
+        if let Some(status) = &message.status {
+            log(out, Level::Debug, format!("{}: STATUS={status}", w.label()));
+            w.status = Some(status.clone());
+        }
+        if message.watchdog
+            && let Some(d) = watchdog
+        {
+            w.watchdog_deadline = Some(now + d);
+        }
+        if message.stopping {
+            log(out, Level::Info, format!("{} says it is stopping", w.label()));
+        }
+        if message.ready && matches!(w.state, WorkerState::Booting { .. }) {
+            w.state = WorkerState::Ready { since: now };
+            log(out, Level::Info, format!("{} is ready", w.label()));
+        }
+    }
+
     fn on_deadlines(&mut self, now: Instant, out: &mut Vec<Action>) {
         let graceful = self.settings.graceful_timeout;
-        for w in &mut self.workers {
+        let boot_timeout = self.settings.boot_timeout;
+        let watchdog = self.settings.watchdog.unwrap_or_default();
+        let mut failed: Vec<(usize, String)> = Vec::new();
+        for (i, w) in self.workers.iter_mut().enumerate() {
+            if !w.is_stopping() && w.watchdog_deadline.is_some_and(|d| d <= now) {
+                log(
+                    out,
+                    Level::Error,
+                    format!("{} sent no WATCHDOG=1 for {watchdog:?}: killing it", w.label()),
+                );
+                failed.push((i, format!("missed its watchdog ({watchdog:?})")));
+                continue;
+            }
             match w.state {
-                WorkerState::Booting { ready_at } if ready_at <= now => {
+                WorkerState::Booting { boot_deadline, .. } if boot_deadline <= now => {
+                    log(
+                        out,
+                        Level::Error,
+                        format!("{} was not ready within {boot_timeout:?}: killing it", w.label()),
+                    );
+                    failed.push((i, format!("(pid {}) was not ready within {boot_timeout:?}", w.pid)));
+                }
+                WorkerState::Booting {
+                    ready_at: Some(ready_at),
+                    ..
+                } if ready_at <= now => {
                     w.state = WorkerState::Ready { since: now };
                     log(out, Level::Info, format!("{} is ready", w.label()));
                 }
@@ -442,6 +887,17 @@ impl Core {
                 _ => {}
             }
         }
+        for (i, reason) in failed {
+            let (slot, generation, booting) = {
+                let w = &self.workers[i];
+                (w.slot, w.generation, matches!(w.state, WorkerState::Booting { .. }))
+            };
+            self.kill_worker(i, now, out);
+            self.record_failure(slot, false, None, now);
+            if booting && self.rolling_generation() == Some(generation) {
+                self.fail_rollout(slot, reason, now, out);
+            }
+        }
         let (due, keep): (Vec<_>, Vec<_>) = self.lingering.drain(..).partition(|l| l.kill_at <= now);
         self.lingering = keep;
         for l in due {
@@ -452,15 +908,121 @@ impl Core {
             );
             out.push(Action::KillGroup { pgid: l.pgid });
         }
+        if let Some(Restart {
+            phase: Phase::Hook { deadline, .. },
+            ..
+        }) = self.restart
+            && deadline <= now
+        {
+            let t = self.settings.hook_timeout;
+            self.abandon(format!("the restart hook did not finish within {t:?}"), now, out);
+        }
+    }
+
+    fn live_in_slot(&self, slot: usize) -> usize {
+        self.workers
+            .iter()
+            .filter(|w| w.slot == slot && !w.is_stopping())
+            .count()
     }
 
     fn slot_occupied(&self, slot: usize) -> bool {
-        self.workers.iter().any(|w| w.slot == slot && !w.is_stopping())
+        self.live_in_slot(slot) > 0
     }
 
-    /// Bring the table towards `target` live workers: spawn into every empty
-    /// slot whose backoff has passed.
-    fn reconcile(&mut self, now: Instant, out: &mut Vec<Action>) {
+    /// Hand over: where a slot's newest live worker is ready, stop the older
+    /// live ones (the old generation after its replacement came up).
+    fn hand_over(&mut self, now: Instant, out: &mut Vec<Action>) {
+        for slot in 0..self.slots.len() {
+            let newest = self
+                .workers
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| w.slot == slot && !w.is_stopping())
+                .max_by_key(|(_, w)| (w.generation, w.spawned_at))
+                .map(|(i, w)| (i, matches!(w.state, WorkerState::Ready { .. })));
+            let Some((newest, true)) = newest else { continue };
+            for i in 0..self.workers.len() {
+                if i != newest && self.workers[i].slot == slot && !self.workers[i].is_stopping() {
+                    let (old, new) = (self.workers[i].label(), self.workers[newest].label());
+                    log(out, Level::Info, format!("{new} replaces {old}"));
+                    self.stop_worker(i, now, out);
+                }
+            }
+        }
+    }
+
+    /// The rolling restart's step: start replacements of the generation
+    /// being rolled out, lowest slot first, at most `max_surge` booting.
+    fn roll(&mut self, out: &mut Vec<Action>) {
+        let Some(generation) = self.rolling_generation() else {
+            return;
+        };
+        if self.shutdown.is_some() {
+            return;
+        }
+        let booting = self
+            .workers
+            .iter()
+            .filter(|w| w.generation == generation && matches!(w.state, WorkerState::Booting { .. }))
+            .count()
+            + self.slots.iter().filter(|s| s.spawning).count();
+        let mut room = self.settings.max_surge.saturating_sub(booting);
+        for slot in 0..self.target {
+            if room == 0 {
+                break;
+            }
+            let has_new = self
+                .workers
+                .iter()
+                .any(|w| w.slot == slot && w.generation == generation && !w.is_stopping());
+            // An empty slot is filled by `fill`, with its backoff.
+            if has_new || self.slots[slot].spawning || !self.slot_occupied(slot) {
+                continue;
+            }
+            self.slots[slot].spawning = true;
+            out.push(Action::Spawn { slot, generation });
+            room -= 1;
+        }
+    }
+
+    fn check_rollout_done(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let Some(generation) = self.rolling_generation() else {
+            return;
+        };
+        let all_new_ready = (0..self.target).all(|slot| {
+            self.workers
+                .iter()
+                .any(|w| w.slot == slot && w.generation == generation && matches!(w.state, WorkerState::Ready { .. }))
+        });
+        // Finished means the old code is gone, not merely asked to go: a
+        // deploy waiting on the restart must not see an old worker answer.
+        let old_left = self.workers.iter().any(|w| w.generation < generation);
+        if !all_new_ready || old_left {
+            return;
+        }
+        let Some(r) = self.restart.take() else { return };
+        let took = now.saturating_duration_since(r.started_at);
+        log(
+            out,
+            Level::Info,
+            format!(
+                "rolling restart to gen {generation} complete in {took:.1?}: {} worker(s) replaced",
+                self.target
+            ),
+        );
+        self.last_restart = Some(RestartRecord {
+            kind: r.kind,
+            generation: Some(generation),
+            started_at: r.started_at,
+            finished_at: Some(now),
+            outcome: Outcome::Completed,
+        });
+    }
+
+    /// Fill: bring every slot below the target to one live worker, spawning
+    /// into each empty slot whose backoff has passed.
+    fn fill(&mut self, now: Instant, out: &mut Vec<Action>) {
         if !self.started || self.shutdown.is_some() {
             return;
         }
@@ -513,6 +1075,7 @@ fn retry_text(delay: Duration, failures: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::notify::{Message, Sender};
 
     const TERM: i32 = 15;
 
@@ -521,7 +1084,13 @@ mod tests {
             workers,
             stop_signal: TERM,
             graceful_timeout: Duration::from_secs(30),
-            ready_delay: Duration::from_secs(1),
+            ready_delay: Some(Duration::from_secs(1)),
+            boot_timeout: Duration::from_secs(60),
+            watchdog: None,
+            max_surge: 1,
+            hook: false,
+            hook_timeout: Duration::from_secs(60),
+            trusted_uids: vec![0],
             backoff: Backoff::default(),
             halt_timeout: Duration::from_secs(5),
         }
@@ -530,6 +1099,7 @@ mod tests {
     /// Drives a core like the shell does: spawns get pids 100, 101, …
     struct Harness {
         core: Core,
+        hooks: Vec<RestartKind>,
         t0: Instant,
         next_pid: i32,
         fail_spawns: bool,
@@ -542,8 +1112,13 @@ mod tests {
 
     impl Harness {
         fn new(workers: usize) -> Harness {
+            Harness::with(settings(workers))
+        }
+
+        fn with(settings: Settings) -> Harness {
             let mut h = Harness {
-                core: Core::new(settings(workers)),
+                core: Core::new(settings),
+                hooks: vec![],
                 t0: Instant::now(),
                 next_pid: 100,
                 fail_spawns: false,
@@ -586,6 +1161,7 @@ mod tests {
                         }
                         Action::Signal { pid, signal } => self.signals.push((pid, signal)),
                         Action::KillGroup { pgid } => self.killed_groups.push(pgid),
+                        Action::RunHook { kind } => self.hooks.push(kind),
                         Action::ReopenLogs => {}
                         Action::Log { message, .. } => self.logs.push(message),
                         Action::Exit(code) => self.exit = Some(code),
@@ -838,5 +1414,368 @@ mod tests {
         h.exit(4242, ExitStatus::Code(0), 10);
         assert_eq!(h.pids(), [100]);
         assert!(h.logs.iter().any(|l| l.contains("reaped process 4242")));
+    }
+
+    impl Harness {
+        fn ready_serving(&self) -> usize {
+            self.core
+                .workers()
+                .iter()
+                .filter(|w| matches!(w.state, WorkerState::Ready { .. }))
+                .count()
+        }
+
+        fn gens(&self) -> Vec<u64> {
+            let mut g: Vec<u64> = self
+                .core
+                .workers()
+                .iter()
+                .filter(|w| !w.is_stopping())
+                .map(|w| w.generation)
+                .collect();
+            g.sort();
+            g
+        }
+
+        /// Like the shell: exit every stopping worker shortly after it was signalled.
+        fn reap_stopping(&mut self, ms: u64) {
+            let stopping: Vec<i32> = self
+                .core
+                .workers()
+                .iter()
+                .filter(|w| w.is_stopping())
+                .map(|w| w.pid)
+                .collect();
+            for pid in stopping {
+                self.exit(pid, ExitStatus::Signaled(TERM), ms);
+            }
+        }
+
+        /// Run time forward to `end_ms`, reaping stopped workers, asserting
+        /// the capacity floor at every step.
+        fn run_checking_capacity(&mut self, end_ms: u64, floor: usize) {
+            loop {
+                assert!(
+                    self.ready_serving() >= floor,
+                    "capacity fell to {} < {floor}",
+                    self.ready_serving()
+                );
+                let Some(d) = self.core.next_deadline() else { break };
+                let at = d.duration_since(self.t0).as_millis() as u64;
+                if at > end_ms {
+                    break;
+                }
+                self.send(Event::Tick, at);
+                assert!(
+                    self.ready_serving() >= floor,
+                    "capacity fell to {} < {floor}",
+                    self.ready_serving()
+                );
+                self.reap_stopping(at);
+            }
+        }
+
+        fn outcome(&self) -> Option<Outcome> {
+            self.core.restart_record().map(|r| r.outcome)
+        }
+    }
+
+    fn ready_harness(workers: usize, s: impl FnOnce(&mut Settings)) -> Harness {
+        let mut settings = settings(workers);
+        s(&mut settings);
+        let mut h = Harness::with(settings);
+        h.tick_until(1_000);
+        h
+    }
+
+    #[test]
+    fn a_rolling_restart_is_make_before_break() {
+        let mut h = ready_harness(4, |_| {});
+        assert_eq!(h.ready_serving(), 4);
+        h.send(Event::Intent(Intent::Rolling), 2_000);
+        assert_eq!(h.core.generation(), 1);
+        assert_eq!(h.spawns, 5, "one replacement at a time");
+        assert!(h.signals.is_empty(), "nothing stopped before a replacement is ready");
+        h.run_checking_capacity(60_000, 4);
+        assert_eq!(h.gens(), [1, 1, 1, 1]);
+        assert_eq!(h.ready_serving(), 4);
+        assert_eq!(h.outcome(), Some(Outcome::Completed));
+        // Each old worker got exactly one stop signal, after its replacement was ready.
+        let stopped: Vec<i32> = h.signals.iter().filter(|(_, s)| *s == TERM).map(|(p, _)| *p).collect();
+        assert_eq!(stopped, [100, 101, 102, 103]);
+        assert!(
+            h.logs.iter().any(|l| l.contains("rolling restart to gen 1 complete")),
+            "{:?}",
+            h.logs
+        );
+        assert_eq!(h.core.next_deadline(), None, "idle again");
+    }
+
+    #[test]
+    fn a_rollout_is_complete_only_when_the_old_workers_have_exited() {
+        let mut h = ready_harness(1, |_| {});
+        h.send(Event::Intent(Intent::Rolling), 2_000);
+        h.send(Event::Tick, 3_000);
+        assert_eq!(h.signals[0], (100, TERM), "old worker asked to stop");
+        assert_eq!(h.outcome(), Some(Outcome::Running), "still draining");
+        h.exit(100, ExitStatus::Code(0), 3_500);
+        assert_eq!(h.outcome(), Some(Outcome::Completed));
+    }
+
+    #[test]
+    fn a_rolling_restart_of_one_worker_keeps_it_serving() {
+        let mut h = ready_harness(1, |_| {});
+        h.send(Event::Intent(Intent::Rolling), 2_000);
+        h.run_checking_capacity(60_000, 1);
+        assert_eq!(h.gens(), [1]);
+        assert_eq!(h.outcome(), Some(Outcome::Completed));
+    }
+
+    #[test]
+    fn max_surge_boots_several_replacements_at_once() {
+        let mut h = ready_harness(4, |s| s.max_surge = 3);
+        h.send(Event::Intent(Intent::Rolling), 2_000);
+        assert_eq!(h.spawns, 7, "three replacements booting");
+        h.run_checking_capacity(60_000, 4);
+        assert_eq!(h.gens(), [1, 1, 1, 1]);
+    }
+
+    #[test]
+    fn a_replacement_that_exits_stops_the_rollout_and_old_workers_keep_serving() {
+        let mut h = ready_harness(4, |_| {});
+        h.send(Event::Intent(Intent::Rolling), 2_000);
+        let new = 104;
+        h.exit(new, ExitStatus::Code(1), 2_100);
+        assert!(
+            matches!(h.outcome(), Some(Outcome::Failed { slot: 0, .. })),
+            "{:?}",
+            h.outcome()
+        );
+        let spawns = h.spawns;
+        h.run_checking_capacity(120_000, 4);
+        assert_eq!(h.spawns, spawns, "no further replacement of the broken release");
+        assert_eq!(h.pids(), [100, 101, 102, 103]);
+        assert!(h.signals.is_empty(), "no old worker was stopped");
+        let line = h
+            .logs
+            .iter()
+            .find(|l| l.contains("rolling restart to gen 1 failed"))
+            .unwrap();
+        assert!(
+            line.contains("worker 0 (pid 104) exited with status 1 before becoming ready"),
+            "{line}"
+        );
+        assert!(line.contains("4 worker(s) keep serving"), "{line}");
+    }
+
+    #[test]
+    fn a_replacement_that_never_gets_ready_times_out_and_stops_the_rollout() {
+        let mut h = Harness::with(Settings {
+            ready_delay: None,
+            ..settings(2)
+        });
+        for pid in [100, 101] {
+            h.send(notify(pid, "READY=1"), 10);
+        }
+        assert_eq!(h.ready_serving(), 2);
+        h.send(Event::Intent(Intent::Rolling), 1_000);
+        h.tick_until(61_000);
+        assert_eq!(h.killed_groups, [102]);
+        assert!(
+            matches!(h.outcome(), Some(Outcome::Failed { slot: 0, ref reason }) if reason.contains("not ready within 60s"))
+        );
+        h.exit(102, ExitStatus::Signaled(9), 61_001);
+        assert_eq!(h.pids(), [100, 101]);
+        assert_eq!(h.ready_serving(), 2);
+    }
+
+    #[test]
+    fn a_restart_during_a_rollout_starts_over_with_the_newest_code() {
+        let mut h = ready_harness(2, |_| {});
+        h.send(Event::Intent(Intent::Rolling), 2_000);
+        assert_eq!(h.pids(), [100, 101, 102]);
+        h.send(Event::Intent(Intent::Rolling), 2_100);
+        assert_eq!(h.core.generation(), 2);
+        // The gen-1 replacement, not serving yet, is stopped; gen 2 boots.
+        assert_eq!(h.signals[0], (102, TERM));
+        h.reap_stopping(2_200);
+        h.run_checking_capacity(60_000, 2);
+        assert_eq!(h.gens(), [2, 2]);
+        assert_eq!(h.outcome(), Some(Outcome::Completed));
+    }
+
+    #[test]
+    fn a_storm_of_restart_requests_ends_with_one_generation() {
+        let mut h = ready_harness(3, |_| {});
+        for i in 0..50 {
+            h.send(Event::Intent(Intent::Rolling), 2_000 + i);
+            h.reap_stopping(2_000 + i);
+        }
+        h.run_checking_capacity(120_000, 3);
+        let gens = h.gens();
+        assert_eq!(gens.len(), 3);
+        assert!(gens.iter().all(|g| *g == gens[0]), "{gens:?}");
+        assert_eq!(h.ready_serving(), 3);
+        assert_eq!(h.outcome(), Some(Outcome::Completed));
+        assert!(h.core.workers().iter().all(|w| !w.is_stopping()));
+    }
+
+    #[test]
+    fn an_old_worker_that_crashes_mid_rollout_is_replaced_by_the_new_generation() {
+        let mut h = ready_harness(3, |_| {});
+        h.send(Event::Intent(Intent::Rolling), 2_000);
+        h.exit(102, ExitStatus::Code(1), 2_100);
+        let w = h.core.workers().iter().find(|w| w.slot == 2).unwrap();
+        assert_eq!(w.generation, 1);
+        h.run_checking_capacity(60_000, 2);
+        assert_eq!(h.gens(), [1, 1, 1]);
+        assert_eq!(h.outcome(), Some(Outcome::Completed));
+    }
+
+    #[test]
+    fn term_during_a_rollout_stops_everything() {
+        let mut h = ready_harness(2, |_| {});
+        h.send(Event::Intent(Intent::Rolling), 2_000);
+        h.send(Event::Intent(Intent::Stop), 2_100);
+        assert!(matches!(h.outcome(), Some(Outcome::Abandoned { .. })));
+        let spawns = h.spawns;
+        h.reap_stopping(2_200);
+        assert_eq!(h.exit, Some(0));
+        assert_eq!(h.spawns, spawns);
+    }
+
+    #[test]
+    fn a_failing_hook_vetoes_the_restart() {
+        let mut h = ready_harness(2, |s| s.hook = true);
+        h.send(Event::Intent(Intent::Rolling), 2_000);
+        assert_eq!(h.hooks, [RestartKind::Rolling]);
+        assert_eq!(h.spawns, 2, "nothing starts before the hook passes");
+        h.send(Event::HookSpawned { pid: 900 }, 2_001);
+        h.exit(900, ExitStatus::Code(3), 2_500);
+        assert!(matches!(h.outcome(), Some(Outcome::Abandoned { ref reason }) if reason.contains("status 3")));
+        assert_eq!((h.spawns, h.core.generation()), (2, 0));
+        assert!(h.signals.is_empty());
+    }
+
+    #[test]
+    fn a_passing_hook_lets_the_rollout_run() {
+        let mut h = ready_harness(2, |s| s.hook = true);
+        h.send(Event::Intent(Intent::Rolling), 2_000);
+        h.send(Event::HookSpawned { pid: 900 }, 2_001);
+        h.exit(900, ExitStatus::Code(0), 2_500);
+        h.run_checking_capacity(60_000, 2);
+        assert_eq!(h.gens(), [1, 1]);
+    }
+
+    #[test]
+    fn a_hook_that_runs_too_long_is_killed_and_the_restart_abandoned() {
+        let mut h = ready_harness(1, |s| {
+            s.hook = true;
+            s.hook_timeout = Duration::from_secs(5);
+        });
+        h.send(Event::Intent(Intent::Rolling), 2_000);
+        h.send(Event::HookSpawned { pid: 900 }, 2_001);
+        h.tick_until(7_000);
+        assert_eq!(h.killed_groups, [900]);
+        assert!(matches!(h.outcome(), Some(Outcome::Abandoned { ref reason }) if reason.contains("within 5s")));
+        assert_eq!(h.core.generation(), 0);
+    }
+
+    #[test]
+    fn a_request_during_a_failing_hook_is_not_lost() {
+        let mut h = ready_harness(1, |s| s.hook = true);
+        h.send(Event::Intent(Intent::Rolling), 2_000);
+        h.send(Event::HookSpawned { pid: 900 }, 2_001);
+        h.send(Event::Intent(Intent::Rolling), 2_002);
+        h.exit(900, ExitStatus::Code(1), 2_500);
+        assert_eq!(h.hooks.len(), 2, "the hook runs again for the pending request");
+        h.send(Event::HookSpawned { pid: 901 }, 2_501);
+        h.exit(901, ExitStatus::Code(0), 2_600);
+        h.run_checking_capacity(60_000, 1);
+        assert_eq!(h.gens(), [1]);
+    }
+
+    fn notify(pid: i32, text: &str) -> Event {
+        Event::Notify {
+            sender: Some(Sender {
+                pid,
+                pgid: Some(pid),
+                uid: 1000,
+            }),
+            message: Message::parse(text.as_bytes()),
+        }
+    }
+
+    #[test]
+    fn notify_messages_are_attributed_by_pid_group_or_trusted_mainpid() {
+        let mut h = Harness::with(Settings {
+            ready_delay: None,
+            trusted_uids: vec![0],
+            ..settings(3)
+        });
+        // The worker itself.
+        h.send(notify(100, "READY=1\nSTATUS=booted"), 10);
+        // A child in worker 101's process group (systemd-notify).
+        let child = Event::Notify {
+            sender: Some(Sender {
+                pid: 5000,
+                pgid: Some(101),
+                uid: 1000,
+            }),
+            message: Message::parse(b"READY=1"),
+        };
+        h.send(child, 20);
+        // MAINPID from an untrusted stranger: dropped; from root: believed.
+        let stranger = |uid| Event::Notify {
+            sender: Some(Sender {
+                pid: 6000,
+                pgid: Some(6000),
+                uid,
+            }),
+            message: Message::parse(b"READY=1\nMAINPID=102"),
+        };
+        h.send(stranger(1000), 30);
+        assert_eq!(h.ready_serving(), 2);
+        assert!(
+            h.logs
+                .iter()
+                .any(|l| l.contains("dropped a notify message from pid 6000"))
+        );
+        h.send(stranger(0), 40);
+        assert_eq!(h.ready_serving(), 3);
+        let w = h.core.workers().iter().find(|w| w.pid == 100).unwrap();
+        assert_eq!(w.status.as_deref(), Some("booted"));
+    }
+
+    #[test]
+    fn in_notify_mode_a_worker_is_ready_only_on_ready_1() {
+        let mut h = Harness::with(Settings {
+            ready_delay: None,
+            boot_timeout: Duration::from_secs(10),
+            ..settings(1)
+        });
+        h.tick_until(9_000);
+        assert_eq!(h.ready_serving(), 0);
+        // Never ready: killed at the boot timeout and started again with backoff.
+        h.tick_until(10_000);
+        assert_eq!(h.killed_groups, [100]);
+        h.exit(100, ExitStatus::Signaled(9), 10_001);
+        assert_eq!(h.pids(), [101]);
+        h.send(notify(101, "READY=1"), 10_500);
+        assert_eq!(h.ready_serving(), 1);
+    }
+
+    #[test]
+    fn a_silent_watchdog_gets_the_worker_replaced() {
+        let mut h = ready_harness(1, |s| s.watchdog = Some(Duration::from_secs(5)));
+        assert_eq!(h.core.next_deadline(), None, "no watchdog before the first ping");
+        h.send(notify(100, "WATCHDOG=1"), 2_000);
+        h.send(notify(100, "WATCHDOG=1"), 6_000);
+        h.tick_until(10_999);
+        assert!(h.killed_groups.is_empty());
+        h.tick_until(11_000);
+        assert_eq!(h.killed_groups, [100]);
+        h.exit(100, ExitStatus::Signaled(9), 11_001);
+        assert_eq!(h.pids(), [101]);
     }
 }

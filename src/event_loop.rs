@@ -11,6 +11,7 @@ use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill};
@@ -18,19 +19,29 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use signal_hook_mio::v1_0::Signals;
 
-use crate::config::{Config, Credentials};
+use crate::config::{Config, Credentials, Readiness};
 use crate::core::{Action, Core, Event, Settings};
+use crate::einhorn::EinhornSocket;
+use crate::notify::NotifySocket;
 use crate::signals::{self, SignalEvent};
 use crate::sockets::BoundSocket;
-use crate::spawn::{self, SpawnRequest};
+use crate::spawn::{self, HookRequest, SpawnRequest};
 use crate::worker::{Backoff, ExitStatus};
 
 const SIGNALS: Token = Token(0);
+const NOTIFY: Token = Token(1);
+const EINHORN: Token = Token(2);
+/// Einhorn connections use tokens from here on.
+const EINHORN_CONN: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoopError {
     #[error("cannot set up the event loop")]
     Setup(#[source] std::io::Error),
+    #[error("cannot create the notify socket")]
+    Notify(#[source] std::io::Error),
+    #[error("cannot create the Einhorn command socket {0}")]
+    Einhorn(String, #[source] std::io::Error),
     #[error("the event loop failed")]
     Poll(#[source] std::io::Error),
 }
@@ -40,16 +51,39 @@ pub enum LoopError {
 pub struct EventLoop {
     poll: Poll,
     signals: Signals,
+    notify: NotifySocket,
+    einhorn: Option<EinhornSocket>,
 }
 
 impl EventLoop {
-    pub fn new() -> Result<EventLoop, LoopError> {
+    pub fn new(config: &Config, credentials: Option<&Credentials>) -> Result<EventLoop, LoopError> {
         let poll = Poll::new().map_err(LoopError::Setup)?;
         let mut signals = Signals::new(signals::HANDLED.map(|s| s as i32)).map_err(LoopError::Setup)?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)
             .map_err(LoopError::Setup)?;
-        Ok(EventLoop { poll, signals })
+        let notify = NotifySocket::bind().map_err(LoopError::Notify)?;
+        poll.registry()
+            .register(&mut SourceFd(&notify.raw_fd()), NOTIFY, Interest::READABLE)
+            .map_err(LoopError::Notify)?;
+        let einhorn = if config.einhorn_ack {
+            let path = std::env::temp_dir().join(format!("sup-{}-einhorn.sock", std::process::id()));
+            let owner = credentials.map(|c| (c.uid, c.gid));
+            let mut sock =
+                EinhornSocket::bind(&path, owner).map_err(|e| LoopError::Einhorn(path.display().to_string(), e))?;
+            poll.registry()
+                .register(sock.listener(), EINHORN, Interest::READABLE)
+                .map_err(LoopError::Setup)?;
+            Some(sock)
+        } else {
+            None
+        };
+        Ok(EventLoop {
+            poll,
+            signals,
+            notify,
+            einhorn,
+        })
     }
 
     /// Run until the core says exit; returns the exit status.
@@ -60,18 +94,31 @@ impl EventLoop {
         sockets: &[BoundSocket],
         devnull: &OwnedFd,
     ) -> Result<i32, LoopError> {
+        let mut trusted_uids = vec![0, nix::unistd::Uid::effective().as_raw()];
+        trusted_uids.extend(credentials.map(|c| c.uid));
         let mut core = Core::new(Settings {
             workers: config.workers,
             stop_signal: config.stop_signal as i32,
             graceful_timeout: config.graceful_timeout,
-            ready_delay: config.ready_delay,
+            ready_delay: match config.ready {
+                Readiness::Notify => None,
+                Readiness::Delay(d) => Some(d),
+            },
+            boot_timeout: config.boot_timeout,
+            watchdog: config.watchdog,
+            max_surge: config.max_surge,
+            hook: config.on_restart.is_some(),
+            hook_timeout: config.hook_timeout,
+            trusted_uids,
             backoff: Backoff::default(),
             halt_timeout: Duration::from_secs(5),
         });
         let sup_pid = std::process::id() as i32;
-        let mut events = Events::with_capacity(16);
+        let einhorn_path = self.einhorn.as_ref().map(|e| e.path.display().to_string());
+        let mut events = Events::with_capacity(64);
         let mut pending = VecDeque::from([Event::Started]);
-        loop {
+        let status = loop {
+            let mut exit = None;
             while let Some(event) = pending.pop_front() {
                 for action in core.handle(event, Instant::now()) {
                     match action {
@@ -84,6 +131,8 @@ impl EventLoop {
                                 credentials,
                                 sup_pid,
                                 devnull: devnull.as_raw_fd(),
+                                notify_socket: &self.notify.address,
+                                einhorn_socket: einhorn_path.as_deref(),
                             };
                             pending.push_back(match spawn::spawn(&req) {
                                 Ok(pid) => Event::Spawned { slot, generation, pid },
@@ -94,13 +143,32 @@ impl EventLoop {
                                 },
                             });
                         }
+                        Action::RunHook { kind } => {
+                            let command = config.on_restart.as_deref().unwrap_or("true");
+                            log::info!("running the restart hook: {command}");
+                            let req = HookRequest {
+                                command,
+                                kind: kind.as_str(),
+                                config,
+                                credentials,
+                                sup_pid,
+                                devnull: devnull.as_raw_fd(),
+                            };
+                            pending.push_back(match spawn::spawn_hook(&req) {
+                                Ok(pid) => Event::HookSpawned { pid },
+                                Err(reason) => Event::HookFailed { reason },
+                            });
+                        }
                         Action::Signal { pid, signal } => send(pid, signal),
                         Action::KillGroup { pgid } => send(-pgid, Signal::SIGKILL as i32),
                         Action::ReopenLogs => log::info!("HUP: no --log-file is in use, nothing to reopen"),
                         Action::Log { level, message } => log::log!(level, "{message}"),
-                        Action::Exit(code) => return Ok(code),
+                        Action::Exit(code) => exit = Some(code),
                     }
                 }
+            }
+            if let Some(code) = exit {
+                break code;
             }
 
             let timeout = core
@@ -112,13 +180,38 @@ impl EventLoop {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(LoopError::Poll(e)),
             }
+            for ev in events.iter() {
+                match ev.token() {
+                    SIGNALS => {}
+                    NOTIFY => {
+                        for r in self.notify.drain() {
+                            if r.fds_closed > 0 {
+                                log::debug!("closed {} fd(s) sent with a notify message", r.fds_closed);
+                            }
+                            pending.push_back(Event::Notify {
+                                sender: r.sender,
+                                message: r.message,
+                            });
+                        }
+                    }
+                    EINHORN => self.accept_einhorn(),
+                    Token(t) if t >= EINHORN_CONN => {
+                        if let Some(e) = &mut self.einhorn {
+                            for (sender, message) in e.read(t - EINHORN_CONN) {
+                                pending.push_back(Event::Notify { sender, message });
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
             let mut reap = false;
             for signal in self.signals.pending() {
                 match signals::translate(signal) {
                     Some(SignalEvent::Intent(intent)) => pending.push_back(Event::Intent(intent)),
                     Some(SignalEvent::Child) => reap = true,
                     Some(SignalEvent::Unsupported(s)) => {
-                        log::warn!("{s} ignored: restarts are not supported by this version of sup");
+                        log::warn!("{s} ignored: hot restarts are not supported by this version of sup");
                     }
                     None => {}
                 }
@@ -128,6 +221,22 @@ impl EventLoop {
             }
             if core.next_deadline().is_some_and(|d| d <= Instant::now()) {
                 pending.push_back(Event::Tick);
+            }
+        };
+        if let Some(e) = &self.einhorn {
+            e.remove_file();
+        }
+        Ok(status)
+    }
+
+    fn accept_einhorn(&mut self) {
+        let Some(e) = &mut self.einhorn else { return };
+        for slot in e.accept() {
+            if let Some(stream) = e.stream(slot) {
+                let token = Token(EINHORN_CONN + slot);
+                if let Err(err) = self.poll.registry().register(stream, token, Interest::READABLE) {
+                    log::warn!("cannot watch an Einhorn connection: {err}");
+                }
             }
         }
     }

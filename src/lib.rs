@@ -10,9 +10,11 @@ pub mod cli;
 pub mod command;
 pub mod config;
 pub mod core;
+pub mod einhorn;
 pub mod envfile;
 pub mod event_loop;
 pub mod logging;
+pub mod notify;
 pub mod signals;
 pub mod sockets;
 pub mod spawn;
@@ -71,7 +73,7 @@ pub fn run() -> u8 {
     };
     // Handlers first: a TERM during startup must not kill sup with its
     // sockets half made.
-    let event_loop = match event_loop::EventLoop::new() {
+    let event_loop = match event_loop::EventLoop::new(&config, credentials.as_ref()) {
         Ok(l) => l,
         Err(e) => {
             say(&format!("error: {}", chain(&e)));

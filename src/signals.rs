@@ -43,7 +43,8 @@ pub fn translate(signal: i32) -> Option<SignalEvent> {
         Signal::SIGTTIN => SignalEvent::Intent(Intent::Incr),
         Signal::SIGTTOU => SignalEvent::Intent(Intent::Decr),
         Signal::SIGCHLD => SignalEvent::Child,
-        other @ (Signal::SIGUSR1 | Signal::SIGUSR2) => SignalEvent::Unsupported(other),
+        Signal::SIGUSR1 => SignalEvent::Intent(Intent::Rolling),
+        other @ Signal::SIGUSR2 => SignalEvent::Unsupported(other),
         _ => return None,
     };
     Some(event)

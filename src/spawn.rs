@@ -65,6 +65,21 @@ pub struct SpawnRequest<'a> {
     pub sup_pid: i32,
     /// An fd open on /dev/null: the worker's stdin.
     pub devnull: RawFd,
+    /// sup's notify socket address, handed over as NOTIFY_SOCKET.
+    pub notify_socket: &'a str,
+    /// The Einhorn command socket path (`--einhorn-ack`).
+    pub einhorn_socket: Option<&'a str>,
+}
+
+/// What a restart hook needs.
+pub struct HookRequest<'a> {
+    pub command: &'a str,
+    /// `rolling` or `hot`, for SUP_RESTART.
+    pub kind: &'a str,
+    pub config: &'a Config,
+    pub credentials: Option<&'a Credentials>,
+    pub sup_pid: i32,
+    pub devnull: RawFd,
 }
 
 /// Where the child failed, reported through the error pipe.
@@ -98,16 +113,8 @@ impl Stage {
 /// start the worker. Returns its pid, or why it could not run.
 pub fn spawn(req: &SpawnRequest<'_>) -> Result<i32, String> {
     let config = req.config;
-    let cwd = command::resolve_directory(config.directory.as_deref()).map_err(|why| match &config.directory {
-        Some(d) => format!("--directory {} {why}", d.display()),
-        None => why,
-    })?;
-    let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
-        .filter(|(k, _)| {
-            let k = k.to_string_lossy();
-            !STRIPPED.contains(&k.as_ref()) && !STRIPPED_PREFIXES.iter().any(|p| k.starts_with(p))
-        })
-        .collect();
+    let cwd = resolve_directory(config)?;
+    let mut env = base_env();
     if let Some(file) = &config.env_file {
         let path = cwd.join(file);
         let vars = crate::envfile::read(&path).map_err(|why| format!("--env-file {}: {why}", path.display()))?;
@@ -127,8 +134,52 @@ pub fn spawn(req: &SpawnRequest<'_>) -> Result<i32, String> {
         .iter()
         .map(|arg| command::expand_placeholders(arg, &specs))
         .collect::<Result<Vec<_>, _>>()?;
-    let plan = Plan::new(&argv, env, &cwd, req)?;
+    let plan = Plan::new(
+        &argv,
+        env,
+        &cwd,
+        req.sockets.iter().map(BoundSocket::raw_fd).collect(),
+        req.credentials,
+        req.devnull,
+        true,
+    )?;
     plan.fork_exec(&program)
+}
+
+/// Start `sh -c COMMAND` for a restart hook, through the same fork path as
+/// workers: no fd of sup's reaches it, it gets its own process group (so a
+/// timeout kills all of it), and it runs in the resolved directory with
+/// SUP_RESTART set. Its output goes where sup's goes.
+pub fn spawn_hook(req: &HookRequest<'_>) -> Result<i32, String> {
+    let cwd = resolve_directory(req.config)?;
+    let mut env = base_env();
+    for (k, v) in [
+        ("SUP_RESTART", req.kind.to_string()),
+        ("SUP_PID", req.sup_pid.to_string()),
+        ("PWD", cwd.display().to_string()),
+    ] {
+        set_var(&mut env, k.into(), v.into());
+    }
+    let argv = [OsString::from("sh"), OsString::from("-c"), OsString::from(req.command)];
+    let plan = Plan::new(&argv, env, &cwd, Vec::new(), req.credentials, req.devnull, false)?;
+    plan.fork_exec(Path::new("/bin/sh"))
+}
+
+fn resolve_directory(config: &Config) -> Result<std::path::PathBuf, String> {
+    command::resolve_directory(config.directory.as_deref()).map_err(|why| match &config.directory {
+        Some(d) => format!("--directory {} {why}", d.display()),
+        None => why,
+    })
+}
+
+/// sup's environment without what belongs to sup itself.
+fn base_env() -> Vec<(OsString, OsString)> {
+    std::env::vars_os()
+        .filter(|(k, _)| {
+            let k = k.to_string_lossy();
+            !STRIPPED.contains(&k.as_ref()) && !STRIPPED_PREFIXES.iter().any(|p| k.starts_with(p))
+        })
+        .collect()
 }
 
 /// The variables every worker gets (systemd, Einhorn, server::Starter, sup).
@@ -174,6 +225,10 @@ fn protocol_env(req: &SpawnRequest<'_>, cwd: &Path) -> Vec<(String, String)> {
     env.push(("SUP_GENERATION".to_string(), req.generation.to_string()));
     env.push(("SUP_PID".to_string(), req.sup_pid.to_string()));
     env.push(("PWD".to_string(), cwd.display().to_string()));
+    env.push(("NOTIFY_SOCKET".to_string(), req.notify_socket.to_string()));
+    if let Some(path) = req.einhorn_socket {
+        env.push(("EINHORN_SOCK_PATH".to_string(), path.to_string()));
+    }
     env
 }
 
@@ -195,8 +250,10 @@ const PID_DIGITS: usize = 12;
 /// Everything the child needs, allocated before `fork`.
 struct Plan {
     argv: Vec<CString>,
-    /// Environment entries, each NUL-terminated; the last is `LISTEN_PID=`.
+    /// Environment entries, each NUL-terminated; with `listen_pid`, the
+    /// last is `LISTEN_PID=` with room for the digits.
     env: Vec<Vec<u8>>,
+    listen_pid: bool,
     cwd: CString,
     sources: Vec<RawFd>,
     creds: Option<(libc::uid_t, libc::gid_t, Vec<libc::gid_t>)>,
@@ -208,7 +265,10 @@ impl Plan {
         argv: &[OsString],
         env: Vec<(OsString, OsString)>,
         cwd: &Path,
-        req: &SpawnRequest<'_>,
+        sources: Vec<RawFd>,
+        credentials: Option<&Credentials>,
+        devnull: RawFd,
+        listen_pid: bool,
     ) -> Result<Plan, String> {
         let argv = argv
             .iter()
@@ -225,16 +285,19 @@ impl Plan {
             e.push(0);
             entries.push(e);
         }
-        let mut listen_pid = LISTEN_PID_PREFIX.to_vec();
-        listen_pid.resize(LISTEN_PID_PREFIX.len() + PID_DIGITS + 1, 0);
-        entries.push(listen_pid);
+        if listen_pid {
+            let mut entry = LISTEN_PID_PREFIX.to_vec();
+            entry.resize(LISTEN_PID_PREFIX.len() + PID_DIGITS + 1, 0);
+            entries.push(entry);
+        }
         Ok(Plan {
             argv,
             env: entries,
+            listen_pid,
             cwd: cstring(cwd.as_os_str().as_bytes(), "the directory")?,
-            sources: req.sockets.iter().map(BoundSocket::raw_fd).collect(),
-            creds: req.credentials.map(|c| (c.uid, c.gid, c.groups.clone())),
-            devnull: req.devnull,
+            sources,
+            creds: credentials.map(|c| (c.uid, c.gid, c.groups.clone())),
+            devnull,
         })
     }
 
@@ -244,12 +307,10 @@ impl Plan {
         argv_ptrs.push(std::ptr::null());
         let mut envp: Vec<*mut c_char> = self.env.iter_mut().map(|e| e.as_mut_ptr().cast::<c_char>()).collect();
         // The last entry is LISTEN_PID=; the digits go right after the prefix.
-        let listen_pid_digits = envp
-            .last()
-            .copied()
-            .ok_or("empty environment")?
-            .wrapping_add(LISTEN_PID_PREFIX.len())
-            .cast::<u8>();
+        let listen_pid_digits = match (self.listen_pid, envp.last()) {
+            (true, Some(last)) => last.wrapping_add(LISTEN_PID_PREFIX.len()).cast::<u8>(),
+            _ => std::ptr::null_mut(),
+        };
         envp.push(std::ptr::null_mut());
         let mut scratch: Vec<c_int> = vec![-1; self.sources.len()];
         // SAFETY: sigemptyset only writes the set we own.
@@ -426,7 +487,9 @@ impl Child {
             if libc::chdir(self.cwd) != 0 {
                 fail(err, Stage::Directory);
             }
-            write_pid(self.listen_pid_digits, libc::getpid());
+            if !self.listen_pid_digits.is_null() {
+                write_pid(self.listen_pid_digits, libc::getpid());
+            }
             libc::sigprocmask(libc::SIG_SETMASK, &self.empty_mask, std::ptr::null_mut());
             libc::execve(self.path, self.argv, self.envp);
             fail(err, Stage::Exec)

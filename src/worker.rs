@@ -33,8 +33,12 @@ impl fmt::Display for ExitStatus {
 /// only while the process does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WorkerState {
-    /// Started; counts as ready at `ready_at` (the `delay:` readiness mode).
-    Booting { ready_at: Instant },
+    /// Started, not ready yet: ready at `ready_at` in the `delay:` mode (or
+    /// on READY=1); a failed boot if still here at `boot_deadline`.
+    Booting {
+        ready_at: Option<Instant>,
+        boot_deadline: Instant,
+    },
     /// Serving since `since`.
     Ready { since: Instant },
     /// Sent the stop signal; at `kill_at` its process group gets SIGKILL.
@@ -49,6 +53,11 @@ pub struct Worker {
     pub pid: i32,
     pub spawned_at: Instant,
     pub state: WorkerState,
+    /// The latest `STATUS=` it sent.
+    pub status: Option<String>,
+    /// With `--watchdog`, after its first `WATCHDOG=1`: killed if no
+    /// other comes by then.
+    pub watchdog_deadline: Option<Instant>,
 }
 
 impl Worker {

@@ -11,5 +11,6 @@ mod harness;
 mod bad_input;
 mod inheritance;
 mod real_servers;
+mod rolling;
 mod stopping;
 mod supervision;

@@ -14,9 +14,16 @@
 //!   --grandchild          start a child of its own in the same process
 //!                         group that ignores TERM and sleeps (a wrapper's
 //!                         child); its pid goes in the report
+//!   --ready-after MS      send READY=1 to NOTIFY_SOCKET after MS
+//!   --watchdog-once       send WATCHDOG=1 once (with READY=1), then never again
+//!   --einhorn-ack-after MS  send {"command":"worker:ack","pid":PID} to
+//!                         EINHORN_SOCK_PATH after MS
 //!
 //! Graceful stop in --serve mode: on TERM it stops accepting, finishes the
 //! requests in flight, prints `worker <pid> exiting gracefully` and exits 0.
+//! No accepted connection is ever dropped: each accept loop sees the stop
+//! itself (accept waits at most 100 ms, through SO_RCVTIMEO on the shared
+//! socket) and counts a connection in flight before it looks again.
 //! Every request prints `worker <pid> request received` when it is read.
 
 use std::collections::BTreeMap;
@@ -27,6 +34,7 @@ use std::time::Duration;
 
 static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 static TERMINATING: AtomicBool = AtomicBool::new(false);
+static ACCEPTORS: AtomicUsize = AtomicUsize::new(0);
 
 #[derive(Default)]
 struct Opts {
@@ -38,6 +46,9 @@ struct Opts {
     ignore_term: bool,
     grandchild: bool,
     sleep_forever: bool,
+    ready_after: Option<u64>,
+    watchdog_once: bool,
+    einhorn_ack_after: Option<u64>,
 }
 
 fn parse() -> Opts {
@@ -54,6 +65,11 @@ fn parse() -> Opts {
             "--ignore-term" => o.ignore_term = true,
             "--grandchild" => o.grandchild = true,
             "--sleep-forever" => o.sleep_forever = true,
+            "--ready-after" => o.ready_after = Some(value("--ready-after").parse().unwrap_or_else(|_| die("ms"))),
+            "--watchdog-once" => o.watchdog_once = true,
+            "--einhorn-ack-after" => {
+                o.einhorn_ack_after = Some(value("--einhorn-ack-after").parse().unwrap_or_else(|_| die("ms")))
+            }
             // Anything else is just recorded in argv (placeholder tests).
             _ => {}
         }
@@ -91,6 +107,26 @@ fn main() {
     if opts.ignore_term {
         ignore(libc::SIGTERM);
     }
+    if let Some(ms) = opts.ready_after {
+        let watchdog = opts.watchdog_once;
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(ms));
+            let msg = if watchdog {
+                "READY=1\nWATCHDOG=1\nSTATUS=serving"
+            } else {
+                "READY=1\nSTATUS=serving"
+            };
+            notify(msg);
+        });
+    }
+    if let Some(ms) = opts.einhorn_ack_after {
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(ms));
+            let path = std::env::var("EINHORN_SOCK_PATH").unwrap_or_else(|_| die("no EINHORN_SOCK_PATH"));
+            let mut s = std::os::unix::net::UnixStream::connect(path).unwrap_or_else(|e| die(&format!("einhorn: {e}")));
+            let _ = writeln!(s, "{{\"command\":\"worker:ack\",\"pid\":{}}}", std::process::id());
+        });
+    }
     if let Some(code) = opts.exit {
         if let Some(ms) = opts.exit_after {
             std::thread::sleep(Duration::from_millis(ms));
@@ -103,6 +139,22 @@ fn main() {
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }
+}
+
+/// Send an sd_notify message to NOTIFY_SOCKET (`@name` is abstract).
+fn notify(msg: &str) {
+    use std::os::linux::net::SocketAddrExt;
+    let Ok(addr) = std::env::var("NOTIFY_SOCKET") else {
+        die("no NOTIFY_SOCKET")
+    };
+    let sock = std::os::unix::net::UnixDatagram::unbound().unwrap_or_else(|_| die("socket"));
+    let target = match addr.strip_prefix('@') {
+        Some(name) => std::os::unix::net::SocketAddr::from_abstract_name(name),
+        None => std::os::unix::net::SocketAddr::from_pathname(&addr),
+    }
+    .unwrap_or_else(|_| die("bad NOTIFY_SOCKET"));
+    sock.send_to_addr(msg.as_bytes(), &target)
+        .unwrap_or_else(|e| die(&format!("notify: {e}")));
 }
 
 fn ignore(sig: libc::c_int) {
@@ -221,7 +273,8 @@ fn serve(opts: &Opts) {
             let mut signals = signal_hook::iterator::Signals::new([libc::SIGTERM]).unwrap_or_else(|_| die("signals"));
             if signals.forever().next().is_some() {
                 TERMINATING.store(true, Ordering::SeqCst);
-                while IN_FLIGHT.load(Ordering::SeqCst) > 0 {
+                // Every accept loop has stopped, having counted what it took.
+                while ACCEPTORS.load(Ordering::SeqCst) > 0 || IN_FLIGHT.load(Ordering::SeqCst) > 0 {
                     std::thread::sleep(Duration::from_millis(5));
                 }
                 let _ = writeln!(std::io::stdout(), "worker {} exiting gracefully", std::process::id());
@@ -243,7 +296,26 @@ fn serve(opts: &Opts) {
 }
 
 fn accept_loop(fd: RawFd, delay: Duration) {
+    ACCEPTORS.fetch_add(1, Ordering::SeqCst);
+    let timeout = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 100_000,
+    };
+    // SAFETY: setting a timeval-sized option on our listening socket.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&timeout as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
     loop {
+        if TERMINATING.load(Ordering::SeqCst) {
+            ACCEPTORS.fetch_sub(1, Ordering::SeqCst);
+            return;
+        }
         // SAFETY: fd is an inherited listening socket; null address pointers are allowed.
         let conn = unsafe { libc::accept4(fd, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
         if conn < 0 {

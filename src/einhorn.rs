@@ -1,0 +1,185 @@
+//! `--einhorn-ack`: an Einhorn-compatible command socket, for readiness.
+//!
+//! Apps built on Einhorn client libraries (goji/bind, go-einhorn, the
+//! einhorn gem) report readiness by connecting to `EINHORN_SOCK_PATH` and
+//! writing `{"command":"worker:ack","pid":N}` on a line. sup reads those
+//! lines as JSON only — Einhorn's own server parses YAML, which sup never
+//! does — and turns each ack into `READY=1` with `MAINPID=N`, attributed
+//! like a notify datagram by the connecting process's credentials
+//! (SO_PEERCRED). Other commands are ignored. Connections are bounded in
+//! number and in line length; the oldest is dropped when too many are open.
+
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use mio::net::{UnixListener, UnixStream};
+
+use crate::notify::{Message, Sender};
+
+const MAX_CONNECTIONS: usize = 64;
+const MAX_LINE: usize = 64 * 1024;
+
+struct Conn {
+    stream: UnixStream,
+    sender: Option<Sender>,
+    buf: Vec<u8>,
+}
+
+pub struct EinhornSocket {
+    listener: UnixListener,
+    pub path: PathBuf,
+    conns: Vec<Option<Conn>>,
+    order: std::collections::VecDeque<usize>,
+}
+
+impl EinhornSocket {
+    /// Bind at `path` (mode 0600, owned by `owner` when workers run as
+    /// another user). A stale file from a dead sup is replaced.
+    pub fn bind(path: &Path, owner: Option<(u32, u32)>) -> std::io::Result<EinhornSocket> {
+        if std::os::unix::net::UnixStream::connect(path).is_err() {
+            let _ = std::fs::remove_file(path);
+        }
+        let listener = UnixListener::bind(path)?;
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
+        }
+        Ok(EinhornSocket {
+            listener,
+            path: path.to_path_buf(),
+            conns: Vec::new(),
+            order: std::collections::VecDeque::new(),
+        })
+    }
+
+    pub fn listener(&mut self) -> &mut UnixListener {
+        &mut self.listener
+    }
+
+    /// Accept every pending connection; returns the slots of new ones so the
+    /// caller can register them.
+    pub fn accept(&mut self) -> Vec<usize> {
+        let mut new = Vec::new();
+        while let Ok((stream, _)) = self.listener.accept() {
+            let sender = peer(&stream);
+            if self.order.len() >= MAX_CONNECTIONS
+                && let Some(oldest) = self.order.pop_front()
+            {
+                self.conns[oldest] = None;
+            }
+            let slot = match self.conns.iter().position(Option::is_none) {
+                Some(i) => i,
+                None => {
+                    self.conns.push(None);
+                    self.conns.len() - 1
+                }
+            };
+            self.conns[slot] = Some(Conn {
+                stream,
+                sender,
+                buf: Vec::new(),
+            });
+            self.order.push_back(slot);
+            new.push(slot);
+        }
+        new
+    }
+
+    pub fn stream(&mut self, slot: usize) -> Option<&mut UnixStream> {
+        self.conns.get_mut(slot)?.as_mut().map(|c| &mut c.stream)
+    }
+
+    /// Read what connection `slot` sent; returns acks as notify messages.
+    pub fn read(&mut self, slot: usize) -> Vec<(Option<Sender>, Message)> {
+        let mut out = Vec::new();
+        let Some(Some(conn)) = self.conns.get_mut(slot) else {
+            return out;
+        };
+        let mut chunk = [0u8; 4096];
+        let mut close = false;
+        loop {
+            match conn.stream.read(&mut chunk) {
+                Ok(0) => {
+                    close = true;
+                    break;
+                }
+                Ok(n) => conn.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    close = true;
+                    break;
+                }
+            }
+        }
+        while let Some(end) = conn.buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = conn.buf.drain(..=end).collect();
+            if let Some(pid) = parse_ack(&line) {
+                out.push((
+                    conn.sender,
+                    Message {
+                        ready: true,
+                        mainpid: Some(pid),
+                        ..Message::default()
+                    },
+                ));
+            }
+        }
+        if conn.buf.len() > MAX_LINE {
+            close = true;
+        }
+        if close {
+            self.conns[slot] = None;
+            self.order.retain(|s| *s != slot);
+        }
+        out
+    }
+
+    pub fn remove_file(&self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn peer(stream: &UnixStream) -> Option<Sender> {
+    let fd = stream.as_raw_fd();
+    // SAFETY: fd is a connected unix socket owned by `stream` for this call.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let cred = nix::sys::socket::getsockopt(&borrowed, nix::sys::socket::sockopt::PeerCredentials).ok()?;
+    Some(Sender {
+        pid: cred.pid(),
+        pgid: nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(cred.pid())))
+            .ok()
+            .map(|p| p.as_raw()),
+        uid: cred.uid(),
+    })
+}
+
+/// `{"command":"worker:ack","pid":N}` → N. Einhorn clients escape `%` and
+/// newlines inside a message as `%25` and `%0A`; undo that first.
+pub fn parse_ack(line: &[u8]) -> Option<i32> {
+    let text = String::from_utf8_lossy(line);
+    let text = text.trim().replace("%0A", "\n").replace("%25", "%");
+    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+    if value.get("command")?.as_str()? != "worker:ack" {
+        return None;
+    }
+    let pid = value.get("pid")?.as_i64()?;
+    i32::try_from(pid).ok().filter(|p| *p > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acks_are_json_only() {
+        assert_eq!(parse_ack(br#"{"command":"worker:ack","pid":42}"#), Some(42));
+        assert_eq!(parse_ack(b"{\"command\": \"worker:ack\", \"pid\": 7}\n"), Some(7));
+        assert_eq!(parse_ack(br#"{"command":"worker:ping","pid":42}"#), None);
+        assert_eq!(parse_ack(br#"{"command":"worker:ack","pid":-1}"#), None);
+        // YAML that Einhorn itself would accept is not parsed.
+        assert_eq!(parse_ack(b"command: worker:ack\npid: 42"), None);
+        assert_eq!(parse_ack(b"--- !ruby/object:Foo {}"), None);
+    }
+}

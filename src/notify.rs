@@ -1,0 +1,211 @@
+//! The sd_notify datagram socket workers report readiness on.
+//!
+//! sup binds a unix datagram socket (an abstract address on Linux, so it
+//! needs no file, no cleanup and no permissions for workers that run as
+//! another user) and hands its address to workers as `NOTIFY_SOCKET`, as
+//! systemd does. `SO_PASSCRED` makes the kernel attach the sender's pid,
+//! uid and gid to every datagram, which is what attribution rests on: the
+//! core decides whether a sender is a worker, a process in a worker's group,
+//! or a stranger. File descriptors that arrive with a message (systemd-notify
+//! sends `BARRIER=1` with a pipe and waits for it to close) are closed at
+//! once. This module parses and receives; it decides nothing.
+
+use std::io::IoSliceMut;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::sys::socket::{self, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr, sockopt};
+
+/// The parts of an sd_notify message sup acts on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Message {
+    pub ready: bool,
+    pub stopping: bool,
+    pub watchdog: bool,
+    pub status: Option<String>,
+    pub mainpid: Option<i32>,
+}
+
+impl Message {
+    /// Parse `KEY=VALUE` lines as systemd reads them: unknown keys are
+    /// ignored, the last assignment wins.
+    pub fn parse(bytes: &[u8]) -> Message {
+        let mut m = Message::default();
+        for line in bytes.split(|b| *b == b'\n') {
+            let line = String::from_utf8_lossy(line);
+            let Some((key, value)) = line.split_once('=') else {
+                continue;
+            };
+            match key {
+                "READY" => m.ready = value == "1",
+                "STOPPING" => m.stopping = value == "1",
+                "WATCHDOG" => m.watchdog = value == "1",
+                "STATUS" => m.status = Some(value.chars().take(256).collect()),
+                "MAINPID" => m.mainpid = value.parse().ok().filter(|p| *p > 0),
+                _ => {}
+            }
+        }
+        m
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Message::default()
+    }
+}
+
+/// Who sent a message, per the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sender {
+    pub pid: i32,
+    /// The sender's process group, looked up on receipt (None if it is gone).
+    pub pgid: Option<i32>,
+    pub uid: u32,
+}
+
+/// One received datagram.
+#[derive(Debug)]
+pub struct Received {
+    pub sender: Option<Sender>,
+    pub message: Message,
+    /// How many fds arrived with it (already closed).
+    pub fds_closed: usize,
+}
+
+/// sup's notify socket.
+pub struct NotifySocket {
+    fd: OwnedFd,
+    /// What workers get as NOTIFY_SOCKET (`@name` for an abstract address).
+    pub address: String,
+}
+
+impl NotifySocket {
+    pub fn bind() -> std::io::Result<NotifySocket> {
+        let fd = socket::socket(
+            AddressFamily::Unix,
+            SockType::Datagram,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            None,
+        )?;
+        socket::setsockopt(&fd, sockopt::PassCred, &true)?;
+        // Big enough for a burst of messages from many workers at once.
+        let _ = socket::setsockopt(&fd, sockopt::RcvBuf, &(1 << 20));
+        let name = format!("sup/{}/notify/{}", std::process::id(), unique());
+        let addr = UnixAddr::new_abstract(name.as_bytes())?;
+        socket::bind(fd.as_raw_fd(), &addr)?;
+        Ok(NotifySocket {
+            fd,
+            address: format!("@{name}"),
+        })
+    }
+
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Read every pending datagram (the socket is edge-triggered in mio).
+    pub fn drain(&self) -> Vec<Received> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        let mut cmsg = nix::cmsg_space!(libc::ucred, [RawFd; 32]);
+        loop {
+            let mut iov = [IoSliceMut::new(&mut buf)];
+            let msg = match socket::recvmsg::<()>(
+                self.fd.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+            ) {
+                Ok(m) => m,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => break,
+            };
+            let mut sender = None;
+            let mut fds = Vec::new();
+            if let Ok(cmsgs) = msg.cmsgs() {
+                for c in cmsgs {
+                    match c {
+                        ControlMessageOwned::ScmCredentials(cred) => {
+                            let pid = cred.pid();
+                            sender = Some(Sender {
+                                pid,
+                                pgid: nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid)))
+                                    .ok()
+                                    .map(|p| p.as_raw()),
+                                uid: cred.uid(),
+                            });
+                        }
+                        ControlMessageOwned::ScmRights(received) => fds.extend(received),
+                        _ => {}
+                    }
+                }
+            }
+            let truncated = msg.flags.contains(MsgFlags::MSG_TRUNC);
+            let len = msg.bytes;
+            // Close what came with the message only now, after the sender's
+            // group was looked up: systemd-notify stays alive until then.
+            let fds_closed = fds.len();
+            for fd in fds {
+                // SAFETY: the kernel just installed this fd for us; nothing else owns it.
+                drop(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+            let message = if truncated {
+                Message::default()
+            } else {
+                Message::parse(&buf[..len])
+            };
+            out.push(Received {
+                sender,
+                message,
+                fds_closed,
+            });
+        }
+        out
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_what_systemd_reads() {
+        let m = Message::parse(b"READY=1\nSTATUS=Gunicorn arbiter booted\nMAINPID=42\nX=y\n");
+        assert!(m.ready && !m.stopping && !m.watchdog);
+        assert_eq!(m.status.as_deref(), Some("Gunicorn arbiter booted"));
+        assert_eq!(m.mainpid, Some(42));
+        assert!(Message::parse(b"WATCHDOG=1").watchdog);
+        assert!(Message::parse(b"STOPPING=1").stopping);
+        assert!(!Message::parse(b"READY=0").ready);
+        assert!(Message::parse(b"BARRIER=1").is_empty());
+        assert_eq!(Message::parse(b"MAINPID=-3").mainpid, None);
+    }
+
+    #[test]
+    fn receives_credentials_and_closes_passed_fds() {
+        let sock = NotifySocket::bind().unwrap();
+        assert!(sock.address.starts_with('@'));
+        let client = std::os::unix::net::UnixDatagram::unbound().unwrap();
+        let name = &sock.address[1..];
+        let addr = UnixAddr::new_abstract(name.as_bytes()).unwrap();
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let iov = [std::io::IoSlice::new(b"READY=1\nSTATUS=up")];
+        let fds = [w.as_raw_fd()];
+        let cmsg = [socket::ControlMessage::ScmRights(&fds)];
+        socket::sendmsg(client.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), Some(&addr)).unwrap();
+        drop(w);
+        let got = sock.drain();
+        assert_eq!(got.len(), 1);
+        assert!(got[0].message.ready);
+        assert_eq!(got[0].fds_closed, 1);
+        let sender = got[0].sender.unwrap();
+        assert_eq!(sender.pid, std::process::id() as i32);
+        // Every write end is closed now: the read end sees EOF.
+        let mut b = [0u8; 1];
+        assert_eq!(nix::unistd::read(&r, &mut b).unwrap(), 0);
+    }
+}

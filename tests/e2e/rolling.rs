@@ -1,0 +1,444 @@
+//! Rolling restarts (SIGUSR1) under load, broken releases, readiness
+//! attribution, the restart hook.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+use crate::harness::*;
+
+/// A client making fresh connections in a loop until stopped; returns
+/// (successful requests, failures with their errors).
+struct Load {
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<(usize, Vec<String>)>,
+}
+
+impl Load {
+    fn start(addr: SocketAddr) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0, Vec::new());
+            while !flag.load(Ordering::SeqCst) {
+                match get(addr) {
+                    Ok(_) => ok += 1,
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (ok, failed)
+        });
+        Load { stop, handle }
+    }
+
+    fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle.join().unwrap()
+    }
+}
+
+/// Distinct worker pids answering, with their generation, once `n` are seen.
+fn answering(addr: SocketAddr, n: usize) -> Vec<(i64, i64)> {
+    let mut seen = std::collections::BTreeMap::new();
+    wait_until(&format!("{n} distinct workers answering"), secs(30), || {
+        if let Ok(v) = get(addr) {
+            seen.insert(v["pid"].as_i64()?, v["generation"].as_i64()?);
+        }
+        (seen.len() >= n).then_some(())
+    });
+    seen.into_iter().collect()
+}
+
+fn roll_under_load(workers: &str, n: usize) {
+    let dir = TestDir::new();
+    let mut sup = Sup::start(
+        &dir,
+        &[
+            "--bind",
+            "127.0.0.1:0",
+            "--workers",
+            workers,
+            "--ready",
+            "notify",
+            "--",
+            WORKER,
+            "--serve",
+            "--ready-after",
+            "200",
+        ],
+    );
+    let addr = sup.tcp_addr(0);
+    wait_until("all workers ready", secs(20), || {
+        (sup.log().matches("is ready").count() == n).then_some(())
+    });
+    let first: HashSet<i64> = answering(addr, n).into_iter().map(|(p, _)| p).collect();
+    let load = Load::start(addr);
+    for generation in 1..=3 {
+        sup.signal(libc::SIGUSR1);
+        sup.wait_log(&format!("rolling restart to gen {generation} complete"), secs(60));
+    }
+    let (ok, failed) = load.finish();
+    assert!(
+        failed.is_empty(),
+        "{} failed requests of {}: {:?}\n{}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(5)],
+        sup.log()
+    );
+    assert!(ok > 0);
+    let last = answering(addr, n);
+    assert!(
+        last.iter()
+            .all(|(pid, generation)| *generation == 3 && !first.contains(pid)),
+        "{last:?} vs {first:?}"
+    );
+    assert!(sup.is_running());
+}
+
+#[test]
+fn three_rolling_restarts_of_four_workers_fail_no_request() {
+    roll_under_load("4", 4);
+}
+
+#[test]
+fn a_rolling_restart_of_one_worker_fails_no_request() {
+    roll_under_load("1", 1);
+}
+
+/// `dir/NAME/run`: a release whose worker runs `args` (or exits 1 if broken).
+fn release(dir: &TestDir, name: &str, body: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::create_dir_all(&path).unwrap();
+    let run = path.join("run");
+    std::fs::write(&run, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&run, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::canonicalize(path).unwrap()
+}
+
+fn point(dir: &TestDir, target: &std::path::Path) {
+    let tmp = dir.join("current.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("current")).unwrap();
+}
+
+fn good(dir: &TestDir, name: &str) -> std::path::PathBuf {
+    release(dir, name, &format!("exec {WORKER} --serve --ready-after 100"))
+}
+
+#[test]
+fn a_broken_release_stops_the_rollout_and_the_old_workers_keep_serving() {
+    let dir = TestDir::new();
+    point(&dir, &good(&dir, "r1"));
+    let broken = release(&dir, "r2", "echo 'release 2 cannot boot' >&2; exit 1");
+    let current = dir.s("current");
+    let mut sup = Sup::start(
+        &dir,
+        &[
+            "--bind",
+            "127.0.0.1:0",
+            "--workers",
+            "3",
+            "--ready",
+            "notify",
+            "--directory",
+            &current,
+            "--",
+            "./run",
+        ],
+    );
+    let addr = sup.tcp_addr(0);
+    wait_until("3 ready", secs(20), || {
+        (sup.log().matches("is ready").count() == 3).then_some(())
+    });
+    let old: HashSet<i64> = answering(addr, 3).into_iter().map(|(p, _)| p).collect();
+
+    point(&dir, &broken);
+    let load = Load::start(addr);
+    sup.signal(libc::SIGUSR1);
+    let line = sup.wait_log("rolling restart to gen 1 failed", secs(30));
+    assert!(line.contains("exited with status 1 before becoming ready"), "{line}");
+    assert!(line.contains("3 worker(s) keep serving"), "{line}");
+    let (_, failed) = load.finish();
+    assert!(failed.is_empty(), "{failed:?}");
+    let still: HashSet<i64> = answering(addr, 3).into_iter().map(|(p, _)| p).collect();
+    assert_eq!(still, old, "the same old workers serve");
+    assert!(sup.is_running());
+    assert!(
+        !sup.log().contains("stopped (signal TERM)"),
+        "no old worker was stopped:\n{}",
+        sup.log()
+    );
+
+    point(&dir, &good(&dir, "r3"));
+    sup.signal(libc::SIGUSR1);
+    sup.wait_log("rolling restart to gen 2 complete", secs(60));
+    let new = answering(addr, 3);
+    assert!(new.iter().all(|(pid, g)| *g == 2 && !old.contains(pid)), "{new:?}");
+}
+
+#[test]
+fn a_replacement_that_never_sends_ready_times_out_and_the_rollout_stops() {
+    let dir = TestDir::new();
+    point(&dir, &good(&dir, "r1"));
+    let silent = release(&dir, "r2", &format!("exec {WORKER} --serve"));
+    let current = dir.s("current");
+    let sup = Sup::start(
+        &dir,
+        &[
+            "--bind",
+            "127.0.0.1:0",
+            "--workers",
+            "2",
+            "--ready",
+            "notify",
+            "--boot-timeout",
+            "2s",
+            "--directory",
+            &current,
+            "--",
+            "./run",
+        ],
+    );
+    let addr = sup.tcp_addr(0);
+    wait_until("2 ready", secs(20), || {
+        (sup.log().matches("is ready").count() == 2).then_some(())
+    });
+    let old: HashSet<i64> = answering(addr, 2).into_iter().map(|(p, _)| p).collect();
+    point(&dir, &silent);
+    sup.signal(libc::SIGUSR1);
+    let line = sup.wait_log("rolling restart to gen 1 failed", secs(30));
+    assert!(line.contains("was not ready within 2s"), "{line}");
+    // The silent replacement is killed and reaped; the old ones still serve.
+    sup.wait_log("stopped (signal KILL)", secs(10));
+    let still: HashSet<i64> = answering(addr, 2).into_iter().map(|(p, _)| p).collect();
+    assert_eq!(still, old);
+}
+
+#[test]
+fn ready_from_a_child_in_the_group_counts_and_strangers_are_dropped() {
+    let dir = TestDir::new();
+    std::fs::create_dir(dir.join("reports")).unwrap();
+    let reports = dir.s("reports");
+    // Worker 0's readiness comes from systemd-notify, a child process; the
+    // worker itself never sends anything.
+    let script = format!("systemd-notify --ready --status=child; exec {WORKER} --report-dir {reports}");
+    let sup = Sup::start(&dir, &["--ready", "notify", "--", "sh", "-c", &script]);
+    sup.wait_log("worker 0 (pid", secs(10));
+    sup.wait_log("is ready", secs(20));
+    let report = wait_until("a report", secs(10), || dir.reports("reports").into_iter().next());
+    let address = report["env"]["NOTIFY_SOCKET"].as_str().unwrap().to_string();
+    assert!(address.starts_with("@sup/"), "{address}");
+
+    // A stranger (this test process) claims readiness and passes an fd.
+    use std::os::linux::net::SocketAddrExt;
+    let target = std::os::unix::net::SocketAddr::from_abstract_name(&address[1..]).unwrap();
+    let client = std::os::unix::net::UnixDatagram::unbound().unwrap();
+    client.send_to_addr(b"READY=1\nSTATUS=impostor", &target).unwrap();
+    sup.wait_log(
+        &format!("dropped a notify message from pid {}", std::process::id()),
+        secs(10),
+    );
+
+    let (r, w) = nix::unistd::pipe().unwrap();
+    let fds = [w.as_raw_fd()];
+    let iov = [std::io::IoSlice::new(b"BARRIER=1")];
+    let addr = nix::sys::socket::UnixAddr::new_abstract(&address.as_bytes()[1..]).unwrap();
+    nix::sys::socket::sendmsg(
+        client.as_raw_fd(),
+        &iov,
+        &[nix::sys::socket::ControlMessage::ScmRights(&fds)],
+        nix::sys::socket::MsgFlags::empty(),
+        Some(&addr),
+    )
+    .unwrap();
+    drop(w);
+    // sup closed its copy: the pipe's read end sees EOF (poll, not sleep).
+    let mut pfd = libc::pollfd {
+        fd: r.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let n = unsafe { libc::poll(&mut pfd, 1, secs(10).as_millis() as i32) };
+    assert_eq!(n, 1, "sup closed the fd sent with the message");
+    let mut b = [0u8; 1];
+    assert_eq!(nix::unistd::read(&r, &mut b).unwrap(), 0);
+}
+
+#[test]
+fn a_failing_hook_vetoes_and_a_passing_one_runs_in_the_release() {
+    let dir = TestDir::new();
+    let r1 = good(&dir, "r1");
+    point(&dir, &r1);
+    let current = dir.s("current");
+    let flag = dir.join("hook-may-pass");
+    let seen = dir.s("hook-saw");
+    let hook = format!(
+        "echo \"$SUP_RESTART $(pwd)\" > {seen}; test -e {} || {{ echo 'migrations pending' >&2; exit 3; }}",
+        flag.display()
+    );
+    let sup = Sup::start(
+        &dir,
+        &[
+            "--bind",
+            "127.0.0.1:0",
+            "--workers",
+            "2",
+            "--ready",
+            "notify",
+            "--directory",
+            &current,
+            "--on-restart",
+            &hook,
+            "--",
+            "./run",
+        ],
+    );
+    let addr = sup.tcp_addr(0);
+    wait_until("2 ready", secs(20), || {
+        (sup.log().matches("is ready").count() == 2).then_some(())
+    });
+    let old: HashSet<i64> = answering(addr, 2).into_iter().map(|(p, _)| p).collect();
+
+    let r2 = good(&dir, "r2");
+    point(&dir, &r2);
+    sup.signal(libc::SIGUSR1);
+    let line = sup.wait_log("rolling restart abandoned", secs(30));
+    assert!(line.contains("the restart hook exited with status 3"), "{line}");
+    assert!(sup.log().contains("migrations pending"), "hook output is in sup's log");
+    assert_eq!(
+        answering(addr, 2).into_iter().map(|(p, _)| p).collect::<HashSet<_>>(),
+        old
+    );
+    assert_eq!(
+        std::fs::read_to_string(&seen).unwrap().trim(),
+        format!("rolling {}", r2.display())
+    );
+
+    std::fs::write(&flag, "").unwrap();
+    sup.signal(libc::SIGUSR1);
+    sup.wait_log("rolling restart to gen 1 complete", secs(60));
+    let new = answering(addr, 2);
+    assert!(new.iter().all(|(pid, _)| !old.contains(pid)), "{new:?}");
+}
+
+#[test]
+fn a_storm_of_usr1_ends_with_n_ready_workers_of_one_generation() {
+    let dir = TestDir::new();
+    let mut sup = Sup::start(
+        &dir,
+        &[
+            "--bind",
+            "127.0.0.1:0",
+            "--workers",
+            "3",
+            "--ready",
+            "notify",
+            "--",
+            WORKER,
+            "--serve",
+            "--ready-after",
+            "50",
+        ],
+    );
+    let addr = sup.tcp_addr(0);
+    wait_until("3 ready", secs(20), || {
+        (sup.log().matches("is ready").count() == 3).then_some(())
+    });
+    for _ in 0..50 {
+        sup.signal(libc::SIGUSR1);
+    }
+    // Quiet: the last restart line is a completion, and it stays so.
+    let last_restart_line = |log: &str| {
+        log.lines()
+            .rfind(|l| l.contains("rolling restart"))
+            .map(str::to_string)
+            .unwrap_or_default()
+    };
+    wait_until("the storm to settle", secs(60), || {
+        let log = sup.log();
+        let line = last_restart_line(&log);
+        let live = live_workers(&log);
+        (line.contains("complete") && live.len() == 3).then_some(())
+    });
+    let log = sup.log();
+    let live = live_workers(&log);
+    let gens: HashSet<&str> = live.iter().map(|(_, g)| g.as_str()).collect();
+    assert_eq!(gens.len(), 1, "one generation: {live:?}");
+    let answering: HashSet<i64> = answering(addr, 3).into_iter().map(|(p, _)| p).collect();
+    let live_pids: HashSet<i64> = live.iter().map(|(p, _)| *p).collect();
+    assert_eq!(answering, live_pids);
+    assert!(sup.is_running());
+}
+
+/// Workers the log says are alive: started and not since stopped or exited.
+fn live_workers(log: &str) -> Vec<(i64, String)> {
+    let mut live = std::collections::BTreeMap::new();
+    for line in log.lines() {
+        let Some(rest) = line.split("(pid ").nth(1) else {
+            continue;
+        };
+        let Some((pid, rest)) = rest.split_once(", gen ") else {
+            continue;
+        };
+        let Some((generation, what)) = rest.split_once(')') else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<i64>() else { continue };
+        if what.starts_with(" started") {
+            live.insert(pid, generation.to_string());
+        } else if what.starts_with(" stopped") || what.starts_with(" exited") {
+            live.remove(&pid);
+        }
+    }
+    live.into_iter().collect()
+}
+
+#[test]
+fn a_silent_watchdog_gets_a_worker_replaced() {
+    let dir = TestDir::new();
+    let sup = Sup::start(
+        &dir,
+        &[
+            "--ready",
+            "notify",
+            "--watchdog",
+            "1s",
+            "--",
+            WORKER,
+            "--ready-after",
+            "0",
+            "--watchdog-once",
+        ],
+    );
+    let first = wait_until("a worker", secs(10), || sup.started_pids().first().copied());
+    let line = sup.wait_log("sent no WATCHDOG=1 for 1s: killing it", secs(20));
+    assert!(line.contains(&format!("(pid {first},")), "{line}");
+    wait_until("a replacement", secs(20), || {
+        (sup.started_pids().len() >= 2).then_some(())
+    });
+}
+
+#[test]
+fn an_einhorn_ack_counts_as_ready() {
+    let dir = TestDir::new();
+    let sup = Sup::start(
+        &dir,
+        &[
+            "--ready",
+            "notify",
+            "--einhorn-ack",
+            "--",
+            WORKER,
+            "--einhorn-ack-after",
+            "100",
+        ],
+    );
+    let pid = wait_until("a worker", secs(10), || sup.started_pids().first().copied());
+    sup.wait_log(&format!("worker 0 (pid {pid}, gen 0) is ready"), secs(20));
+}
