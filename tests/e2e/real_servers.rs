@@ -104,3 +104,46 @@ fn the_python_example_from_the_readme_serves_and_stops_gracefully() {
         "the one that served stopped gracefully: {log}"
     );
 }
+
+#[test]
+fn gunicorn_becomes_readiness_aware_under_ready_notify_and_rolls() {
+    if !have("gunicorn") {
+        return;
+    }
+    let dir = TestDir::new();
+    std::fs::write(dir.join("wsgi.py"), WSGI_APP).unwrap();
+    let chdir = dir.s("");
+    // gunicorn sends READY=1 to NOTIFY_SOCKET on its own: no change needed.
+    let mut sup = Sup::start(
+        &dir,
+        &[
+            "--bind",
+            "127.0.0.1:0",
+            "--workers",
+            "2",
+            "--ready",
+            "notify",
+            "--boot-timeout",
+            "30s",
+            "--",
+            "gunicorn",
+            "--workers",
+            "1",
+            "--chdir",
+            &chdir,
+            "wsgi:app",
+        ],
+    );
+    let addr = sup.tcp_addr(0);
+    wait_until("both gunicorns ready", secs(30), || {
+        (sup.log().matches(" is ready").count() == 2).then_some(())
+    });
+    let before = sup.started_pids();
+    sup.signal(libc::SIGUSR1);
+    sup.wait_log("rolling restart to gen 1 complete", secs(60));
+    let answer = get(addr).unwrap();
+    let master = answer["master"].as_i64().unwrap() as i32;
+    assert!(!before.contains(&master), "a new gunicorn answers");
+    sup.signal(libc::SIGTERM);
+    assert_eq!(sup.wait_exit(secs(40)).code(), Some(0), "{}", sup.log());
+}
