@@ -14,6 +14,7 @@ use clap::{ArgAction, Parser};
 const AFTER_HELP: &str = "\
 Signals (to sup's pid or --pidfile):
   USR1        rolling restart: each worker's replacement starts and is ready before the old one stops
+  USR2        hot restart: old workers stop, sup re-executes itself in place (same pid), new workers start
   TERM, INT   graceful stop: stop signal to every worker, KILL after --graceful-timeout; a second INT stops at once
   QUIT        immediate stop: KILL to every worker's process group
   TTIN, TTOU  one worker more / fewer (never below 1)
@@ -148,6 +149,13 @@ pub struct Cli {
     /// readiness unchanged. Messages are parsed as JSON only.
     #[arg(long, env = "SUP_EINHORN_ACK")]
     pub einhorn_ack: bool,
+
+    /// Check the configuration, the directory and the command, then exit
+    ///
+    /// Exits 0 when sup could start with these arguments, or 2 after listing every problem.
+    /// Binds nothing and starts nothing. A hot restart runs the new sup this way first.
+    #[arg(long)]
+    pub check: bool,
 
     /// Log more (-v debug, -vv trace); RUST_LOG is used when neither -v nor -q is given
     #[arg(short, long, action = ArgAction::Count, conflicts_with = "quiet")]

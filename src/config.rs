@@ -56,6 +56,8 @@ pub struct Config {
     pub einhorn_ack: bool,
     /// `-v` count minus `-q` count; `None` when neither was given.
     pub verbosity: Option<i8>,
+    /// `--check`: validate and exit.
+    pub check: bool,
 }
 
 /// A usage or configuration error: reported as one line, exit status 2.
@@ -103,6 +105,14 @@ impl Config {
     /// Build a config from parsed flags (clap has already merged `SUP_*`
     /// environment values under the flags).
     pub fn from_cli(cli: Cli) -> Result<Config, Vec<ConfigError>> {
+        let (config, errors) = Config::parse(cli);
+        if errors.is_empty() { Ok(config) } else { Err(errors) }
+    }
+
+    /// Like [`Config::from_cli`], but always returns a config (with
+    /// defaults where a value was invalid) together with every problem, so
+    /// that the system checks can run and report theirs too.
+    pub fn parse(cli: Cli) -> (Config, Vec<ConfigError>) {
         let mut errors = Vec::new();
         let mut binds = Vec::new();
         for raw in &cli.bind {
@@ -199,10 +209,7 @@ impl Config {
             (0, 0) => None,
             (v, q) => Some(v.min(4) as i8 - q.min(4) as i8),
         };
-        if !errors.is_empty() {
-            return Err(errors);
-        }
-        Ok(Config {
+        let config = Config {
             binds,
             workers,
             command: cli.command,
@@ -221,7 +228,9 @@ impl Config {
             hook_timeout,
             einhorn_ack: cli.einhorn_ack,
             verbosity,
-        })
+            check: cli.check,
+        };
+        (config, errors)
     }
 
     /// The checks that look at the system: the directory resolves, the

@@ -43,18 +43,22 @@ pub enum Intent {
     ReopenLogs,
     /// USR1: rolling restart.
     Rolling,
+    /// USR2: hot restart.
+    Hot,
 }
 
 /// Which restart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RestartKind {
     Rolling,
+    Hot,
 }
 
 impl RestartKind {
     pub fn as_str(self) -> &'static str {
         match self {
             RestartKind::Rolling => "rolling",
+            RestartKind::Hot => "hot",
         }
     }
 }
@@ -116,12 +120,17 @@ pub enum Event {
         sender: Option<Sender>,
         message: Message,
     },
-    /// The restart hook the core asked for is running as `pid`.
-    HookSpawned {
+    /// The helper the core asked for (restart hook, preflight check) is
+    /// running as `pid`.
+    HelperSpawned {
         pid: i32,
     },
-    /// The restart hook could not be started.
-    HookFailed {
+    /// The helper could not be started.
+    HelperFailed {
+        reason: String,
+    },
+    /// The re-exec the core asked for failed; sup runs on in this image.
+    ReExecFailed {
         reason: String,
     },
     /// A deadline passed (the poll timed out).
@@ -147,6 +156,12 @@ pub enum Action {
     /// Start the `--on-restart` hook for this kind of restart.
     RunHook {
         kind: RestartKind,
+    },
+    /// Start the new sup with `--check` (hot restart preflight).
+    RunPreflight,
+    /// Re-execute sup in place; the new image starts `generation`.
+    ReExec {
+        generation: u64,
     },
     ReopenLogs,
     Log {
@@ -190,8 +205,16 @@ enum Shutdown {
 enum Phase {
     /// The hook runs (`pid` once it has been spawned).
     Hook { pid: Option<i32>, deadline: Instant },
-    /// Replacements of `generation` are being started.
+    /// Hot: the new sup checks its configuration.
+    Preflight { pid: Option<i32>, deadline: Instant },
+    /// Rolling: replacements of `generation` are being started.
     Rolling { generation: u64 },
+    /// Hot: every worker is stopping; then the exec.
+    Draining,
+    /// Hot: the exec was asked for (it returns only if it failed).
+    Exec,
+    /// Hot, in the new image: the first workers of `generation` boot.
+    Starting { generation: u64 },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -212,8 +235,8 @@ pub struct Core {
     slots: Vec<SlotState>,
     shutdown: Option<Shutdown>,
     restart: Option<Restart>,
-    /// A restart was asked for while a hook ran; it is not lost.
-    pending: bool,
+    /// A restart asked for while a hook or preflight ran; it is not lost.
+    pending: Option<RestartKind>,
     last_restart: Option<RestartRecord>,
     started: bool,
     exited: bool,
@@ -234,7 +257,7 @@ impl Core {
             slots: vec![SlotState::default(); target],
             shutdown: None,
             restart: None,
-            pending: false,
+            pending: None,
             last_restart: None,
             started: false,
             exited: false,
@@ -257,14 +280,26 @@ impl Core {
         self.slots.get(slot)
     }
 
+    /// The new image after a hot restart: carry on from `generation`, and
+    /// count the restart (begun `elapsed` ago in the old image) as running
+    /// until the first workers are ready.
+    pub fn resume_hot(&mut self, generation: u64, elapsed: Duration, now: Instant) {
+        self.generation = generation;
+        self.restart = Some(Restart {
+            kind: RestartKind::Hot,
+            started_at: now.checked_sub(elapsed).unwrap_or(now),
+            phase: Phase::Starting { generation },
+        });
+    }
+
     /// The restart in progress, or else the last one.
     pub fn restart_record(&self) -> Option<RestartRecord> {
         match self.restart {
             Some(r) => Some(RestartRecord {
                 kind: r.kind,
                 generation: match r.phase {
-                    Phase::Rolling { generation } => Some(generation),
-                    Phase::Hook { .. } => None,
+                    Phase::Rolling { generation } | Phase::Starting { generation } => Some(generation),
+                    Phase::Hook { .. } | Phase::Preflight { .. } | Phase::Draining | Phase::Exec => None,
                 },
                 started_at: r.started_at,
                 finished_at: None,
@@ -294,25 +329,30 @@ impl Core {
                 status,
                 group_alive,
             } => {
-                if self.hook_pid() == Some(pid) {
-                    self.on_hook_exited(status, now, &mut out);
+                if self.helper_pid() == Some(pid) {
+                    self.on_helper_exited(status, now, &mut out);
                 } else {
                     self.on_exited(pid, status, group_alive, now, &mut out);
                 }
             }
             Event::Notify { sender, message } => self.on_notify(sender, &message, now, &mut out),
-            Event::HookSpawned { pid } => {
+            Event::HelperSpawned { pid } => {
                 if let Some(Restart {
-                    phase: Phase::Hook { pid: p, .. },
+                    phase: Phase::Hook { pid: p, .. } | Phase::Preflight { pid: p, .. },
                     ..
                 }) = &mut self.restart
                 {
                     *p = Some(pid);
                 }
             }
-            Event::HookFailed { reason } => {
-                self.abandon(format!("cannot run the restart hook: {reason}"), now, &mut out);
+            Event::HelperFailed { reason } => {
+                self.abandon(
+                    format!("cannot run the {}: {reason}", self.helper_name()),
+                    now,
+                    &mut out,
+                );
             }
+            Event::ReExecFailed { reason } => self.on_reexec_failed(reason, now, &mut out),
             Event::Tick => {}
         }
         self.on_deadlines(now, &mut out);
@@ -320,6 +360,7 @@ impl Core {
         self.roll(&mut out);
         self.fill(now, &mut out);
         self.check_rollout_done(now, &mut out);
+        self.check_drained(&mut out);
         self.check_done(now, &mut out);
         out
     }
@@ -349,7 +390,7 @@ impl Core {
             .filter_map(|(_, s)| s.not_before);
         let hook = match self.restart {
             Some(Restart {
-                phase: Phase::Hook { deadline, .. },
+                phase: Phase::Hook { deadline, .. } | Phase::Preflight { deadline, .. },
                 ..
             }) => Some(deadline),
             _ => None,
@@ -416,6 +457,7 @@ impl Core {
             }
             Intent::ReopenLogs => out.push(Action::ReopenLogs),
             Intent::Rolling => self.request_restart(RestartKind::Rolling, now, out),
+            Intent::Hot => self.request_restart(RestartKind::Hot, now, out),
         }
     }
 
@@ -428,58 +470,144 @@ impl Core {
             );
             return;
         }
-        match self.restart.map(|r| r.phase) {
-            Some(Phase::Hook { .. }) => {
-                // The rollout that follows the hook starts new workers from
-                // what is on disk then: this request is served by it.
-                self.pending = true;
+        let Some(current) = self.restart else {
+            self.begin_restart(kind, now, out);
+            return;
+        };
+        let name = kind.as_str();
+        match current.phase {
+            Phase::Hook { .. } | Phase::Preflight { .. } => {
+                // Served once the hook (or check) is done: a hot request
+                // outranks a rolling one.
+                let stronger = if kind == RestartKind::Hot || self.pending == Some(RestartKind::Hot) {
+                    RestartKind::Hot
+                } else {
+                    kind
+                };
+                self.pending = Some(stronger);
+                let helper = self.helper_name();
                 log(
                     out,
                     Level::Info,
-                    format!(
-                        "{} restart requested while the restart hook runs: it will include it",
-                        kind.as_str()
-                    ),
+                    format!("{name} restart requested while the {helper} runs: it will follow"),
                 );
             }
-            Some(Phase::Rolling { generation }) => {
+            Phase::Draining | Phase::Exec => {
                 log(
                     out,
                     Level::Info,
-                    format!(
-                        "{} restart requested during the rollout of gen {generation}: starting over",
-                        kind.as_str()
-                    ),
+                    format!("{name} restart requested during a hot restart: the new image starts fresh"),
                 );
+            }
+            Phase::Rolling { generation } | Phase::Starting { generation } => {
+                log(
+                    out,
+                    Level::Info,
+                    format!("{name} restart requested during the rollout of gen {generation}: starting over"),
+                );
+                if kind != current.kind {
+                    let reason = format!("superseded by a {name} restart");
+                    self.finish(Outcome::Abandoned { reason }, now);
+                }
                 self.begin_restart(kind, now, out);
             }
-            None => self.begin_restart(kind, now, out),
+        }
+    }
+
+    fn helper_name(&self) -> &'static str {
+        match self.restart.map(|r| r.phase) {
+            Some(Phase::Preflight { .. }) => "preflight check",
+            _ => "restart hook",
+        }
+    }
+
+    /// End the restart in progress with `outcome`, keeping it as the last.
+    fn finish(&mut self, outcome: Outcome, now: Instant) {
+        if let Some(r) = self.restart.take() {
+            let generation = match r.phase {
+                Phase::Rolling { generation } | Phase::Starting { generation } => Some(generation),
+                _ => None,
+            };
+            self.last_restart = Some(RestartRecord {
+                kind: r.kind,
+                generation,
+                started_at: r.started_at,
+                finished_at: Some(now),
+                outcome,
+            });
         }
     }
 
     fn begin_restart(&mut self, kind: RestartKind, now: Instant, out: &mut Vec<Action>) {
+        self.restart = Some(Restart {
+            kind,
+            started_at: now,
+            phase: Phase::Hook {
+                pid: None,
+                deadline: now + self.settings.hook_timeout,
+            },
+        });
         if self.settings.hook {
-            self.restart = Some(Restart {
-                kind,
-                started_at: now,
-                phase: Phase::Hook {
-                    pid: None,
-                    deadline: now + self.settings.hook_timeout,
-                },
-            });
             out.push(Action::RunHook { kind });
         } else {
-            self.restart = Some(Restart {
-                kind,
-                started_at: now,
-                phase: Phase::Rolling { generation: 0 },
-            });
-            self.start_rollout(now, out);
+            self.after_hook(now, out);
         }
     }
 
+    /// The hook passed (or there is none): a rolling restart starts rolling;
+    /// a hot one has the new sup check itself first.
+    fn after_hook(&mut self, now: Instant, out: &mut Vec<Action>) {
+        // A hot restart asked for while the hook ran outranks a rolling one.
+        if self.pending == Some(RestartKind::Hot)
+            && let Some(r) = &mut self.restart
+        {
+            r.kind = RestartKind::Hot;
+        }
+        self.pending = None;
+        let Some(r) = &mut self.restart else { return };
+        match r.kind {
+            RestartKind::Rolling => self.start_rollout(now, out),
+            RestartKind::Hot => {
+                r.phase = Phase::Preflight {
+                    pid: None,
+                    deadline: now + self.settings.hook_timeout,
+                };
+                out.push(Action::RunPreflight);
+            }
+        }
+    }
+
+    /// Hot: the preflight passed. Stop every worker (old and new code never
+    /// serve at once); the exec follows once they are all gone.
+    fn begin_drain(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if let Some(r) = &mut self.restart {
+            r.phase = Phase::Draining;
+        }
+        let live = self.workers.iter().filter(|w| !w.is_stopping()).count();
+        log(
+            out,
+            Level::Info,
+            format!("hot restart: the new sup checked out; stopping {live} worker(s), then re-executing"),
+        );
+        for i in 0..self.workers.len() {
+            if !self.workers[i].is_stopping() {
+                self.stop_worker(i, now, out);
+            }
+        }
+    }
+
+    fn on_reexec_failed(&mut self, reason: String, now: Instant, out: &mut Vec<Action>) {
+        log(
+            out,
+            Level::Error,
+            format!("hot restart failed: {reason}; starting workers again in this sup"),
+        );
+        self.finish(Outcome::Abandoned { reason }, now);
+        // New workers run the code on disk now: a new generation.
+        self.generation += 1;
+    }
+
     fn start_rollout(&mut self, now: Instant, out: &mut Vec<Action>) {
-        self.pending = false;
         self.generation += 1;
         let generation = self.generation;
         if let Some(r) = &mut self.restart {
@@ -507,50 +635,61 @@ impl Core {
         }
     }
 
-    fn hook_pid(&self) -> Option<i32> {
+    fn helper_pid(&self) -> Option<i32> {
         match self.restart {
             Some(Restart {
-                phase: Phase::Hook { pid, .. },
+                phase: Phase::Hook { pid, .. } | Phase::Preflight { pid, .. },
                 ..
             }) => pid,
             _ => None,
         }
     }
 
-    fn on_hook_exited(&mut self, status: ExitStatus, now: Instant, out: &mut Vec<Action>) {
-        if status == ExitStatus::Code(0) {
-            log(out, Level::Info, "restart hook succeeded".to_string());
-            self.start_rollout(now, out);
-        } else {
-            self.abandon(format!("the restart hook exited with {status}"), now, out);
+    fn on_helper_exited(&mut self, status: ExitStatus, now: Instant, out: &mut Vec<Action>) {
+        let preflight = matches!(self.restart.map(|r| r.phase), Some(Phase::Preflight { .. }));
+        match (preflight, status == ExitStatus::Code(0)) {
+            (false, true) => {
+                log(out, Level::Info, "restart hook succeeded".to_string());
+                self.after_hook(now, out);
+            }
+            (false, false) => self.abandon(format!("the restart hook exited with {status}"), now, out),
+            (true, true) => self.begin_drain(now, out),
+            (true, false) => self.abandon(
+                format!("the new sup failed its check ({status}; its errors are logged above)"),
+                now,
+                out,
+            ),
         }
     }
 
     /// Give up the restart in progress before anything was stopped.
     fn abandon(&mut self, reason: String, now: Instant, out: &mut Vec<Action>) {
-        let Some(r) = self.restart.take() else { return };
-        if let Phase::Hook { pid: Some(pid), .. } = r.phase {
+        let Some(r) = self.restart else { return };
+        if let Phase::Hook { pid: Some(pid), .. } | Phase::Preflight { pid: Some(pid), .. } = r.phase {
             out.push(Action::KillGroup { pgid: pid });
         }
-        log(
-            out,
-            Level::Error,
-            format!(
-                "{} restart abandoned: {reason}; the running workers keep serving",
-                r.kind.as_str()
-            ),
-        );
-        self.last_restart = Some(RestartRecord {
-            kind: r.kind,
-            generation: None,
-            started_at: r.started_at,
-            finished_at: Some(now),
-            outcome: Outcome::Abandoned { reason },
-        });
+        if self.shutdown.is_some() {
+            log(
+                out,
+                Level::Info,
+                format!("{} restart interrupted: {reason}", r.kind.as_str()),
+            );
+        } else {
+            log(
+                out,
+                Level::Error,
+                format!(
+                    "{} restart abandoned: {reason}; the running workers keep serving",
+                    r.kind.as_str()
+                ),
+            );
+        }
+        self.finish(Outcome::Abandoned { reason }, now);
         // A request that came in while the hook ran is not lost.
-        if self.pending && self.shutdown.is_none() {
-            self.pending = false;
-            self.begin_restart(r.kind, now, out);
+        if let Some(kind) = self.pending.take()
+            && self.shutdown.is_none()
+        {
+            self.begin_restart(kind, now, out);
         }
     }
 
@@ -558,7 +697,9 @@ impl Core {
     /// stop the rollout there; every old worker keeps serving.
     fn fail_rollout(&mut self, slot: usize, reason: String, now: Instant, out: &mut Vec<Action>) {
         let Some(r) = self.restart else { return };
-        let Phase::Rolling { generation } = r.phase else { return };
+        let (Phase::Rolling { generation } | Phase::Starting { generation }) = r.phase else {
+            return;
+        };
         self.restart = None;
         let serving = self.workers.iter().filter(|w| !w.is_stopping()).count();
         log(
@@ -588,10 +729,11 @@ impl Core {
         }
     }
 
+    /// The generation a restart is bringing up, while it does.
     fn rolling_generation(&self) -> Option<u64> {
         match self.restart {
             Some(Restart {
-                phase: Phase::Rolling { generation },
+                phase: Phase::Rolling { generation } | Phase::Starting { generation },
                 ..
             }) => Some(generation),
             _ => None,
@@ -639,7 +781,7 @@ impl Core {
 
     /// A stop ends any restart in progress.
     fn stop_restart(&mut self, now: Instant, out: &mut Vec<Action>) {
-        self.pending = false;
+        self.pending = None;
         if self.restart.is_some() {
             self.abandon("sup is stopping".to_string(), now, out);
         }
@@ -955,7 +1097,11 @@ impl Core {
     /// The rolling restart's step: start replacements of the generation
     /// being rolled out, lowest slot first, at most `max_surge` booting.
     fn roll(&mut self, out: &mut Vec<Action>) {
-        let Some(generation) = self.rolling_generation() else {
+        let Some(Restart {
+            phase: Phase::Rolling { generation },
+            ..
+        }) = self.restart
+        else {
             return;
         };
         if self.shutdown.is_some() {
@@ -1001,29 +1147,36 @@ impl Core {
         if !all_new_ready || old_left {
             return;
         }
-        let Some(r) = self.restart.take() else { return };
+        let Some(r) = self.restart else { return };
         let took = now.saturating_duration_since(r.started_at);
         log(
             out,
             Level::Info,
             format!(
-                "rolling restart to gen {generation} complete in {took:.1?}: {} worker(s) replaced",
+                "{} restart to gen {generation} complete in {took:.1?}: {} worker(s) ready",
+                r.kind.as_str(),
                 self.target
             ),
         );
-        self.last_restart = Some(RestartRecord {
-            kind: r.kind,
-            generation: Some(generation),
-            started_at: r.started_at,
-            finished_at: Some(now),
-            outcome: Outcome::Completed,
-        });
+        self.finish(Outcome::Completed, now);
+    }
+
+    /// Hot: once every worker (and what lingers of its group) is gone, exec.
+    fn check_drained(&mut self, out: &mut Vec<Action>) {
+        let Some(r) = &mut self.restart else { return };
+        if r.phase == Phase::Draining && self.workers.is_empty() && self.lingering.is_empty() {
+            r.phase = Phase::Exec;
+            out.push(Action::ReExec {
+                generation: self.generation + 1,
+            });
+        }
     }
 
     /// Fill: bring every slot below the target to one live worker, spawning
     /// into each empty slot whose backoff has passed.
     fn fill(&mut self, now: Instant, out: &mut Vec<Action>) {
-        if !self.started || self.shutdown.is_some() {
+        let draining = matches!(self.restart.map(|r| r.phase), Some(Phase::Draining | Phase::Exec));
+        if !self.started || self.shutdown.is_some() || draining {
             return;
         }
         for slot in 0..self.target {
@@ -1100,6 +1253,8 @@ mod tests {
     struct Harness {
         core: Core,
         hooks: Vec<RestartKind>,
+        preflights: usize,
+        reexec: Option<u64>,
         t0: Instant,
         next_pid: i32,
         fail_spawns: bool,
@@ -1119,6 +1274,8 @@ mod tests {
             let mut h = Harness {
                 core: Core::new(settings),
                 hooks: vec![],
+                preflights: 0,
+                reexec: None,
                 t0: Instant::now(),
                 next_pid: 100,
                 fail_spawns: false,
@@ -1162,6 +1319,8 @@ mod tests {
                         Action::Signal { pid, signal } => self.signals.push((pid, signal)),
                         Action::KillGroup { pgid } => self.killed_groups.push(pgid),
                         Action::RunHook { kind } => self.hooks.push(kind),
+                        Action::RunPreflight => self.preflights += 1,
+                        Action::ReExec { generation } => self.reexec = Some(generation),
                         Action::ReopenLogs => {}
                         Action::Log { message, .. } => self.logs.push(message),
                         Action::Exit(code) => self.exit = Some(code),
@@ -1650,7 +1809,7 @@ mod tests {
         h.send(Event::Intent(Intent::Rolling), 2_000);
         assert_eq!(h.hooks, [RestartKind::Rolling]);
         assert_eq!(h.spawns, 2, "nothing starts before the hook passes");
-        h.send(Event::HookSpawned { pid: 900 }, 2_001);
+        h.send(Event::HelperSpawned { pid: 900 }, 2_001);
         h.exit(900, ExitStatus::Code(3), 2_500);
         assert!(matches!(h.outcome(), Some(Outcome::Abandoned { ref reason }) if reason.contains("status 3")));
         assert_eq!((h.spawns, h.core.generation()), (2, 0));
@@ -1661,7 +1820,7 @@ mod tests {
     fn a_passing_hook_lets_the_rollout_run() {
         let mut h = ready_harness(2, |s| s.hook = true);
         h.send(Event::Intent(Intent::Rolling), 2_000);
-        h.send(Event::HookSpawned { pid: 900 }, 2_001);
+        h.send(Event::HelperSpawned { pid: 900 }, 2_001);
         h.exit(900, ExitStatus::Code(0), 2_500);
         h.run_checking_capacity(60_000, 2);
         assert_eq!(h.gens(), [1, 1]);
@@ -1674,7 +1833,7 @@ mod tests {
             s.hook_timeout = Duration::from_secs(5);
         });
         h.send(Event::Intent(Intent::Rolling), 2_000);
-        h.send(Event::HookSpawned { pid: 900 }, 2_001);
+        h.send(Event::HelperSpawned { pid: 900 }, 2_001);
         h.tick_until(7_000);
         assert_eq!(h.killed_groups, [900]);
         assert!(matches!(h.outcome(), Some(Outcome::Abandoned { ref reason }) if reason.contains("within 5s")));
@@ -1685,11 +1844,11 @@ mod tests {
     fn a_request_during_a_failing_hook_is_not_lost() {
         let mut h = ready_harness(1, |s| s.hook = true);
         h.send(Event::Intent(Intent::Rolling), 2_000);
-        h.send(Event::HookSpawned { pid: 900 }, 2_001);
+        h.send(Event::HelperSpawned { pid: 900 }, 2_001);
         h.send(Event::Intent(Intent::Rolling), 2_002);
         h.exit(900, ExitStatus::Code(1), 2_500);
         assert_eq!(h.hooks.len(), 2, "the hook runs again for the pending request");
-        h.send(Event::HookSpawned { pid: 901 }, 2_501);
+        h.send(Event::HelperSpawned { pid: 901 }, 2_501);
         h.exit(901, ExitStatus::Code(0), 2_600);
         h.run_checking_capacity(60_000, 1);
         assert_eq!(h.gens(), [1]);
@@ -1777,5 +1936,113 @@ mod tests {
         assert_eq!(h.killed_groups, [100]);
         h.exit(100, ExitStatus::Signaled(9), 11_001);
         assert_eq!(h.pids(), [101]);
+    }
+
+    #[test]
+    fn a_hot_restart_checks_then_stops_everything_then_execs() {
+        let mut h = ready_harness(2, |_| {});
+        h.send(Event::Intent(Intent::Hot), 2_000);
+        assert_eq!(h.preflights, 1);
+        assert!(h.signals.is_empty(), "nothing stops before the new sup checked out");
+        h.send(Event::HelperSpawned { pid: 800 }, 2_001);
+        h.exit(800, ExitStatus::Code(0), 2_100);
+        assert_eq!(h.signals, [(100, TERM), (100, SIGCONT), (101, TERM), (101, SIGCONT)]);
+        let spawns = h.spawns;
+        h.exit(100, ExitStatus::Code(0), 2_200);
+        assert_eq!(h.reexec, None, "waits for every worker");
+        h.exit(101, ExitStatus::Code(0), 2_300);
+        assert_eq!(h.reexec, Some(1));
+        assert_eq!(h.spawns, spawns, "no worker starts in the old image");
+    }
+
+    #[test]
+    fn a_failed_preflight_abandons_the_hot_restart() {
+        let mut h = ready_harness(2, |_| {});
+        h.send(Event::Intent(Intent::Hot), 2_000);
+        h.send(Event::HelperSpawned { pid: 800 }, 2_001);
+        h.exit(800, ExitStatus::Code(2), 2_100);
+        assert!(matches!(h.outcome(), Some(Outcome::Abandoned { ref reason }) if reason.contains("failed its check")));
+        assert!(h.signals.is_empty());
+        assert_eq!(h.pids(), [100, 101]);
+        assert_eq!(h.reexec, None);
+    }
+
+    #[test]
+    fn a_hot_restart_runs_the_hook_first() {
+        let mut h = ready_harness(1, |s| s.hook = true);
+        h.send(Event::Intent(Intent::Hot), 2_000);
+        assert_eq!((h.hooks.as_slice(), h.preflights), ([RestartKind::Hot].as_slice(), 0));
+        h.send(Event::HelperSpawned { pid: 900 }, 2_001);
+        h.exit(900, ExitStatus::Code(0), 2_100);
+        assert_eq!(h.preflights, 1);
+    }
+
+    #[test]
+    fn term_during_a_hot_restart_is_honoured() {
+        let mut h = ready_harness(2, |_| {});
+        h.send(Event::Intent(Intent::Hot), 2_000);
+        h.send(Event::HelperSpawned { pid: 800 }, 2_001);
+        h.exit(800, ExitStatus::Code(0), 2_100);
+        h.send(Event::Intent(Intent::Stop), 2_150);
+        h.reap_stopping(2_200);
+        assert_eq!(h.reexec, None, "a stop wins over the exec");
+        assert_eq!(h.exit, Some(0));
+    }
+
+    #[test]
+    fn requests_during_a_hot_restart_coalesce_and_hot_supersedes_rolling() {
+        let mut h = ready_harness(2, |_| {});
+        h.send(Event::Intent(Intent::Rolling), 2_000);
+        assert_eq!(h.core.generation(), 1);
+        h.send(Event::Intent(Intent::Hot), 2_010);
+        assert_eq!(h.preflights, 1, "hot supersedes the rollout");
+        h.send(Event::HelperSpawned { pid: 800 }, 2_011);
+        h.exit(800, ExitStatus::Code(0), 2_100);
+        for i in 0..5 {
+            h.send(Event::Intent(Intent::Hot), 2_101 + i);
+            h.send(Event::Intent(Intent::Rolling), 2_101 + i);
+        }
+        assert_eq!(h.preflights, 1, "the storm coalesced");
+        h.reap_stopping(2_200);
+        assert_eq!(h.reexec, Some(2));
+    }
+
+    #[test]
+    fn a_failed_exec_starts_workers_again() {
+        let mut h = ready_harness(2, |_| {});
+        h.send(Event::Intent(Intent::Hot), 2_000);
+        h.send(Event::HelperSpawned { pid: 800 }, 2_001);
+        h.exit(800, ExitStatus::Code(0), 2_100);
+        h.reap_stopping(2_200);
+        assert!(h.pids().is_empty());
+        h.send(Event::ReExecFailed { reason: "gone".into() }, 2_300);
+        assert_eq!(h.gens(), [1, 1]);
+        assert!(matches!(h.outcome(), Some(Outcome::Abandoned { .. })));
+    }
+
+    #[test]
+    fn the_new_image_completes_the_hot_restart_when_its_workers_are_ready() {
+        let mut core = Core::new(settings(2));
+        let t0 = Instant::now();
+        core.resume_hot(3, Duration::from_millis(100), t0);
+        let mut h = Harness {
+            core,
+            ..Harness::new(1)
+        };
+        h.t0 = t0;
+        h.next_pid = 200;
+        h.send(Event::Started, 0);
+        assert_eq!(h.gens(), [3, 3]);
+        h.tick_until(2_000);
+        let record = h.core.restart_record().unwrap();
+        assert_eq!(
+            (record.kind, record.generation, record.outcome),
+            (RestartKind::Hot, Some(3), Outcome::Completed)
+        );
+        assert!(
+            h.logs.iter().any(|l| l.contains("hot restart to gen 3 complete")),
+            "{:?}",
+            h.logs
+        );
     }
 }

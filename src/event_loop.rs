@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
@@ -22,10 +23,12 @@ use signal_hook_mio::v1_0::Signals;
 use crate::config::{Config, Credentials, Readiness};
 use crate::core::{Action, Core, Event, Settings};
 use crate::einhorn::EinhornSocket;
+use crate::handoff::Handoff;
+use crate::hot_restart;
 use crate::notify::NotifySocket;
 use crate::signals::{self, SignalEvent};
 use crate::sockets::BoundSocket;
-use crate::spawn::{self, HookRequest, SpawnRequest};
+use crate::spawn::{self, HelperRequest, SpawnRequest};
 use crate::worker::{Backoff, ExitStatus};
 
 const SIGNALS: Token = Token(0);
@@ -87,13 +90,14 @@ impl EventLoop {
     }
 
     /// Run until the core says exit; returns the exit status.
-    pub fn run(
-        mut self,
-        config: &Config,
-        credentials: Option<&Credentials>,
-        sockets: &[BoundSocket],
-        devnull: &OwnedFd,
-    ) -> Result<i32, LoopError> {
+    pub fn run(self, config: &Config, credentials: Option<&Credentials>, ctx: Context<'_>) -> Result<i32, LoopError> {
+        let Context {
+            sockets,
+            devnull,
+            exe,
+            resume,
+        } = ctx;
+        let mut this = self;
         let mut trusted_uids = vec![0, nix::unistd::Uid::effective().as_raw()];
         trusted_uids.extend(credentials.map(|c| c.uid));
         let mut core = Core::new(Settings {
@@ -113,8 +117,11 @@ impl EventLoop {
             backoff: Backoff::default(),
             halt_timeout: Duration::from_secs(5),
         });
+        if let Some((generation, elapsed)) = resume {
+            core.resume_hot(generation, elapsed, Instant::now());
+        }
         let sup_pid = std::process::id() as i32;
-        let einhorn_path = self.einhorn.as_ref().map(|e| e.path.display().to_string());
+        let einhorn_path = this.einhorn.as_ref().map(|e| e.path.display().to_string());
         let mut events = Events::with_capacity(64);
         let mut pending = VecDeque::from([Event::Started]);
         let status = loop {
@@ -131,7 +138,7 @@ impl EventLoop {
                                 credentials,
                                 sup_pid,
                                 devnull: devnull.as_raw_fd(),
-                                notify_socket: &self.notify.address,
+                                notify_socket: &this.notify.address,
                                 einhorn_socket: einhorn_path.as_deref(),
                             };
                             pending.push_back(match spawn::spawn(&req) {
@@ -146,18 +153,33 @@ impl EventLoop {
                         Action::RunHook { kind } => {
                             let command = config.on_restart.as_deref().unwrap_or("true");
                             log::info!("running the restart hook: {command}");
-                            let req = HookRequest {
-                                command,
-                                kind: kind.as_str(),
+                            let req = HelperRequest {
+                                program: Path::new("/bin/sh"),
+                                argv: vec!["sh".into(), "-c".into(), command.into()],
+                                env: vec![
+                                    ("SUP_RESTART".into(), kind.as_str().into()),
+                                    ("SUP_PID".into(), sup_pid.to_string()),
+                                ],
                                 config,
                                 credentials,
-                                sup_pid,
                                 devnull: devnull.as_raw_fd(),
                             };
-                            pending.push_back(match spawn::spawn_hook(&req) {
-                                Ok(pid) => Event::HookSpawned { pid },
-                                Err(reason) => Event::HookFailed { reason },
-                            });
+                            pending.push_back(helper_event(spawn::spawn_helper(&req)));
+                        }
+                        Action::RunPreflight => {
+                            pending.push_back(helper_event(preflight(exe, config, devnull.as_raw_fd())));
+                        }
+                        Action::ReExec { generation } => {
+                            let started = core.restart_record().map(|r| r.started_at);
+                            let handoff = Handoff {
+                                generation,
+                                exe: exe.to_string(),
+                                started_ms: wall_ms(started),
+                                sockets: sockets.iter().map(BoundSocket::handed).collect(),
+                            };
+                            log::info!("hot restart: re-executing {exe} to start gen {generation}");
+                            let reason = hot_restart::reexec(&handoff, sockets, config.directory.as_deref());
+                            pending.push_back(Event::ReExecFailed { reason });
                         }
                         Action::Signal { pid, signal } => send(pid, signal),
                         Action::KillGroup { pgid } => send(-pgid, Signal::SIGKILL as i32),
@@ -174,7 +196,7 @@ impl EventLoop {
             let timeout = core
                 .next_deadline()
                 .map(|d| d.saturating_duration_since(Instant::now()));
-            match self.poll.poll(&mut events, timeout) {
+            match this.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 // A signal handler ran: epoll_wait is never restarted.
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -184,7 +206,7 @@ impl EventLoop {
                 match ev.token() {
                     SIGNALS => {}
                     NOTIFY => {
-                        for r in self.notify.drain() {
+                        for r in this.notify.drain() {
                             if r.fds_closed > 0 {
                                 log::debug!("closed {} fd(s) sent with a notify message", r.fds_closed);
                             }
@@ -194,9 +216,9 @@ impl EventLoop {
                             });
                         }
                     }
-                    EINHORN => self.accept_einhorn(),
+                    EINHORN => this.accept_einhorn(),
                     Token(t) if t >= EINHORN_CONN => {
-                        if let Some(e) = &mut self.einhorn {
+                        if let Some(e) = &mut this.einhorn {
                             for (sender, message) in e.read(t - EINHORN_CONN) {
                                 pending.push_back(Event::Notify { sender, message });
                             }
@@ -206,13 +228,10 @@ impl EventLoop {
                 }
             }
             let mut reap = false;
-            for signal in self.signals.pending() {
+            for signal in this.signals.pending() {
                 match signals::translate(signal) {
                     Some(SignalEvent::Intent(intent)) => pending.push_back(Event::Intent(intent)),
                     Some(SignalEvent::Child) => reap = true,
-                    Some(SignalEvent::Unsupported(s)) => {
-                        log::warn!("{s} ignored: hot restarts are not supported by this version of sup");
-                    }
                     None => {}
                 }
             }
@@ -223,7 +242,7 @@ impl EventLoop {
                 pending.push_back(Event::Tick);
             }
         };
-        if let Some(e) = &self.einhorn {
+        if let Some(e) = &this.einhorn {
             e.remove_file();
         }
         Ok(status)
@@ -240,6 +259,51 @@ impl EventLoop {
             }
         }
     }
+}
+
+/// What the loop runs with besides the configuration.
+pub struct Context<'a> {
+    pub sockets: &'a [BoundSocket],
+    pub devnull: &'a OwnedFd,
+    /// How sup was started, re-resolved at each hot restart.
+    pub exe: &'a str,
+    /// After a hot restart: the generation to start and how long ago the
+    /// restart began.
+    pub resume: Option<(u64, Duration)>,
+}
+
+fn helper_event(result: Result<i32, String>) -> Event {
+    match result {
+        Ok(pid) => Event::HelperSpawned { pid },
+        Err(reason) => Event::HelperFailed { reason },
+    }
+}
+
+/// Start the new sup (the program at sup's path now) with `--check` and
+/// sup's own arguments, in the resolved directory, as sup's user.
+fn preflight(exe: &str, config: &Config, devnull: std::os::fd::RawFd) -> Result<i32, String> {
+    let program = hot_restart::resolve_exe(exe)?;
+    log::info!("hot restart: checking the new sup: {} --check", program.display());
+    let mut argv = vec![program.clone().into_os_string(), "--check".into()];
+    argv.extend(hot_restart::own_args());
+    spawn::spawn_helper(&HelperRequest {
+        program: &program,
+        argv,
+        env: Vec::new(),
+        config,
+        credentials: None,
+        devnull,
+    })
+}
+
+/// Wall-clock milliseconds at `instant` (now if unknown).
+fn wall_ms(instant: Option<Instant>) -> u64 {
+    let ago = instant.map_or(Duration::ZERO, |i| i.elapsed());
+    let at = std::time::SystemTime::now()
+        .checked_sub(ago)
+        .unwrap_or_else(std::time::SystemTime::now);
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Collect every child that has exited (signals coalesce: one SIGCHLD may

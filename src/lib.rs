@@ -13,6 +13,8 @@ pub mod core;
 pub mod einhorn;
 pub mod envfile;
 pub mod event_loop;
+pub mod handoff;
+pub mod hot_restart;
 pub mod logging;
 pub mod notify;
 pub mod signals;
@@ -37,7 +39,21 @@ pub fn say(line: &str) {
 
 /// Parse, validate, bind, supervise. Returns the process exit status.
 pub fn run() -> u8 {
-    if let Err(e) = sanitize_fds() {
+    // A hot restart hands its sockets over as fds named in SUP_HANDOFF:
+    // those survive the sweep of inherited fds, nothing else does.
+    let handoff = match handoff::Handoff::from_env() {
+        Some(Ok(h)) => Some(h),
+        Some(Err(e)) => {
+            say(&format!(
+                "error: ignoring a {} this version cannot read: {e}",
+                handoff::VAR
+            ));
+            None
+        }
+        None => None,
+    };
+    let keep = handoff.as_ref().map(handoff::Handoff::fds).unwrap_or_default();
+    if let Err(e) = sanitize_fds(&keep) {
         say(&format!("error: cannot set up file descriptors: {e}"));
         return EXIT_RUNTIME;
     }
@@ -45,25 +61,32 @@ pub fn run() -> u8 {
         Ok(cli) => cli,
         Err(e) => return clap_error(e),
     };
-    let config = match config::Config::from_cli(cli) {
-        Ok(c) => c,
-        Err(errors) => {
-            for e in errors {
-                say(&format!("error: {e}"));
-            }
-            return EXIT_USAGE;
-        }
-    };
+    // Every problem is reported, the flags' and the system's, then exit 2.
+    let (config, mut errors) = config::Config::parse(cli);
     logging::init(config.verbosity);
     let credentials = match config.check_startup() {
         Ok(c) => c,
-        Err(errors) => {
-            for e in errors {
-                say(&format!("error: {e}"));
-            }
-            return EXIT_USAGE;
+        Err(more) => {
+            errors.extend(more);
+            None
         }
     };
+    if !errors.is_empty() {
+        for e in errors {
+            say(&format!("error: {e}"));
+        }
+        return EXIT_USAGE;
+    }
+    if config.check {
+        let _ = writeln!(
+            std::io::stdout().lock(),
+            "sup: ok: {} worker(s), {} socket(s), command {}",
+            config.workers,
+            config.binds.len(),
+            Path::new(&config.command[0]).display()
+        );
+        return 0;
+    }
     let devnull = match open_devnull() {
         Ok(fd) => fd,
         Err(e) => {
@@ -80,12 +103,29 @@ pub fn run() -> u8 {
             return EXIT_RUNTIME;
         }
     };
-    let sockets = match sockets::bind_all(&config.binds) {
-        Ok(s) => s,
-        Err(e) => {
-            say(&format!("error: {e}"));
-            return EXIT_RUNTIME;
+    // Handlers are in place: whatever arrived blocked across a hot
+    // restart's exec is delivered now, into the loop.
+    if let Err(e) = signals::unblock_handled() {
+        say(&format!("error: cannot unblock signals: {e}"));
+        return EXIT_RUNTIME;
+    }
+    let sockets = match &handoff {
+        // After a hot restart a bind that cannot be made is a runtime error:
+        // the sockets that were handed over keep serving.
+        Some(h) => {
+            let (sockets, errors) = sockets::adopt_and_bind(&config.binds, h.sockets.clone());
+            for e in errors {
+                log::error!("hot restart: {e}; serving without it");
+            }
+            sockets
         }
+        None => match sockets::bind_all(&config.binds) {
+            Ok(s) => s,
+            Err(e) => {
+                say(&format!("error: {e}"));
+                return EXIT_RUNTIME;
+            }
+        },
     };
     for (i, s) in sockets.iter().enumerate() {
         log::info!(
@@ -119,7 +159,32 @@ pub fn run() -> u8 {
             .collect::<Vec<_>>()
             .join(" ")
     );
-    let status = match event_loop.run(&config, credentials.as_ref(), &sockets, &devnull) {
+    let exe = match &handoff {
+        Some(h) => h.exe.clone(),
+        None => {
+            let argv0 = std::env::args_os().next().unwrap_or_else(|| "sup".into());
+            let cwd = std::env::current_dir().unwrap_or_default();
+            hot_restart::exe_spec(&argv0, &cwd)
+        }
+    };
+    let resume = handoff.as_ref().map(|h| {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let elapsed = std::time::Duration::from_millis(now_ms.saturating_sub(h.started_ms));
+        log::info!(
+            "hot restart: this is the new sup, adopting {} socket(s)",
+            h.sockets.len()
+        );
+        (h.generation, elapsed)
+    });
+    let ctx = event_loop::Context {
+        sockets: &sockets,
+        devnull: &devnull,
+        exe: &exe,
+        resume,
+    };
+    let status = match event_loop.run(&config, credentials.as_ref(), ctx) {
         Ok(code) => code as u8,
         Err(e) => {
             log::error!("{}", chain(&e));
@@ -168,7 +233,7 @@ pub fn chain(e: &dyn std::error::Error) -> String {
 /// Make sure fds 0-2 are open (so nothing sup opens lands there and is
 /// then handed to a worker as its stdio), and close every other fd sup
 /// inherited: a worker must see nothing of the shell that started sup.
-fn sanitize_fds() -> std::io::Result<()> {
+fn sanitize_fds(keep: &[i32]) -> std::io::Result<()> {
     for fd in 0..3 {
         // SAFETY: F_GETFD only queries the descriptor table.
         if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
@@ -181,23 +246,41 @@ fn sanitize_fds() -> std::io::Result<()> {
             }
         }
     }
-    close_inherited_fds()
+    close_inherited_fds(keep)
 }
 
-fn close_inherited_fds() -> std::io::Result<()> {
+/// Close every fd above 2 except `keep`.
+fn close_inherited_fds(keep: &[i32]) -> std::io::Result<()> {
     #[cfg(target_os = "linux")]
     {
-        // SAFETY: closing fds >= 3 that nothing in this process owns yet (this
+        let mut keep: Vec<u32> = keep
+            .iter()
+            .filter_map(|k| u32::try_from(*k).ok())
+            .filter(|k| *k > 2)
+            .collect();
+        keep.sort_unstable();
+        let mut ranges = Vec::new();
+        let mut from = 3u32;
+        for k in keep {
+            if k > from {
+                ranges.push((from, k - 1));
+            }
+            from = from.max(k + 1);
+        }
+        ranges.push((from, u32::MAX));
+        // SAFETY: closing fds that nothing in this process owns yet (this
         // runs first thing in main, before any fd is opened).
-        let r = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
-        if r == 0 {
+        let closed = ranges
+            .iter()
+            .all(|(lo, hi)| unsafe { libc::syscall(libc::SYS_close_range, *lo, *hi, 0u32) } == 0);
+        if closed {
             return Ok(());
         }
     }
     let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
         .or_else(|_| std::fs::read_dir("/dev/fd"))?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|fd| *fd > 2)
+        .filter(|fd| *fd > 2 && !keep.contains(fd))
         .collect();
     for fd in fds {
         // SAFETY: as above; the directory fd used for the listing is already

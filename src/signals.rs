@@ -29,9 +29,6 @@ pub enum SignalEvent {
     Intent(Intent),
     /// A child changed state: reap.
     Child,
-    /// Caught so that its default action (terminate) cannot kill sup, but
-    /// not acted on in this version.
-    Unsupported(Signal),
 }
 
 pub fn translate(signal: i32) -> Option<SignalEvent> {
@@ -44,7 +41,7 @@ pub fn translate(signal: i32) -> Option<SignalEvent> {
         Signal::SIGTTOU => SignalEvent::Intent(Intent::Decr),
         Signal::SIGCHLD => SignalEvent::Child,
         Signal::SIGUSR1 => SignalEvent::Intent(Intent::Rolling),
-        other @ Signal::SIGUSR2 => SignalEvent::Unsupported(other),
+        Signal::SIGUSR2 => SignalEvent::Intent(Intent::Hot),
         _ => return None,
     };
     Some(event)
@@ -72,6 +69,14 @@ impl BlockedSignals {
         pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&handled_set()), Some(&mut previous))?;
         Ok(BlockedSignals { previous })
     }
+}
+
+/// Unblock the handled signals. A hot restart execs with them blocked (a
+/// caught signal would revert to its default action across `execve`); the
+/// new image calls this once its handlers are installed, and whatever
+/// arrived in between is delivered then.
+pub fn unblock_handled() -> nix::Result<()> {
+    pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&handled_set()), None)
 }
 
 impl Drop for BlockedSignals {

@@ -21,6 +21,7 @@ use nix::sys::socket::{
 
 use crate::bind::{BindAddr, BindSpec};
 use crate::command::errno_text;
+use crate::handoff::HandedSocket;
 
 /// The address a socket is actually bound to (port 0 resolved).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +64,65 @@ pub enum SocketError {
     Bind { addr: String, why: String },
 }
 
+impl BoundSocket {
+    /// This socket as the next image will receive it.
+    pub fn handed(&self) -> HandedSocket {
+        HandedSocket {
+            fd: self.raw_fd(),
+            addr: self.spec.addr.to_string(),
+            name: self.spec.name.clone(),
+            created: self.created.clone(),
+        }
+    }
+}
+
+/// After a hot restart: adopt the handed sockets whose configured address
+/// is still bound, bind the new ones, and close the ones no longer wanted
+/// (removing their files). A new address that cannot be bound is a runtime
+/// error here, not a reason to stop serving the others: it is returned in
+/// the second list and left out.
+pub fn adopt_and_bind(specs: &[BindSpec], handed: Vec<HandedSocket>) -> (Vec<BoundSocket>, Vec<SocketError>) {
+    let mut handed = handed;
+    let mut bound = Vec::with_capacity(specs.len());
+    let mut errors = Vec::new();
+    for spec in specs {
+        let addr = spec.addr.to_string();
+        let result = match handed.iter().position(|h| h.addr == addr) {
+            Some(i) => {
+                let h = handed.remove(i);
+                crate::handoff::adopt(&h).and_then(|fd| {
+                    let local = local_of(&fd, &spec.addr)?;
+                    Ok(BoundSocket {
+                        spec: spec.clone(),
+                        fd,
+                        local,
+                        created: h.created,
+                    })
+                })
+            }
+            None => bind_one(spec),
+        };
+        match result {
+            Ok(s) => bound.push(s),
+            Err(why) => errors.push(SocketError::Bind { addr, why }),
+        }
+    }
+    for h in handed {
+        // No longer configured: close it, and remove its file if it is ours.
+        drop(crate::handoff::adopt(&h));
+        remove_created(h.created.as_ref());
+    }
+    (bound, errors)
+}
+
+fn local_of(fd: &OwnedFd, addr: &BindAddr) -> Result<LocalAddr, String> {
+    Ok(match addr {
+        BindAddr::Tcp(_) => LocalAddr::Tcp(local_inet(fd)?),
+        BindAddr::Udp(_) => LocalAddr::Udp(local_inet(fd)?),
+        BindAddr::Unix(p) => LocalAddr::Unix(std::path::absolute(p).map_err(|e| e.to_string())?),
+    })
+}
+
 /// Bind every spec, in order. On failure, whatever was bound is released
 /// (and its files removed) before the error is returned.
 pub fn bind_all(specs: &[BindSpec]) -> Result<Vec<BoundSocket>, SocketError> {
@@ -85,13 +145,17 @@ pub fn bind_all(specs: &[BindSpec]) -> Result<Vec<BoundSocket>, SocketError> {
 /// Remove the unix socket files sup created, if they are still its own.
 pub fn remove_files(sockets: &[BoundSocket]) {
     for s in sockets {
-        if let Some((path, dev, ino)) = &s.created
-            && let Ok(meta) = std::fs::symlink_metadata(path)
-            && meta.dev() == *dev
-            && meta.ino() == *ino
-        {
-            let _ = std::fs::remove_file(path);
-        }
+        remove_created(s.created.as_ref());
+    }
+}
+
+fn remove_created(created: Option<&(PathBuf, u64, u64)>) {
+    if let Some((path, dev, ino)) = created
+        && let Ok(meta) = std::fs::symlink_metadata(path)
+        && meta.dev() == *dev
+        && meta.ino() == *ino
+    {
+        let _ = std::fs::remove_file(path);
     }
 }
 

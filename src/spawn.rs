@@ -40,7 +40,7 @@ use crate::sockets::{BoundSocket, LocalAddr};
 /// Variables sup itself may have been given that belong to sup, not to its
 /// workers: its own socket activation, notify socket and watchdog, and any
 /// protocol variable sup sets itself.
-const STRIPPED: [&str; 11] = [
+const STRIPPED: [&str; 12] = [
     "LISTEN_FDS",
     "LISTEN_PID",
     "LISTEN_FDNAMES",
@@ -52,6 +52,7 @@ const STRIPPED: [&str; 11] = [
     "SUP_PID",
     "PWD",
     "SERVER_STARTER_GENERATION",
+    crate::handoff::VAR,
 ];
 const STRIPPED_PREFIXES: [&str; 2] = ["EINHORN_", "SERVER_STARTER_"];
 
@@ -71,14 +72,15 @@ pub struct SpawnRequest<'a> {
     pub einhorn_socket: Option<&'a str>,
 }
 
-/// What a restart hook needs.
-pub struct HookRequest<'a> {
-    pub command: &'a str,
-    /// `rolling` or `hot`, for SUP_RESTART.
-    pub kind: &'a str,
+/// A helper process sup runs for itself: the restart hook, the hot
+/// restart's preflight check.
+pub struct HelperRequest<'a> {
+    pub program: &'a Path,
+    pub argv: Vec<OsString>,
+    /// Variables added to sup's environment (SUP_RESTART, ...).
+    pub env: Vec<(String, String)>,
     pub config: &'a Config,
     pub credentials: Option<&'a Credentials>,
-    pub sup_pid: i32,
     pub devnull: RawFd,
 }
 
@@ -146,23 +148,19 @@ pub fn spawn(req: &SpawnRequest<'_>) -> Result<i32, String> {
     plan.fork_exec(&program)
 }
 
-/// Start `sh -c COMMAND` for a restart hook, through the same fork path as
-/// workers: no fd of sup's reaches it, it gets its own process group (so a
-/// timeout kills all of it), and it runs in the resolved directory with
-/// SUP_RESTART set. Its output goes where sup's goes.
-pub fn spawn_hook(req: &HookRequest<'_>) -> Result<i32, String> {
+/// Start a helper through the same fork path as workers: no fd of sup's
+/// reaches it, it gets its own process group (so a timeout kills all of
+/// it), and it runs in the resolved directory. Its output goes where sup's
+/// goes, so it lands in sup's log.
+pub fn spawn_helper(req: &HelperRequest<'_>) -> Result<i32, String> {
     let cwd = resolve_directory(req.config)?;
     let mut env = base_env();
-    for (k, v) in [
-        ("SUP_RESTART", req.kind.to_string()),
-        ("SUP_PID", req.sup_pid.to_string()),
-        ("PWD", cwd.display().to_string()),
-    ] {
+    set_var(&mut env, "PWD".into(), cwd.as_os_str().to_os_string());
+    for (k, v) in &req.env {
         set_var(&mut env, k.into(), v.into());
     }
-    let argv = [OsString::from("sh"), OsString::from("-c"), OsString::from(req.command)];
-    let plan = Plan::new(&argv, env, &cwd, Vec::new(), req.credentials, req.devnull, false)?;
-    plan.fork_exec(Path::new("/bin/sh"))
+    let plan = Plan::new(&req.argv, env, &cwd, Vec::new(), req.credentials, req.devnull, false)?;
+    plan.fork_exec(req.program)
 }
 
 fn resolve_directory(config: &Config) -> Result<std::path::PathBuf, String> {

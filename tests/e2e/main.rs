@@ -9,6 +9,7 @@
 mod harness;
 
 mod bad_input;
+mod hot;
 mod inheritance;
 mod real_servers;
 mod rolling;

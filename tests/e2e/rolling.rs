@@ -2,55 +2,9 @@
 //! attribution, the restart hook.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 
 use crate::harness::*;
-
-/// A client making fresh connections in a loop until stopped; returns
-/// (successful requests, failures with their errors).
-struct Load {
-    stop: Arc<AtomicBool>,
-    handle: JoinHandle<(usize, Vec<String>)>,
-}
-
-impl Load {
-    fn start(addr: SocketAddr) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let handle = std::thread::spawn(move || {
-            let (mut ok, mut failed) = (0, Vec::new());
-            while !flag.load(Ordering::SeqCst) {
-                match get(addr) {
-                    Ok(_) => ok += 1,
-                    Err(e) => failed.push(e.to_string()),
-                }
-            }
-            (ok, failed)
-        });
-        Load { stop, handle }
-    }
-
-    fn finish(self) -> (usize, Vec<String>) {
-        self.stop.store(true, Ordering::SeqCst);
-        self.handle.join().unwrap()
-    }
-}
-
-/// Distinct worker pids answering, with their generation, once `n` are seen.
-fn answering(addr: SocketAddr, n: usize) -> Vec<(i64, i64)> {
-    let mut seen = std::collections::BTreeMap::new();
-    wait_until(&format!("{n} distinct workers answering"), secs(30), || {
-        if let Ok(v) = get(addr) {
-            seen.insert(v["pid"].as_i64()?, v["generation"].as_i64()?);
-        }
-        (seen.len() >= n).then_some(())
-    });
-    seen.into_iter().collect()
-}
 
 fn roll_under_load(workers: &str, n: usize) {
     let dir = TestDir::new();
@@ -107,27 +61,6 @@ fn three_rolling_restarts_of_four_workers_fail_no_request() {
 #[test]
 fn a_rolling_restart_of_one_worker_fails_no_request() {
     roll_under_load("1", 1);
-}
-
-/// `dir/NAME/run`: a release whose worker runs `args` (or exits 1 if broken).
-fn release(dir: &TestDir, name: &str, body: &str) -> std::path::PathBuf {
-    let path = dir.join(name);
-    std::fs::create_dir_all(&path).unwrap();
-    let run = path.join("run");
-    std::fs::write(&run, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(&run, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    std::fs::canonicalize(path).unwrap()
-}
-
-fn point(dir: &TestDir, target: &std::path::Path) {
-    let tmp = dir.join("current.tmp");
-    let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(target, &tmp).unwrap();
-    std::fs::rename(&tmp, dir.join("current")).unwrap();
-}
-
-fn good(dir: &TestDir, name: &str) -> std::path::PathBuf {
-    release(dir, name, &format!("exec {WORKER} --serve --ready-after 100"))
 }
 
 #[test]
@@ -374,29 +307,6 @@ fn a_storm_of_usr1_ends_with_n_ready_workers_of_one_generation() {
     let live_pids: HashSet<i64> = live.iter().map(|(p, _)| *p).collect();
     assert_eq!(answering, live_pids);
     assert!(sup.is_running());
-}
-
-/// Workers the log says are alive: started and not since stopped or exited.
-fn live_workers(log: &str) -> Vec<(i64, String)> {
-    let mut live = std::collections::BTreeMap::new();
-    for line in log.lines() {
-        let Some(rest) = line.split("(pid ").nth(1) else {
-            continue;
-        };
-        let Some((pid, rest)) = rest.split_once(", gen ") else {
-            continue;
-        };
-        let Some((generation, what)) = rest.split_once(')') else {
-            continue;
-        };
-        let Ok(pid) = pid.parse::<i64>() else { continue };
-        if what.starts_with(" started") {
-            live.insert(pid, generation.to_string());
-        } else if what.starts_with(" stopped") || what.starts_with(" exited") {
-            live.remove(&pid);
-        }
-    }
-    live.into_iter().collect()
 }
 
 #[test]

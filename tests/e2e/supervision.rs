@@ -83,32 +83,18 @@ fn ttin_and_ttou_change_the_worker_count() {
     assert_eq!(sup.started_pids().len(), 3, "nothing was respawned:\n{}", sup.log());
 }
 
-/// A release with a relative `./run` that execs the helper worker.
-fn release(dir: &TestDir, name: &str) -> std::path::PathBuf {
-    let path = dir.join(name);
-    std::fs::create_dir_all(&path).unwrap();
-    let run = path.join("run");
-    std::fs::write(&run, format!("#!/bin/sh\nexec {WORKER} \"$@\"\n")).unwrap();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut std::fs::metadata(&run).unwrap().permissions(), 0o755);
-    std::fs::set_permissions(&run, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    path
-}
-
-fn point(dir: &TestDir, link: &str, target: &std::path::Path) {
-    // Atomically, as Capistrano does: a new symlink renamed over the old.
-    let tmp = dir.join(&format!("{link}.tmp"));
-    let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(target, &tmp).unwrap();
-    std::fs::rename(&tmp, dir.join(link)).unwrap();
+/// A release with a relative `./run` that execs the helper worker with its arguments.
+fn release_of(dir: &TestDir, name: &str) -> std::path::PathBuf {
+    release(dir, name, &format!("exec {WORKER} \"$@\""))
 }
 
 #[test]
 fn the_directory_is_resolved_at_every_spawn() {
     let dir = TestDir::new();
     std::fs::create_dir(dir.join("reports")).unwrap();
-    let r1 = std::fs::canonicalize(release(&dir, "r1")).unwrap();
-    let r2 = std::fs::canonicalize(release(&dir, "r2")).unwrap();
-    point(&dir, "current", &r1);
+    let r1 = release_of(&dir, "r1");
+    let r2 = release_of(&dir, "r2");
+    point(&dir, &r1);
     let current = dir.s("current");
     let reports = dir.s("reports");
     let sup = Sup::start(
@@ -131,7 +117,7 @@ fn the_directory_is_resolved_at_every_spawn() {
     assert_eq!(first["cwd"], r1.display().to_string());
     assert_eq!(first["env"]["PWD"], r1.display().to_string());
 
-    point(&dir, "current", &r2);
+    point(&dir, &r2);
     let pid = first["pid"].as_i64().unwrap() as i32;
     // SAFETY: a worker of our sup.
     unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -153,8 +139,8 @@ fn the_directory_is_resolved_at_every_spawn() {
 #[test]
 fn a_dangling_release_is_a_failed_boot_and_running_workers_keep_serving() {
     let dir = TestDir::new();
-    let r1 = release(&dir, "r1");
-    point(&dir, "current", &r1);
+    let r1 = release_of(&dir, "r1");
+    point(&dir, &r1);
     let current = dir.s("current");
     let sup = Sup::start(
         &dir,
@@ -174,7 +160,7 @@ fn a_dangling_release_is_a_failed_boot_and_running_workers_keep_serving() {
     wait_until("two workers", secs(10), || {
         (sup.started_pids().len() == 2).then_some(())
     });
-    point(&dir, "current", &dir.join("removed-release"));
+    point(&dir, &dir.join("removed-release"));
     let victim = sup.started_pids()[0];
     // SAFETY: a worker of our sup.
     unsafe { libc::kill(victim, libc::SIGKILL) };
@@ -188,7 +174,7 @@ fn a_dangling_release_is_a_failed_boot_and_running_workers_keep_serving() {
     }
     assert_eq!(seen, HashSet::from([survivor as i64]));
     // Once the release is back, the slot is refilled (after its backoff).
-    point(&dir, "current", &r1);
+    point(&dir, &r1);
     wait_until("the slot to be refilled", secs(40), || {
         (sup.started_pids().len() == 3).then_some(())
     });
@@ -198,9 +184,9 @@ fn a_dangling_release_is_a_failed_boot_and_running_workers_keep_serving() {
 fn env_file_is_read_from_the_release_at_every_spawn() {
     let dir = TestDir::new();
     std::fs::create_dir(dir.join("reports")).unwrap();
-    let r1 = release(&dir, "r1");
+    let r1 = release_of(&dir, "r1");
     std::fs::write(r1.join(".env"), "export RELEASE=one\nQUOTED=\"a b\"\n").unwrap();
-    point(&dir, "current", &r1);
+    point(&dir, &r1);
     let (current, reports) = (dir.s("current"), dir.s("reports"));
     let _sup = Sup::start(
         &dir,

@@ -1,0 +1,304 @@
+//! Hot restarts (SIGUSR2): sup re-executes itself in place; the sockets
+//! never close; a preflight guards it; nothing leaks.
+
+use std::collections::HashSet;
+
+use crate::harness::*;
+
+fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+}
+
+/// Children of `pid` that are zombies.
+fn zombies_of(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        let mut fields = stat.rsplit(')').next().unwrap_or("").split_whitespace();
+        let (state, parent) = (fields.next(), fields.next().and_then(|p| p.parse::<i32>().ok()));
+        if parent == Some(pid) && state == Some("Z") {
+            out.push(child);
+        }
+    }
+    out
+}
+
+#[test]
+fn three_hot_restarts_of_four_workers_refuse_no_connection() {
+    let dir = TestDir::new();
+    let pidfile = dir.s("sup.pid");
+    let mut sup = Sup::start(
+        &dir,
+        &[
+            "--bind",
+            "127.0.0.1:0",
+            "--workers",
+            "4",
+            "--ready",
+            "notify",
+            "--pidfile",
+            &pidfile,
+            "--",
+            WORKER,
+            "--serve",
+            "--ready-after",
+            "100",
+        ],
+    );
+    let addr = sup.tcp_addr(0);
+    wait_until("4 ready", secs(20), || {
+        (sup.log().matches("is ready").count() == 4).then_some(())
+    });
+    let first: HashSet<i64> = answering(addr, 4).into_iter().map(|(p, _)| p).collect();
+    let load = Load::start(addr);
+    for generation in 1..=3 {
+        sup.signal(libc::SIGUSR2);
+        sup.wait_log(&format!("hot restart to gen {generation} complete"), secs(60));
+    }
+    let (ok, failed) = load.finish();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}\n{}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(5)],
+        sup.log()
+    );
+    assert!(ok > 0);
+    assert!(sup.is_running());
+    assert_eq!(
+        std::fs::read_to_string(&pidfile).unwrap().trim(),
+        sup.pid().to_string(),
+        "same pid, pidfile true"
+    );
+    let last = answering(addr, 4);
+    assert!(last.iter().all(|(pid, g)| *g == 3 && !first.contains(pid)), "{last:?}");
+}
+
+#[test]
+fn twenty_hot_restarts_leak_nothing() {
+    let dir = TestDir::new();
+    std::fs::create_dir(dir.join("reports")).unwrap();
+    let reports = dir.s("reports");
+    let unix = format!("unix:{}", dir.s("s.sock"));
+    let sup = Sup::start(
+        &dir,
+        &[
+            "--bind",
+            "127.0.0.1:0",
+            "--bind",
+            &unix,
+            "--workers",
+            "2",
+            "--ready",
+            "notify",
+            "--einhorn-ack",
+            "--",
+            WORKER,
+            "--serve",
+            "--ready-after",
+            "0",
+            "--report-dir",
+            &reports,
+        ],
+    );
+    let addr = sup.tcp_addr(0);
+    wait_until("2 ready", secs(20), || {
+        (sup.log().matches("is ready").count() == 2).then_some(())
+    });
+    let fds_before = fd_count(sup.pid());
+    let worker_fds = |r: &serde_json::Value| r["fds"].as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    let before = worker_fds(&dir.reports("reports")[0]);
+    for n in 1..=20 {
+        sup.signal(libc::SIGUSR2);
+        sup.wait_log(&format!("hot restart to gen {n} complete"), secs(60));
+    }
+    assert_eq!(fd_count(sup.pid()), fds_before, "sup holds as many fds as before");
+    assert_eq!(zombies_of(sup.pid()), Vec::<i32>::new());
+    let gen20: Vec<serde_json::Value> = dir
+        .reports("reports")
+        .into_iter()
+        .filter(|r| r["env"]["SUP_GENERATION"] == "20")
+        .collect();
+    assert_eq!(gen20.len(), 2);
+    for r in &gen20 {
+        assert_eq!(worker_fds(r), before, "workers get exactly the same fds");
+        assert!(
+            r["env"].get("SUP_HANDOFF").is_none(),
+            "the handoff never reaches a worker"
+        );
+    }
+    let answers = answering(addr, 2);
+    assert!(answers.iter().all(|(_, g)| *g == 20), "{answers:?}");
+}
+
+#[test]
+fn a_release_that_fails_the_preflight_is_not_started_and_the_old_workers_serve() {
+    let dir = TestDir::new();
+    point(&dir, &good(&dir, "r1"));
+    let current = dir.s("current");
+    let mut sup = Sup::start(
+        &dir,
+        &[
+            "--bind",
+            "127.0.0.1:0",
+            "--workers",
+            "2",
+            "--ready",
+            "notify",
+            "--directory",
+            &current,
+            "--",
+            "./run",
+        ],
+    );
+    let addr = sup.tcp_addr(0);
+    wait_until("2 ready", secs(20), || {
+        (sup.log().matches("is ready").count() == 2).then_some(())
+    });
+    let old: HashSet<i64> = answering(addr, 2).into_iter().map(|(p, _)| p).collect();
+    // The new release has no ./run: the new sup's --check fails on it.
+    let empty = dir.join("r2");
+    std::fs::create_dir(&empty).unwrap();
+    point(&dir, &std::fs::canonicalize(&empty).unwrap());
+    sup.signal(libc::SIGUSR2);
+    let line = sup.wait_log("hot restart abandoned", secs(30));
+    assert!(line.contains("the new sup failed its check (status 2"), "{line}");
+    assert!(
+        sup.log().contains("sup: error: command"),
+        "the check's reason is in the log:\n{}",
+        sup.log()
+    );
+    assert_eq!(
+        answering(addr, 2).into_iter().map(|(p, _)| p).collect::<HashSet<_>>(),
+        old
+    );
+    assert!(sup.is_running());
+}
+
+#[test]
+fn an_upgraded_binary_at_the_same_path_takes_over() {
+    let dir = TestDir::new();
+    std::fs::create_dir(dir.join("bin")).unwrap();
+    std::fs::create_dir(dir.join("reports")).unwrap();
+    let installed = dir.join("bin/sup");
+    std::fs::copy(SUP, &installed).unwrap();
+    let reports = dir.s("reports");
+    let mut cmd = std::process::Command::new(&installed);
+    cmd.args([
+        "--bind",
+        "127.0.0.1:0",
+        "--ready",
+        "notify",
+        "--",
+        WORKER,
+        "--serve",
+        "--ready-after",
+        "0",
+    ])
+    .args(["--report-dir", &reports]);
+    let sup = Sup::launch(&dir, cmd);
+    wait_until("ready", secs(20), || sup.log().contains("is ready").then_some(()));
+    // "Upgrade" in place: the new program at the same path is a build that
+    // announces itself (through the environment its workers inherit).
+    let staged = dir.join("bin/sup.new");
+    std::fs::write(&staged, format!("#!/bin/sh\nSUP_UPGRADED=yes exec {SUP} \"$@\"\n")).unwrap();
+    std::fs::set_permissions(&staged, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::rename(&staged, &installed).unwrap();
+    sup.signal(libc::SIGUSR2);
+    sup.wait_log("hot restart to gen 1 complete", secs(60));
+    let upgraded = dir
+        .reports("reports")
+        .into_iter()
+        .find(|r| r["env"]["SUP_GENERATION"] == "1")
+        .unwrap();
+    assert_eq!(upgraded["env"]["SUP_UPGRADED"], "yes", "the new program ran");
+    assert_eq!(upgraded["ppid"].as_i64().unwrap(), sup.pid() as i64, "same sup pid");
+}
+
+#[test]
+fn a_usr2_storm_and_a_term_during_the_exec_never_kill_sup() {
+    let dir = TestDir::new();
+    let mut sup = Sup::start(
+        &dir,
+        &[
+            "--bind",
+            "127.0.0.1:0",
+            "--workers",
+            "2",
+            "--ready",
+            "notify",
+            "--",
+            WORKER,
+            "--serve",
+            "--ready-after",
+            "0",
+        ],
+    );
+    let addr = sup.tcp_addr(0);
+    wait_until("2 ready", secs(20), || {
+        (sup.log().matches("is ready").count() == 2).then_some(())
+    });
+    // USR2s land in every phase, the exec window included.
+    for _ in 0..30 {
+        sup.signal(libc::SIGUSR2);
+        std::thread::sleep(std::time::Duration::from_millis(7));
+    }
+    wait_until("the storm to settle", secs(60), || {
+        let log = sup.log();
+        let last = log
+            .lines()
+            .rfind(|l| l.contains("hot restart"))
+            .unwrap_or("")
+            .to_string();
+        (last.contains("complete") && live_workers(&log).len() == 2).then_some(())
+    });
+    assert!(sup.is_running(), "{}", sup.log());
+    let gens: HashSet<i64> = answering(addr, 2).into_iter().map(|(_, g)| g).collect();
+    assert_eq!(gens.len(), 1);
+
+    // A TERM right behind a USR2 is honoured (during or after the restart).
+    sup.signal(libc::SIGUSR2);
+    sup.signal(libc::SIGTERM);
+    assert_eq!(sup.wait_exit(secs(60)).code(), Some(0), "{}", sup.log());
+    assert!(live_workers(&sup.log()).is_empty(), "{}", sup.log());
+}
+
+#[test]
+fn check_validates_without_binding_or_starting() {
+    let dir = TestDir::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let run = |args: &[&str]| {
+        std::process::Command::new(SUP)
+            .args(args)
+            .current_dir(&dir.path)
+            .output()
+            .unwrap()
+    };
+    // The port is in use, but --check binds nothing, so it passes.
+    let ok = run(&["--check", "--bind", &addr, "--workers", "3", "--", WORKER]);
+    assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("ok: 3 worker(s)"));
+    let bad = run(&[
+        "--check",
+        "--workers",
+        "0",
+        "--directory",
+        "/no/such",
+        "--",
+        "no-such-program",
+    ]);
+    assert_eq!(bad.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(stderr.lines().count(), 2, "every problem, one per line: {stderr}");
+    assert!(
+        stderr.contains("--workers `0`") && stderr.contains("/no/such"),
+        "{stderr}"
+    );
+}
