@@ -42,6 +42,16 @@ Example:
     max_term_width = 100
 )]
 pub struct Cli {
+    /// Read settings from a YAML FILE (flags and SUP_* variables override it)
+    ///
+    /// Keys are the long flags with `_` for `-`: bind (a list), workers, command (a list of
+    /// strings), directory, ready, graceful_timeout, on_restart, ... Unknown keys are errors
+    /// with their line and column; booleans are true or false only. A relative FILE is read
+    /// from sup's working directory, which after a hot restart is the resolved --directory:
+    /// each release brings its own. The new sup reads it again at every hot restart.
+    #[arg(short, long, value_name = "FILE", env = "SUP_CONFIG")]
+    pub config: Option<PathBuf>,
+
     /// Listen on ADDR (repeatable; order is the fd order)
     ///
     /// Forms: HOST:PORT, tcp://HOST:PORT, [::1]:PORT, unix:/path/app.sock, unix:///path,

@@ -14,6 +14,7 @@ use nix::sys::signal::Signal;
 use crate::bind::BindSpec;
 use crate::cli::Cli;
 use crate::command;
+use crate::config_file::FileConfig;
 
 /// Credentials workers run with (`--user` / `--group`), resolved at startup.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,6 +98,8 @@ pub enum ConfigError {
     EnvFile { path: PathBuf, why: String },
     #[error("{0}")]
     Credentials(String),
+    #[error("--config {}: {why}", path.display())]
+    File { path: PathBuf, why: String },
 }
 
 const MAX_WORKERS: usize = 10_000;
@@ -112,8 +115,14 @@ impl Config {
     /// Like [`Config::from_cli`], but always returns a config (with
     /// defaults where a value was invalid) together with every problem, so
     /// that the system checks can run and report theirs too.
-    pub fn parse(cli: Cli) -> (Config, Vec<ConfigError>) {
+    pub fn parse(mut cli: Cli) -> (Config, Vec<ConfigError>) {
         let mut errors = Vec::new();
+        if let Some(path) = cli.config.clone() {
+            match crate::config_file::read(&path) {
+                Ok(file) => merge_file(&mut cli, file),
+                Err(why) => errors.push(ConfigError::File { path, why }),
+            }
+        }
         let mut binds = Vec::new();
         for raw in &cli.bind {
             match BindSpec::parse(raw) {
@@ -197,7 +206,10 @@ impl Config {
         if cli.on_restart.as_deref().is_some_and(|h| h.trim().is_empty()) {
             errors.push(ConfigError::EmptyHook);
         }
-        if cli.command.is_empty() {
+        // With an unreadable config file the command may be in it: that error
+        // says what is wrong; "no command" would only be its echo.
+        let file_failed = errors.iter().any(|e| matches!(e, ConfigError::File { .. }));
+        if cli.command.is_empty() && !file_failed {
             errors.push(ConfigError::NoCommand);
         }
         for arg in &cli.command {
@@ -278,6 +290,42 @@ impl Config {
         };
         if errors.is_empty() { Ok(creds) } else { Err(errors) }
     }
+}
+
+/// Fill what neither a flag nor a `SUP_*` variable set from the file:
+/// flag > environment > file > default.
+fn merge_file(cli: &mut Cli, file: FileConfig) {
+    fn fill<T>(slot: &mut Option<T>, from: Option<T>) {
+        if slot.is_none() {
+            *slot = from;
+        }
+    }
+    if cli.bind.is_empty() {
+        cli.bind = file.bind.unwrap_or_default();
+    }
+    if cli.command.is_empty() {
+        cli.command = file
+            .command
+            .unwrap_or_default()
+            .into_iter()
+            .map(OsString::from)
+            .collect();
+    }
+    fill(&mut cli.workers, file.workers.map(|n| n.to_string()));
+    fill(&mut cli.directory, file.directory);
+    fill(&mut cli.stop_signal, file.stop_signal);
+    fill(&mut cli.graceful_timeout, file.graceful_timeout);
+    fill(&mut cli.pidfile, file.pidfile);
+    fill(&mut cli.user, file.user);
+    fill(&mut cli.group, file.group);
+    fill(&mut cli.env_file, file.env_file);
+    fill(&mut cli.ready, file.ready);
+    fill(&mut cli.boot_timeout, file.boot_timeout);
+    fill(&mut cli.watchdog, file.watchdog);
+    fill(&mut cli.max_surge, file.max_surge.map(|n| n.to_string()));
+    fill(&mut cli.on_restart, file.on_restart);
+    fill(&mut cli.hook_timeout, file.hook_timeout);
+    cli.einhorn_ack |= file.einhorn_ack.unwrap_or(false);
 }
 
 /// Parse `500ms`, `30s`, `2m`, `1h` (or a bare number of seconds).
@@ -495,6 +543,33 @@ mod tests {
                 ConfigError::EmptyHook
             ]
         );
+    }
+
+    #[test]
+    fn the_file_fills_what_flags_do_not_set() {
+        let dir = std::env::temp_dir().join(format!("sup-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("sup.yml");
+        std::fs::write(
+            &file,
+            "bind: [127.0.0.1:0]\nworkers: 3\ncommand: [app, --port, \"{fd}\"]\nready: notify\n",
+        )
+        .unwrap();
+        let path = file.display().to_string();
+        let c = cfg(&["--config", &path]).unwrap();
+        assert_eq!((c.workers, c.ready, c.command.len()), (3, Readiness::Notify, 3));
+        let c = cfg(&["--config", &path, "--workers", "5", "--", "other"]).unwrap();
+        assert_eq!(c.workers, 5, "a flag overrides the file");
+        assert_eq!(c.command, ["other"]);
+        std::fs::write(&file, "workers: 2\nwrkers: 3\n").unwrap();
+        let e = cfg(&["--config", &path, "--", "x"]).unwrap_err();
+        assert!(
+            e[0].to_string().contains("line 2 column 1: unknown field `wrkers`"),
+            "{e:?}"
+        );
+        let e = cfg(&["--config", "/no/such.yml", "--", "x"]).unwrap_err();
+        assert_eq!(e[0].to_string(), "--config /no/such.yml: no such file or directory");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod bind;
 pub mod cli;
 pub mod command;
 pub mod config;
+pub mod config_file;
 pub mod core;
 pub mod einhorn;
 pub mod envfile;

@@ -9,6 +9,7 @@
 mod harness;
 
 mod bad_input;
+mod config;
 mod hot;
 mod inheritance;
 mod real_servers;

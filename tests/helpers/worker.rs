@@ -22,7 +22,7 @@
 //! Graceful stop in --serve mode: on TERM it stops accepting, finishes the
 //! requests in flight, prints `worker <pid> exiting gracefully` and exits 0.
 //! No accepted connection is ever dropped: each accept loop sees the stop
-//! itself (accept waits at most 100 ms, through SO_RCVTIMEO on the shared
+//! itself (accept waits at most 20 ms, through SO_RCVTIMEO on the shared
 //! socket) and counts a connection in flight before it looks again.
 //! Every request prints `worker <pid> request received` when it is read.
 
@@ -299,7 +299,7 @@ fn accept_loop(fd: RawFd, delay: Duration) {
     ACCEPTORS.fetch_add(1, Ordering::SeqCst);
     let timeout = libc::timeval {
         tv_sec: 0,
-        tv_usec: 100_000,
+        tv_usec: 20_000,
     };
     // SAFETY: setting a timeval-sized option on our listening socket.
     unsafe {
