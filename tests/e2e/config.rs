@@ -128,3 +128,30 @@ fn a_valid_config_edit_is_applied_by_a_hot_restart() {
     let via_new = get_unix(std::path::Path::new(&new_sock)).unwrap();
     assert_eq!(via_new["fd"], 4);
 }
+
+#[test]
+fn a_relative_config_is_read_from_the_new_release_after_a_hot_restart() {
+    let dir = TestDir::new();
+    let release_with = |name: &str, workers: u32| {
+        let r = good(&dir, name);
+        let cfg = format!("bind: 127.0.0.1:0\nworkers: {workers}\nready: notify\ncommand: [./run]\n");
+        std::fs::write(r.join("sup.yml"), cfg).unwrap();
+        r
+    };
+    let r1 = release_with("r1", 1);
+    point(&dir, &r1);
+    // sup starts in the release (as under systemd's WorkingDirectory=current).
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c").arg(format!(
+        "cd current && exec {SUP} --directory {} --config sup.yml",
+        dir.s("current")
+    ));
+    let sup = Sup::launch(&dir, cmd);
+    let addr = sup.tcp_addr(0);
+    assert_eq!(answering(addr, 1).len(), 1);
+    point(&dir, &release_with("r2", 3));
+    sup.signal(libc::SIGUSR2);
+    sup.wait_log("hot restart to gen 1 complete", secs(60));
+    let now = answering(addr, 3);
+    assert!(now.iter().all(|(_, g)| *g == 1), "{now:?}");
+}
