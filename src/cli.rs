@@ -9,7 +9,7 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use clap::{ArgAction, Parser};
+use clap::{ArgAction, Args, Parser, Subcommand};
 
 const AFTER_HELP: &str = "\
 Signals (to sup's pid or --pidfile):
@@ -18,6 +18,7 @@ Signals (to sup's pid or --pidfile):
   TERM, INT   graceful stop: stop signal to every worker, KILL after --graceful-timeout; a second INT stops at once
   QUIT        immediate stop: KILL to every worker's process group
   TTIN, TTOU  one worker more / fewer (never below 1)
+  HUP         reopen --log-file
   CHLD        reap; sup never leaves a zombie
 
 Workers receive fds 0-2 and the sockets at fd 3, 4, ... in --bind order, plus LISTEN_FDS,
@@ -38,10 +39,14 @@ Example:
                   that inherit those sockets as file descriptors 3, 4, ... with the systemd, Einhorn and \
                   server::Starter environment conventions, so servers written in any language run unchanged. \
                   A worker that exits is replaced in its slot, with exponential backoff when it keeps crashing.",
-    after_help = AFTER_HELP,
-    max_term_width = 100
+        after_help = AFTER_HELP,
+    max_term_width = 100,
+    args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
+    #[command(subcommand)]
+    pub sub: Option<Sub>,
+
     /// Read settings from a YAML FILE (flags and SUP_* variables override it)
     ///
     /// Keys are the long flags with `_` for `-`: bind (a list), workers, command (a list of
@@ -167,6 +172,25 @@ pub struct Cli {
     #[arg(long)]
     pub check: bool,
 
+    /// Serve the control API on ADDR: unix:PATH (mode 0600) or tcp://HOST:PORT
+    ///
+    /// HTTP/1.1 with JSON answers (curl --unix-socket works): GET /stats; POST /restart,
+    /// /phased-restart, /stop, /halt, /workers?count=N, /incr, /decr, /reopen-logs. TCP needs
+    /// --control-token. `sup ctl` is its client.
+    #[arg(long, value_name = "ADDR", env = "SUP_CONTROL")]
+    pub control: Option<String>,
+
+    /// Require this token (Authorization: Bearer TOKEN) on the control API
+    #[arg(long, value_name = "TOKEN", env = "SUP_CONTROL_TOKEN", hide_env_values = true)]
+    pub control_token: Option<String>,
+
+    /// Send sup's and the workers' output to FILE, reopened on SIGHUP
+    ///
+    /// Appended to; reopened by sup on HUP (for logrotate). Workers started after the reopen
+    /// write to the new file; running ones keep theirs until they are replaced.
+    #[arg(long, value_name = "FILE", env = "SUP_LOG_FILE")]
+    pub log_file: Option<PathBuf>,
+
     /// Log more (-v debug, -vv trace); RUST_LOG is used when neither -v nor -q is given
     #[arg(short, long, action = ArgAction::Count, conflicts_with = "quiet")]
     pub verbose: u8,
@@ -182,6 +206,80 @@ pub struct Cli {
     /// the fd number of the first, the Nth (from 0) or the named socket.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Sub {
+    /// Drive a running sup: status, stats, restart, phased-restart, stop, ...
+    Ctl(CtlArgs),
+}
+
+/// `sup ctl`: talk to a running sup through its control server, or by
+/// signals through its pidfile when it has none.
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    /// The control server: unix:PATH or tcp://HOST:PORT
+    #[arg(long, value_name = "ADDR", env = "SUP_CONTROL", global = true)]
+    pub control: Option<String>,
+
+    /// Token for a control server that requires one
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "SUP_CONTROL_TOKEN",
+        global = true,
+        hide_env_values = true
+    )]
+    pub control_token: Option<String>,
+
+    /// Without a control server, signal the pid in FILE instead
+    #[arg(long, value_name = "FILE", env = "SUP_PIDFILE", global = true)]
+    pub pidfile: Option<PathBuf>,
+
+    /// Read control, control_token and pidfile from sup's config FILE
+    #[arg(short, long, value_name = "FILE", env = "SUP_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+
+    /// Block until the restart has finished; exit non-zero if it failed
+    ///
+    /// Prints a line as each new worker comes up. For deploy tools: a broken release fails
+    /// the deploy while the old workers keep serving.
+    #[arg(long, global = true)]
+    pub wait: bool,
+
+    /// How long --wait waits
+    #[arg(long, value_name = "DURATION", default_value = "10m", global = true)]
+    pub timeout: String,
+
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum CtlCommand {
+    /// Workers, binds and the last restart, as a table
+    Status,
+    /// The raw /stats JSON
+    Stats,
+    /// Hot restart (like SIGUSR2)
+    Restart,
+    /// Rolling restart (like SIGUSR1)
+    PhasedRestart,
+    /// Graceful stop (like SIGTERM)
+    Stop,
+    /// Immediate stop (like SIGQUIT)
+    Halt,
+    /// One worker more (like SIGTTIN)
+    Incr,
+    /// One worker fewer (like SIGTTOU)
+    Decr,
+    /// Set the number of workers
+    Workers {
+        /// The new count (at least 1)
+        count: usize,
+    },
+    /// Reopen the log file (like SIGHUP)
+    ReopenLogs,
 }
 
 #[cfg(test)]
@@ -220,6 +318,26 @@ mod tests {
         assert_eq!(cli.workers, None);
         assert_eq!(cli.verbose, 0);
         assert_eq!(cli.command, ["app", "--workers", "9", "-v"]);
+    }
+
+    #[test]
+    fn ctl_parses_with_wait_after_the_command() {
+        let cli = Cli::try_parse_from(["sup", "ctl", "--control", "unix:/tmp/s", "phased-restart", "--wait"]).unwrap();
+        let Some(Sub::Ctl(ctl)) = cli.sub else { panic!("no ctl") };
+        assert_eq!(ctl.command, CtlCommand::PhasedRestart);
+        assert!(ctl.wait);
+        let cli = Cli::try_parse_from(["sup", "ctl", "workers", "3"]).unwrap();
+        assert!(matches!(
+            cli.sub,
+            Some(Sub::Ctl(CtlArgs {
+                command: CtlCommand::Workers { count: 3 },
+                ..
+            }))
+        ));
+        // A worker command named `ctl` is still a command.
+        let cli = Cli::try_parse_from(["sup", "--", "ctl", "status"]).unwrap();
+        assert!(cli.sub.is_none());
+        assert_eq!(cli.command, ["ctl", "status"]);
     }
 
     #[test]

@@ -59,6 +59,9 @@ pub struct Config {
     pub verbosity: Option<i8>,
     /// `--check`: validate and exit.
     pub check: bool,
+    pub control: Option<crate::control::ControlAddr>,
+    pub control_token: Option<String>,
+    pub log_file: Option<PathBuf>,
 }
 
 /// A usage or configuration error: reported as one line, exit status 2.
@@ -100,6 +103,10 @@ pub enum ConfigError {
     Credentials(String),
     #[error("--config {}: {why}", path.display())]
     File { path: PathBuf, why: String },
+    #[error("{0}")]
+    Control(String),
+    #[error("--control on TCP needs --control-token: anyone who can reach the port could stop sup")]
+    ControlToken,
 }
 
 const MAX_WORKERS: usize = 10_000;
@@ -217,6 +224,18 @@ impl Config {
                 errors.push(ConfigError::Placeholder(why));
             }
         }
+        let control = match cli.control.as_deref().map(crate::control::ControlAddr::parse) {
+            Some(Ok(a)) => Some(a),
+            Some(Err(e)) => {
+                errors.push(ConfigError::Control(e));
+                None
+            }
+            None => None,
+        };
+        let token = cli.control_token.clone().filter(|t| !t.is_empty());
+        if matches!(control, Some(crate::control::ControlAddr::Tcp(_))) && token.is_none() {
+            errors.push(ConfigError::ControlToken);
+        }
         let verbosity = match (cli.verbose, cli.quiet) {
             (0, 0) => None,
             (v, q) => Some(v.min(4) as i8 - q.min(4) as i8),
@@ -241,6 +260,9 @@ impl Config {
             einhorn_ack: cli.einhorn_ack,
             verbosity,
             check: cli.check,
+            control,
+            control_token: token,
+            log_file: cli.log_file,
         };
         (config, errors)
     }
@@ -326,6 +348,9 @@ fn merge_file(cli: &mut Cli, file: FileConfig) {
     fill(&mut cli.on_restart, file.on_restart);
     fill(&mut cli.hook_timeout, file.hook_timeout);
     cli.einhorn_ack |= file.einhorn_ack.unwrap_or(false);
+    fill(&mut cli.control, file.control);
+    fill(&mut cli.control_token, file.control_token);
+    fill(&mut cli.log_file, file.log_file);
 }
 
 /// Parse `500ms`, `30s`, `2m`, `1h` (or a bare number of seconds).

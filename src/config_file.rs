@@ -40,6 +40,9 @@ pub struct FileConfig {
     pub on_restart: Option<String>,
     pub hook_timeout: Option<String>,
     pub einhorn_ack: Option<bool>,
+    pub control: Option<String>,
+    pub control_token: Option<String>,
+    pub log_file: Option<PathBuf>,
 }
 
 /// Read and parse `path`; the error is one line naming the file, the line

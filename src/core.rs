@@ -45,6 +45,8 @@ pub enum Intent {
     Rolling,
     /// USR2: hot restart.
     Hot,
+    /// Set the worker count (control server); never below one.
+    Scale(usize),
 }
 
 /// Which restart.
@@ -79,9 +81,11 @@ pub enum Outcome {
     },
 }
 
-/// The current or last restart, as `/stats` will show it.
+/// The current or last restart, as `/stats` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestartRecord {
+    /// Counts restarts (across hot restarts too), so a client can follow one.
+    pub id: u64,
     pub kind: RestartKind,
     /// The generation being rolled out (known once the hook has passed).
     pub generation: Option<u64>,
@@ -168,8 +172,23 @@ pub enum Action {
         level: Level,
         message: String,
     },
+    /// Tell sup's own supervisor (systemd's NOTIFY_SOCKET), if it has one.
+    Upward(Upward),
     /// Clean up and exit with this status.
     Exit(i32),
+}
+
+/// What sup reports to its own supervisor (sd_notify).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upward {
+    /// Every worker is ready (first start, or a restart has ended).
+    Ready,
+    /// A restart began (`RELOADING=1` with `MONOTONIC_USEC`).
+    Reloading,
+    Stopping,
+    Status(String),
+    /// Keep-alive, every half `WATCHDOG_USEC`.
+    Watchdog,
 }
 
 /// The fixed settings the core decides with.
@@ -192,6 +211,9 @@ pub struct Settings {
     pub backoff: Backoff,
     /// After an immediate stop, how long to wait for reaping before exiting anyway.
     pub halt_timeout: Duration,
+    /// sup's own supervisor asked for a keep-alive this often (half of
+    /// `WATCHDOG_USEC`); the only periodic timer sup ever sets.
+    pub upward_watchdog: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,6 +241,7 @@ enum Phase {
 
 #[derive(Debug, Clone, Copy)]
 struct Restart {
+    id: u64,
     kind: RestartKind,
     started_at: Instant,
     phase: Phase,
@@ -238,6 +261,12 @@ pub struct Core {
     /// A restart asked for while a hook or preflight ran; it is not lost.
     pending: Option<RestartKind>,
     last_restart: Option<RestartRecord>,
+    /// Restarts begun so far (the next one gets this plus one).
+    restarts_begun: u64,
+    /// READY=1 has been sent upward for the first start.
+    ready_announced: bool,
+    last_status: String,
+    next_upward_watchdog: Option<Instant>,
     started: bool,
     exited: bool,
 }
@@ -259,6 +288,10 @@ impl Core {
             restart: None,
             pending: None,
             last_restart: None,
+            restarts_begun: 0,
+            ready_announced: false,
+            last_status: String::new(),
+            next_upward_watchdog: None,
             started: false,
             exited: false,
         }
@@ -283,9 +316,11 @@ impl Core {
     /// The new image after a hot restart: carry on from `generation`, and
     /// count the restart (begun `elapsed` ago in the old image) as running
     /// until the first workers are ready.
-    pub fn resume_hot(&mut self, generation: u64, elapsed: Duration, now: Instant) {
+    pub fn resume_hot(&mut self, id: u64, generation: u64, elapsed: Duration, now: Instant) {
         self.generation = generation;
+        self.restarts_begun = id;
         self.restart = Some(Restart {
+            id,
             kind: RestartKind::Hot,
             started_at: now.checked_sub(elapsed).unwrap_or(now),
             phase: Phase::Starting { generation },
@@ -296,6 +331,7 @@ impl Core {
     pub fn restart_record(&self) -> Option<RestartRecord> {
         match self.restart {
             Some(r) => Some(RestartRecord {
+                id: r.id,
                 kind: r.kind,
                 generation: match r.phase {
                     Phase::Rolling { generation } | Phase::Starting { generation } => Some(generation),
@@ -362,7 +398,85 @@ impl Core {
         self.check_rollout_done(now, &mut out);
         self.check_drained(&mut out);
         self.check_done(now, &mut out);
+        self.report_upward(now, &mut out);
         out
+    }
+
+    /// The number of the restart in progress, or else of the last one.
+    pub fn restart_id(&self) -> u64 {
+        self.restarts_begun
+    }
+
+    /// Whether a restart is running or waiting to run.
+    pub fn restart_busy(&self) -> bool {
+        self.restart.is_some() || self.pending.is_some()
+    }
+
+    /// Puma's `phase` and a one-line summary: `gen 7: 3/4 ready, rolling slot 2`.
+    pub fn status_line(&self) -> String {
+        let ready = (0..self.target)
+            .filter(|slot| {
+                self.workers
+                    .iter()
+                    .any(|w| w.slot == *slot && matches!(w.state, WorkerState::Ready { .. }) && !w.is_stopping())
+            })
+            .count();
+        let mut line = format!("gen {}: {ready}/{} ready", self.generation, self.target);
+        if self.shutdown.is_some() {
+            line.push_str(", stopping");
+        } else if let Some(r) = self.restart {
+            match r.phase {
+                Phase::Hook { .. } => line.push_str(&format!(", {} restart: running the hook", r.kind.as_str())),
+                Phase::Preflight { .. } => line.push_str(", hot restart: checking the new sup"),
+                Phase::Draining | Phase::Exec => line.push_str(", hot restart: stopping workers"),
+                Phase::Starting { .. } => line.push_str(", hot restart: starting workers"),
+                Phase::Rolling { generation } => {
+                    let booting: Vec<String> = self
+                        .workers
+                        .iter()
+                        .filter(|w| w.generation == generation && matches!(w.state, WorkerState::Booting { .. }))
+                        .map(|w| w.slot.to_string())
+                        .collect();
+                    if booting.is_empty() {
+                        line.push_str(", rolling");
+                    } else {
+                        line.push_str(&format!(", rolling slot {}", booting.join(",")));
+                    }
+                }
+            }
+        }
+        line
+    }
+
+    /// What sup's own supervisor should hear, derived from the state.
+    fn report_upward(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if !self.started {
+            return;
+        }
+        if !self.ready_announced && self.restart.is_none() && self.shutdown.is_none() && self.all_ready() {
+            self.ready_announced = true;
+            out.push(Action::Upward(Upward::Ready));
+        }
+        let status = self.status_line();
+        if status != self.last_status {
+            self.last_status = status.clone();
+            out.push(Action::Upward(Upward::Status(status)));
+        }
+        if let Some(every) = self.settings.upward_watchdog {
+            let due = self.next_upward_watchdog.is_none_or(|t| t <= now);
+            if due && self.shutdown.is_none() {
+                out.push(Action::Upward(Upward::Watchdog));
+                self.next_upward_watchdog = Some(now + every);
+            }
+        }
+    }
+
+    fn all_ready(&self) -> bool {
+        (0..self.target).all(|slot| {
+            self.workers
+                .iter()
+                .any(|w| w.slot == slot && matches!(w.state, WorkerState::Ready { .. }))
+        })
     }
 
     /// The earliest instant at which [`Event::Tick`] has something to do;
@@ -399,7 +513,14 @@ impl Core {
             Some(Shutdown::Immediate { exit_by }) => Some(exit_by),
             _ => None,
         };
-        workers.chain(lingering).chain(backoff).chain(hook).chain(exit).min()
+        let upward = self.next_upward_watchdog.filter(|_| self.shutdown.is_none());
+        workers
+            .chain(lingering)
+            .chain(backoff)
+            .chain(hook)
+            .chain(exit)
+            .chain(upward)
+            .min()
     }
 
     fn on_intent(&mut self, intent: Intent, now: Instant, out: &mut Vec<Action>) {
@@ -419,45 +540,40 @@ impl Core {
                     self.begin_immediate(now, out);
                 }
             }
-            Intent::Incr => {
-                if self.shutdown.is_some() {
-                    return;
-                }
-                self.target += 1;
-                if self.slots.len() < self.target {
-                    self.slots.resize(self.target, SlotState::default());
-                }
-                log(
-                    out,
-                    Level::Info,
-                    format!("TTIN: workers {} → {}", self.target - 1, self.target),
-                );
-            }
-            Intent::Decr => {
-                if self.shutdown.is_some() {
-                    return;
-                }
-                if self.target <= 1 {
-                    log(out, Level::Info, "TTOU ignored: already at 1 worker".to_string());
-                    return;
-                }
-                self.target -= 1;
-                log(
-                    out,
-                    Level::Info,
-                    format!("TTOU: workers {} → {}", self.target + 1, self.target),
-                );
-                let removed = self.target;
-                self.slots[removed] = SlotState::default();
-                for i in 0..self.workers.len() {
-                    if self.workers[i].slot >= self.target && !self.workers[i].is_stopping() {
-                        self.stop_worker(i, now, out);
-                    }
-                }
-            }
+            Intent::Incr => self.scale(self.target + 1, "TTIN", now, out),
+            Intent::Decr => self.scale(self.target.saturating_sub(1), "TTOU", now, out),
+            Intent::Scale(n) => self.scale(n, "workers", now, out),
             Intent::ReopenLogs => out.push(Action::ReopenLogs),
             Intent::Rolling => self.request_restart(RestartKind::Rolling, now, out),
             Intent::Hot => self.request_restart(RestartKind::Hot, now, out),
+        }
+    }
+
+    /// Change the worker count to `n` (never below one): new slots are
+    /// filled; workers in removed slots are stopped gracefully.
+    fn scale(&mut self, n: usize, what: &str, now: Instant, out: &mut Vec<Action>) {
+        if self.shutdown.is_some() {
+            return;
+        }
+        if n < 1 {
+            log(out, Level::Info, format!("{what} ignored: already at 1 worker"));
+            return;
+        }
+        if n == self.target {
+            return;
+        }
+        log(out, Level::Info, format!("{what}: workers {} → {n}", self.target));
+        if n > self.slots.len() {
+            self.slots.resize(n, SlotState::default());
+        }
+        for slot in n..self.target {
+            self.slots[slot] = SlotState::default();
+        }
+        self.target = n;
+        for i in 0..self.workers.len() {
+            if self.workers[i].slot >= self.target && !self.workers[i].is_stopping() {
+                self.stop_worker(i, now, out);
+            }
         }
     }
 
@@ -507,7 +623,7 @@ impl Core {
                 );
                 if kind != current.kind {
                     let reason = format!("superseded by a {name} restart");
-                    self.finish(Outcome::Abandoned { reason }, now);
+                    self.finish(Outcome::Abandoned { reason }, now, out);
                 }
                 self.begin_restart(kind, now, out);
             }
@@ -522,13 +638,18 @@ impl Core {
     }
 
     /// End the restart in progress with `outcome`, keeping it as the last.
-    fn finish(&mut self, outcome: Outcome, now: Instant) {
+    /// Whatever the outcome, sup's supervisor hears READY=1 again: the
+    /// reload it was told about is over.
+    fn finish(&mut self, outcome: Outcome, now: Instant, out: &mut Vec<Action>) {
         if let Some(r) = self.restart.take() {
+            self.ready_announced = true;
+            out.push(Action::Upward(Upward::Ready));
             let generation = match r.phase {
                 Phase::Rolling { generation } | Phase::Starting { generation } => Some(generation),
                 _ => None,
             };
             self.last_restart = Some(RestartRecord {
+                id: r.id,
                 kind: r.kind,
                 generation,
                 started_at: r.started_at,
@@ -539,7 +660,10 @@ impl Core {
     }
 
     fn begin_restart(&mut self, kind: RestartKind, now: Instant, out: &mut Vec<Action>) {
+        self.restarts_begun += 1;
+        out.push(Action::Upward(Upward::Reloading));
         self.restart = Some(Restart {
+            id: self.restarts_begun,
             kind,
             started_at: now,
             phase: Phase::Hook {
@@ -602,7 +726,7 @@ impl Core {
             Level::Error,
             format!("hot restart failed: {reason}; starting workers again in this sup"),
         );
-        self.finish(Outcome::Abandoned { reason }, now);
+        self.finish(Outcome::Abandoned { reason }, now, out);
         // New workers run the code on disk now: a new generation.
         self.generation += 1;
     }
@@ -684,7 +808,7 @@ impl Core {
                 ),
             );
         }
-        self.finish(Outcome::Abandoned { reason }, now);
+        self.finish(Outcome::Abandoned { reason }, now, out);
         // A request that came in while the hook ran is not lost.
         if let Some(kind) = self.pending.take()
             && self.shutdown.is_none()
@@ -709,7 +833,10 @@ impl Core {
                 "rolling restart to gen {generation} failed: worker {slot} {reason}; stopped there, {serving} worker(s) keep serving"
             ),
         );
+        self.ready_announced = true;
+        out.push(Action::Upward(Upward::Ready));
         self.last_restart = Some(RestartRecord {
+            id: r.id,
             kind: r.kind,
             generation: Some(generation),
             started_at: r.started_at,
@@ -745,6 +872,7 @@ impl Core {
             return;
         }
         self.shutdown = Some(Shutdown::Graceful);
+        out.push(Action::Upward(Upward::Stopping));
         self.stop_restart(now, out);
         let live = self.workers.iter().filter(|w| !w.is_stopping()).count();
         log(
@@ -763,6 +891,9 @@ impl Core {
     }
 
     fn begin_immediate(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if self.shutdown.is_none() {
+            out.push(Action::Upward(Upward::Stopping));
+        }
         self.shutdown = Some(Shutdown::Immediate {
             exit_by: now + self.settings.halt_timeout,
         });
@@ -1158,7 +1289,7 @@ impl Core {
                 self.target
             ),
         );
-        self.finish(Outcome::Completed, now);
+        self.finish(Outcome::Completed, now, out);
     }
 
     /// Hot: once every worker (and what lingers of its group) is gone, exec.
@@ -1246,6 +1377,7 @@ mod tests {
             trusted_uids: vec![0],
             backoff: Backoff::default(),
             halt_timeout: Duration::from_secs(5),
+            upward_watchdog: None,
         }
     }
 
@@ -1255,6 +1387,7 @@ mod tests {
         hooks: Vec<RestartKind>,
         preflights: usize,
         reexec: Option<u64>,
+        upward: Vec<Upward>,
         t0: Instant,
         next_pid: i32,
         fail_spawns: bool,
@@ -1276,6 +1409,7 @@ mod tests {
                 hooks: vec![],
                 preflights: 0,
                 reexec: None,
+                upward: vec![],
                 t0: Instant::now(),
                 next_pid: 100,
                 fail_spawns: false,
@@ -1323,6 +1457,7 @@ mod tests {
                         Action::ReExec { generation } => self.reexec = Some(generation),
                         Action::ReopenLogs => {}
                         Action::Log { message, .. } => self.logs.push(message),
+                        Action::Upward(u) => self.upward.push(u),
                         Action::Exit(code) => self.exit = Some(code),
                     }
                 }
@@ -2024,7 +2159,7 @@ mod tests {
     fn the_new_image_completes_the_hot_restart_when_its_workers_are_ready() {
         let mut core = Core::new(settings(2));
         let t0 = Instant::now();
-        core.resume_hot(3, Duration::from_millis(100), t0);
+        core.resume_hot(7, 3, Duration::from_millis(100), t0);
         let mut h = Harness {
             core,
             ..Harness::new(1)
@@ -2044,5 +2179,73 @@ mod tests {
             "{:?}",
             h.logs
         );
+    }
+
+    fn upward_kinds(h: &Harness) -> Vec<&'static str> {
+        h.upward
+            .iter()
+            .map(|u| match u {
+                Upward::Ready => "ready",
+                Upward::Reloading => "reloading",
+                Upward::Stopping => "stopping",
+                Upward::Status(_) => "status",
+                Upward::Watchdog => "watchdog",
+            })
+            .filter(|k| *k != "status")
+            .collect()
+    }
+
+    #[test]
+    fn the_supervisor_hears_ready_reloading_ready_stopping() {
+        let mut h = ready_harness(2, |_| {});
+        assert_eq!(upward_kinds(&h), ["ready"], "READY=1 once all workers are ready");
+        h.send(Event::Intent(Intent::Rolling), 2_000);
+        h.run_checking_capacity(60_000, 2);
+        assert_eq!(upward_kinds(&h), ["ready", "reloading", "ready"]);
+        // A failed restart ends the reload too.
+        h.send(Event::Intent(Intent::Rolling), 70_000);
+        let new = h.core.workers().iter().find(|w| w.generation == 2).unwrap().pid;
+        h.exit(new, ExitStatus::Code(1), 70_100);
+        assert_eq!(upward_kinds(&h)[3..], ["reloading", "ready"]);
+        h.send(Event::Intent(Intent::Stop), 80_000);
+        assert_eq!(upward_kinds(&h).last(), Some(&"stopping"));
+        let statuses: Vec<&String> = h
+            .upward
+            .iter()
+            .filter_map(|u| if let Upward::Status(s) = u { Some(s) } else { None })
+            .collect();
+        assert!(
+            statuses.iter().any(|s| s.as_str() == "gen 1: 2/2 ready"),
+            "{statuses:?}"
+        );
+        assert!(statuses.iter().any(|s| s.contains("rolling slot 0")), "{statuses:?}");
+    }
+
+    #[test]
+    fn the_supervisor_watchdog_is_the_only_periodic_timer() {
+        let mut h = ready_harness(1, |s| s.upward_watchdog = Some(Duration::from_secs(10)));
+        // The first keep-alive went out at start; then one every 10 s.
+        assert_eq!(h.core.next_deadline(), Some(h.at(10_000)));
+        h.tick_until(31_000);
+        assert_eq!(upward_kinds(&h).iter().filter(|k| **k == "watchdog").count(), 4);
+        let idle = ready_harness(1, |_| {});
+        assert_eq!(idle.core.next_deadline(), None);
+    }
+
+    #[test]
+    fn restarts_are_numbered_and_scale_sets_the_count() {
+        let mut h = ready_harness(2, |_| {});
+        assert_eq!(h.core.restart_id(), 0);
+        h.send(Event::Intent(Intent::Rolling), 2_000);
+        assert_eq!(h.core.restart_id(), 1);
+        assert!(h.core.restart_busy());
+        h.run_checking_capacity(60_000, 2);
+        assert_eq!(h.core.restart_record().unwrap().id, 1);
+        h.send(Event::Intent(Intent::Scale(4)), 61_000);
+        assert_eq!(h.core.target(), 4);
+        assert_eq!(h.pids().len(), 4);
+        h.send(Event::Intent(Intent::Scale(1)), 62_000);
+        h.reap_stopping(62_100);
+        assert_eq!((h.core.target(), h.pids().len()), (1, 1));
     }
 }

@@ -21,6 +21,11 @@ use nix::unistd::Pid;
 use signal_hook_mio::v1_0::Signals;
 
 use crate::config::{Config, Credentials, Readiness};
+use crate::control::http::{self, Parsed};
+use crate::control::server::ControlServer;
+use crate::control::stats::{self, Usage};
+use crate::control::{self, Route};
+use crate::core::Intent;
 use crate::core::{Action, Core, Event, Settings};
 use crate::einhorn::EinhornSocket;
 use crate::handoff::Handoff;
@@ -29,13 +34,17 @@ use crate::notify::NotifySocket;
 use crate::signals::{self, SignalEvent};
 use crate::sockets::BoundSocket;
 use crate::spawn::{self, HelperRequest, SpawnRequest};
+use crate::upward::Notifier;
 use crate::worker::{Backoff, ExitStatus};
 
 const SIGNALS: Token = Token(0);
 const NOTIFY: Token = Token(1);
 const EINHORN: Token = Token(2);
+const CONTROL: Token = Token(3);
 /// Einhorn connections use tokens from here on.
 const EINHORN_CONN: usize = 16;
+/// Control connections use tokens from here on.
+const CONTROL_CONN: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoopError {
@@ -45,6 +54,8 @@ pub enum LoopError {
     Notify(#[source] std::io::Error),
     #[error("cannot create the Einhorn command socket {0}")]
     Einhorn(String, #[source] std::io::Error),
+    #[error("cannot serve the control API on {0}: {1}")]
+    Control(String, String),
     #[error("the event loop failed")]
     Poll(#[source] std::io::Error),
 }
@@ -56,6 +67,8 @@ pub struct EventLoop {
     signals: Signals,
     notify: NotifySocket,
     einhorn: Option<EinhornSocket>,
+    control: Option<ControlServer>,
+    upward: Option<Notifier>,
 }
 
 impl EventLoop {
@@ -81,23 +94,41 @@ impl EventLoop {
         } else {
             None
         };
+        let control = match &config.control {
+            Some(addr) => {
+                let mut server =
+                    ControlServer::bind(addr, CONTROL_CONN).map_err(|why| LoopError::Control(addr.to_string(), why))?;
+                server
+                    .register(poll.registry(), CONTROL)
+                    .map_err(|e| LoopError::Control(addr.to_string(), e.to_string()))?;
+                log::info!("control server on {}", server.addr);
+                Some(server)
+            }
+            None => None,
+        };
         Ok(EventLoop {
             poll,
             signals,
             notify,
             einhorn,
+            control,
+            upward: Notifier::from_env(),
         })
     }
 
     /// Run until the core says exit; returns the exit status.
-    pub fn run(self, config: &Config, credentials: Option<&Credentials>, ctx: Context<'_>) -> Result<i32, LoopError> {
+    pub fn run(
+        mut self,
+        config: &Config,
+        credentials: Option<&Credentials>,
+        ctx: Context<'_>,
+    ) -> Result<i32, LoopError> {
         let Context {
             sockets,
             devnull,
             exe,
             resume,
         } = ctx;
-        let mut this = self;
         let mut trusted_uids = vec![0, nix::unistd::Uid::effective().as_raw()];
         trusted_uids.extend(credentials.map(|c| c.uid));
         let mut core = Core::new(Settings {
@@ -116,14 +147,20 @@ impl EventLoop {
             trusted_uids,
             backoff: Backoff::default(),
             halt_timeout: Duration::from_secs(5),
+            upward_watchdog: self.upward.as_ref().and_then(|_| crate::upward::watchdog_interval()),
         });
-        if let Some((generation, elapsed)) = resume {
-            core.resume_hot(generation, elapsed, Instant::now());
+        if let Some(r) = resume {
+            core.resume_hot(r.restart_id, r.generation, r.elapsed, Instant::now());
         }
+        let started = Instant::now();
+        let mut usage = Usage::new();
         let sup_pid = std::process::id() as i32;
-        let einhorn_path = this.einhorn.as_ref().map(|e| e.path.display().to_string());
+        let einhorn_path = self.einhorn.as_ref().map(|e| e.path.display().to_string());
         let mut events = Events::with_capacity(64);
         let mut pending = VecDeque::from([Event::Started]);
+        // Control requests that asked for something and await their answer
+        // until the events they caused have been handled.
+        let mut replies: Vec<(usize, Intent)> = Vec::new();
         let status = loop {
             let mut exit = None;
             while let Some(event) = pending.pop_front() {
@@ -138,7 +175,7 @@ impl EventLoop {
                                 credentials,
                                 sup_pid,
                                 devnull: devnull.as_raw_fd(),
-                                notify_socket: &this.notify.address,
+                                notify_socket: &self.notify.address,
                                 einhorn_socket: einhorn_path.as_deref(),
                             };
                             pending.push_back(match spawn::spawn(&req) {
@@ -170,11 +207,12 @@ impl EventLoop {
                             pending.push_back(helper_event(preflight(exe, config, devnull.as_raw_fd())));
                         }
                         Action::ReExec { generation } => {
-                            let started = core.restart_record().map(|r| r.started_at);
+                            let record = core.restart_record();
                             let handoff = Handoff {
+                                restart_id: record.as_ref().map_or(0, |r| r.id),
                                 generation,
                                 exe: exe.to_string(),
-                                started_ms: wall_ms(started),
+                                started_ms: wall_ms(record.map(|r| r.started_at)),
                                 sockets: sockets.iter().map(BoundSocket::handed).collect(),
                             };
                             log::info!("hot restart: re-executing {exe} to start gen {generation}");
@@ -183,20 +221,43 @@ impl EventLoop {
                         }
                         Action::Signal { pid, signal } => send(pid, signal),
                         Action::KillGroup { pgid } => send(-pgid, Signal::SIGKILL as i32),
-                        Action::ReopenLogs => log::info!("HUP: no --log-file is in use, nothing to reopen"),
+                        Action::ReopenLogs => reopen_log(config.log_file.as_deref()),
+                        Action::Upward(what) => {
+                            if let Some(n) = &self.upward {
+                                n.send(&what);
+                            }
+                        }
                         Action::Log { level, message } => log::log!(level, "{message}"),
                         Action::Exit(code) => exit = Some(code),
                     }
+                }
+            }
+            // Answer the control requests whose intents were just handled.
+            for (slot, intent) in replies.drain(..) {
+                if let Some(server) = &mut self.control {
+                    let body = serde_json::json!({
+                        "ok": true,
+                        "accepted": format!("{intent:?}"),
+                        "restart_id": core.restart_id(),
+                        "generation": core.generation(),
+                        "target_workers": core.target(),
+                    });
+                    server.respond(slot, http::response(202, &body.to_string(), &[]));
                 }
             }
             if let Some(code) = exit {
                 break code;
             }
 
-            let timeout = core
-                .next_deadline()
-                .map(|d| d.saturating_duration_since(Instant::now()));
-            match this.poll.poll(&mut events, timeout) {
+            let deadline = [
+                core.next_deadline(),
+                self.control.as_ref().and_then(ControlServer::next_deadline),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 // A signal handler ran: epoll_wait is never restarted.
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -206,7 +267,7 @@ impl EventLoop {
                 match ev.token() {
                     SIGNALS => {}
                     NOTIFY => {
-                        for r in this.notify.drain() {
+                        for r in self.notify.drain() {
                             if r.fds_closed > 0 {
                                 log::debug!("closed {} fd(s) sent with a notify message", r.fds_closed);
                             }
@@ -216,9 +277,45 @@ impl EventLoop {
                             });
                         }
                     }
-                    EINHORN => this.accept_einhorn(),
+                    EINHORN => self.accept_einhorn(),
+                    CONTROL => {
+                        if let Some(server) = &mut self.control {
+                            server.accept(self.poll.registry(), Instant::now());
+                        }
+                    }
+                    Token(t) if t >= CONTROL_CONN => {
+                        let Some(server) = &mut self.control else { continue };
+                        let Some(slot) = server.slot_of(Token(t)) else { continue };
+                        match server.read(slot) {
+                            None => {}
+                            Some(Parsed::Incomplete) => {}
+                            Some(Parsed::Error(status, why)) => {
+                                let body = serde_json::json!({ "error": why }).to_string();
+                                server.respond(slot, http::response(status, &body, &[]));
+                            }
+                            Some(Parsed::Request(req)) => match control::route(&req, config.control_token.as_deref()) {
+                                Route::Stats => {
+                                    let body = stats::build(&core, sockets, &mut usage, started, Instant::now());
+                                    server.respond(slot, http::response(200, &body.to_string(), &[]));
+                                }
+                                Route::Intent(intent) => {
+                                    pending.push_back(Event::Intent(intent));
+                                    replies.push((slot, intent));
+                                }
+                                Route::Refuse(status, why) => {
+                                    let allow = if status == 405 {
+                                        vec![("Allow", if req.path.starts_with("/stats") { "GET" } else { "POST" })]
+                                    } else {
+                                        vec![]
+                                    };
+                                    let body = serde_json::json!({ "error": why }).to_string();
+                                    server.respond(slot, http::response(status, &body, &allow));
+                                }
+                            },
+                        }
+                    }
                     Token(t) if t >= EINHORN_CONN => {
-                        if let Some(e) = &mut this.einhorn {
+                        if let Some(e) = &mut self.einhorn {
                             for (sender, message) in e.read(t - EINHORN_CONN) {
                                 pending.push_back(Event::Notify { sender, message });
                             }
@@ -227,8 +324,11 @@ impl EventLoop {
                     _ => {}
                 }
             }
+            if let Some(server) = &mut self.control {
+                server.expire(Instant::now());
+            }
             let mut reap = false;
-            for signal in this.signals.pending() {
+            for signal in self.signals.pending() {
                 match signals::translate(signal) {
                     Some(SignalEvent::Intent(intent)) => pending.push_back(Event::Intent(intent)),
                     Some(SignalEvent::Child) => reap = true,
@@ -242,8 +342,11 @@ impl EventLoop {
                 pending.push_back(Event::Tick);
             }
         };
-        if let Some(e) = &this.einhorn {
+        if let Some(e) = &self.einhorn {
             e.remove_file();
+        }
+        if let Some(c) = &self.control {
+            c.remove_file();
         }
         Ok(status)
     }
@@ -261,15 +364,38 @@ impl EventLoop {
     }
 }
 
+/// HUP: reopen `--log-file` onto sup's stdout and stderr (for logrotate).
+/// Workers started from now on inherit the new file.
+fn reopen_log(path: Option<&Path>) {
+    let Some(path) = path else {
+        log::info!("HUP: no --log-file is in use, nothing to reopen");
+        return;
+    };
+    match crate::logging::redirect_to(path) {
+        Ok(()) => log::info!("reopened the log file {}", path.display()),
+        Err(e) => log::error!(
+            "cannot reopen the log file {}: {e}; still writing to the old one",
+            path.display()
+        ),
+    }
+}
+
 /// What the loop runs with besides the configuration.
 pub struct Context<'a> {
     pub sockets: &'a [BoundSocket],
     pub devnull: &'a OwnedFd,
     /// How sup was started, re-resolved at each hot restart.
     pub exe: &'a str,
-    /// After a hot restart: the generation to start and how long ago the
-    /// restart began.
-    pub resume: Option<(u64, Duration)>,
+    /// After a hot restart: where to carry on from.
+    pub resume: Option<Resume>,
+}
+
+/// What the new image carries on from after a hot restart.
+pub struct Resume {
+    pub restart_id: u64,
+    pub generation: u64,
+    /// How long ago the restart began, in the old image.
+    pub elapsed: Duration,
 }
 
 fn helper_event(result: Result<i32, String>) -> Event {

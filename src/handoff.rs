@@ -29,6 +29,8 @@ pub struct HandedSocket {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Handoff {
+    /// The restart's number, so `sup ctl --wait` can follow it across the exec.
+    pub restart_id: u64,
     pub generation: u64,
     /// How sup was started (argv[0] made absolute, or a bare name for PATH).
     pub exe: String,
@@ -52,7 +54,8 @@ impl Handoff {
             })
             .collect();
         json!({
-            "version": VERSION,
+                        "version": VERSION,
+            "restart_id": self.restart_id,
             "generation": self.generation,
             "exe": self.exe,
             "started_ms": self.started_ms,
@@ -89,6 +92,7 @@ impl Handoff {
             });
         }
         Ok(Handoff {
+            restart_id: v["restart_id"].as_u64().unwrap_or(0),
             generation: v["generation"].as_u64().ok_or("no generation")?,
             exe: v["exe"].as_str().ok_or("no exe")?.to_string(),
             started_ms: v["started_ms"].as_u64().unwrap_or(0),
@@ -163,6 +167,7 @@ mod tests {
     #[test]
     fn round_trips() {
         let h = Handoff {
+            restart_id: 3,
             generation: 7,
             exe: "/usr/local/bin/sup".into(),
             started_ms: 1_700_000_000_000,

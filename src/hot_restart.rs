@@ -94,7 +94,10 @@ fn try_reexec(handoff: &Handoff, sockets: &[BoundSocket], directory: Option<&Pat
     }
     let mut env = Vec::new();
     for (k, v) in std::env::vars_os() {
-        if k != handoff::VAR {
+        // systemd's socket activation variables were for the first image:
+        // its sockets now travel in the handoff.
+        let activation = ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"].iter().any(|a| k == *a);
+        if k != handoff::VAR && !activation {
             let mut e = k.as_bytes().to_vec();
             e.push(b'=');
             e.extend_from_slice(v.as_bytes());

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod command;
 pub mod config;
 pub mod config_file;
+pub mod control;
 pub mod core;
 pub mod einhorn;
 pub mod envfile;
@@ -21,6 +22,7 @@ pub mod notify;
 pub mod signals;
 pub mod sockets;
 pub mod spawn;
+pub mod upward;
 pub mod worker;
 
 use std::io::Write;
@@ -53,15 +55,25 @@ pub fn run() -> u8 {
         }
         None => None,
     };
-    let keep = handoff.as_ref().map(handoff::Handoff::fds).unwrap_or_default();
+    // Without a handoff, systemd may have passed sockets (socket activation).
+    let activation = if handoff.is_none() {
+        sockets::activation_from_env()
+    } else {
+        Vec::new()
+    };
+    let mut keep = handoff.as_ref().map(handoff::Handoff::fds).unwrap_or_default();
+    keep.extend(activation.iter().map(|(fd, _)| *fd));
     if let Err(e) = sanitize_fds(&keep) {
         say(&format!("error: cannot set up file descriptors: {e}"));
         return EXIT_RUNTIME;
     }
-    let cli = match cli::Cli::try_parse() {
+    let mut cli = match cli::Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return clap_error(e),
     };
+    if let Some(cli::Sub::Ctl(args)) = cli.sub.take() {
+        return control::client::run(args);
+    }
     // Every problem is reported, the flags' and the system's, then exit 2.
     let (config, mut errors) = config::Config::parse(cli);
     logging::init(config.verbosity);
@@ -87,6 +99,16 @@ pub fn run() -> u8 {
             Path::new(&config.command[0]).display()
         );
         return 0;
+    }
+    if let Some(path) = &config.log_file
+        && let Err(e) = logging::redirect_to(path)
+    {
+        say(&format!(
+            "error: cannot open --log-file {}: {}",
+            path.display(),
+            command::os_error(&e)
+        ));
+        return EXIT_RUNTIME;
     }
     let devnull = match open_devnull() {
         Ok(fd) => fd,
@@ -119,6 +141,15 @@ pub fn run() -> u8 {
                 log::error!("hot restart: {e}; serving without it");
             }
             sockets
+        }
+        None if !activation.is_empty() => {
+            match sockets::adopt_activated(&config.binds, sockets::take_activated(activation)) {
+                Ok(s) => s,
+                Err(e) => {
+                    say(&format!("error: {e}"));
+                    return EXIT_RUNTIME;
+                }
+            }
         }
         None => match sockets::bind_all(&config.binds) {
             Ok(s) => s,
@@ -177,7 +208,11 @@ pub fn run() -> u8 {
             "hot restart: this is the new sup, adopting {} socket(s)",
             h.sockets.len()
         );
-        (h.generation, elapsed)
+        event_loop::Resume {
+            restart_id: h.restart_id,
+            generation: h.generation,
+            elapsed,
+        }
     });
     let ctx = event_loop::Context {
         sockets: &sockets,

@@ -46,3 +46,29 @@ pub fn init(verbosity: Option<i8>) {
     // env_logger ignores write errors, so a closed stderr cannot panic sup.
     let _ = builder.try_init();
 }
+
+/// Point sup's stdout and stderr at `path` (appending, created 0644):
+/// sup's log lines go there, and so does the output of every worker started
+/// from now on, since workers inherit fds 1 and 2. Called at startup for
+/// `--log-file` and again on HUP, so that a file moved away by logrotate is
+/// replaced by a fresh one.
+pub fn redirect_to(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o644)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)?;
+    for target in [1, 2] {
+        // SAFETY: dup2 onto stdout/stderr, which this process always has
+        // open (sanitize_fds guarantees it); the file stays open until the
+        // end of this function, and the copies are not CLOEXEC, as stdio
+        // must be inherited.
+        if unsafe { libc::dup2(file.as_raw_fd(), target) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}

@@ -10,7 +10,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
@@ -121,6 +121,138 @@ fn local_of(fd: &OwnedFd, addr: &BindAddr) -> Result<LocalAddr, String> {
         BindAddr::Udp(_) => LocalAddr::Udp(local_inet(fd)?),
         BindAddr::Unix(p) => LocalAddr::Unix(std::path::absolute(p).map_err(|e| e.to_string())?),
     })
+}
+
+/// A socket sup was handed by systemd socket activation.
+#[derive(Debug)]
+pub struct Activated {
+    pub fd: OwnedFd,
+    pub name: Option<String>,
+}
+
+/// The sockets systemd passed to sup (`LISTEN_FDS` with `LISTEN_PID` equal
+/// to sup's pid), as fd numbers and names, before sup sweeps stray fds.
+pub fn activation_from_env() -> Vec<(RawFd, Option<String>)> {
+    let pid_ok = std::env::var("LISTEN_PID").ok().and_then(|p| p.parse::<u32>().ok()) == Some(std::process::id());
+    let n: i32 = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    if !pid_ok || n <= 0 {
+        return Vec::new();
+    }
+    let names: Vec<String> = std::env::var("LISTEN_FDNAMES")
+        .map(|n| n.split(':').map(str::to_string).collect())
+        .unwrap_or_default();
+    (0..n)
+        .map(|i| (3 + i, names.get(i as usize).filter(|s| !s.is_empty()).cloned()))
+        .collect()
+}
+
+/// Take ownership of activated fds after checking each is a socket.
+pub fn take_activated(fds: Vec<(RawFd, Option<String>)>) -> Vec<Activated> {
+    let mut out = Vec::new();
+    for (fd, name) in fds {
+        // SAFETY: fstat on a number; an fd that is not open fails with EBADF.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: st is valid for writes.
+        if unsafe { libc::fstat(fd, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+            log::warn!("socket activation: fd {fd} is not a socket; ignored");
+            continue;
+        }
+        // SAFETY: systemd handed this fd to sup and nothing else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let _ = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+        out.push(Activated { fd, name });
+    }
+    out
+}
+
+/// Where an activated socket listens, read from the socket itself.
+fn activated_addr(fd: &OwnedFd) -> Result<BindAddr, String> {
+    let ty = socket::getsockopt(fd, sockopt::SockType).map_err(err)?;
+    let addr: SockaddrStorage = socket::getsockname(fd.as_raw_fd()).map_err(err)?;
+    if let Some(path) = addr.as_unix_addr().and_then(|u| u.path()) {
+        return Ok(BindAddr::Unix(path.to_path_buf()));
+    }
+    let inet = local_inet(fd)?;
+    Ok(if ty == SockType::Datagram {
+        BindAddr::Udp(inet)
+    } else {
+        BindAddr::Tcp(inet)
+    })
+}
+
+/// Socket activation: each `--bind` takes the activated socket with the
+/// same address or the same name; the rest are bound as usual. With no
+/// `--bind`, every activated socket is passed on, in order, with its name.
+pub fn adopt_activated(specs: &[BindSpec], activated: Vec<Activated>) -> Result<Vec<BoundSocket>, SocketError> {
+    let mut pool: Vec<(Activated, BindAddr)> = Vec::new();
+    for a in activated {
+        match activated_addr(&a.fd) {
+            Ok(addr) => pool.push((a, addr)),
+            Err(e) => log::warn!("socket activation: cannot read an activated socket's address ({e}); ignored"),
+        }
+    }
+    let mut bound = Vec::new();
+    if specs.is_empty() {
+        for (a, addr) in pool {
+            let local = local_of(&a.fd, &addr).map_err(|why| SocketError::Bind {
+                addr: addr.to_string(),
+                why,
+            })?;
+            let mut spec = BindSpec::parse(&addr.to_string()).map_err(|e| SocketError::Bind {
+                addr: addr.to_string(),
+                why: e.to_string(),
+            })?;
+            if let Some(name) = a.name {
+                spec.name = name;
+            }
+            bound.push(BoundSocket {
+                spec,
+                fd: a.fd,
+                local,
+                created: None,
+            });
+        }
+        return Ok(bound);
+    }
+    for spec in specs {
+        let found = pool.iter().position(|(_, addr)| *addr == spec.addr).or_else(|| {
+            pool.iter()
+                .position(|(a, _)| a.name.as_deref() == Some(spec.name.as_str()))
+        });
+        match found {
+            Some(i) => {
+                let (a, addr) = pool.remove(i);
+                let local = local_of(&a.fd, &addr).map_err(|why| SocketError::Bind {
+                    addr: addr.to_string(),
+                    why,
+                })?;
+                log::info!("socket activation: {} is the activated {local}", spec.raw);
+                bound.push(BoundSocket {
+                    spec: spec.clone(),
+                    fd: a.fd,
+                    local,
+                    created: None,
+                });
+            }
+            None => match bind_one(spec) {
+                Ok(s) => bound.push(s),
+                Err(why) => {
+                    remove_files(&bound);
+                    return Err(SocketError::Bind {
+                        addr: spec.addr.to_string(),
+                        why,
+                    });
+                }
+            },
+        }
+    }
+    for (_, addr) in pool {
+        log::warn!("socket activation: {addr} matches no --bind; closed");
+    }
+    Ok(bound)
 }
 
 /// Bind every spec, in order. On failure, whatever was bound is released
@@ -278,7 +410,7 @@ fn finish_unix(spec: &BindSpec, path: &Path, fd: &OwnedFd, backlog: Backlog) -> 
 
 /// A socket file left by a dead server is removed; one a live server
 /// answers on is an error; anything that is not a socket is never touched.
-fn clear_stale(path: &Path) -> Result<(), String> {
+pub fn clear_stale(path: &Path) -> Result<(), String> {
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),

@@ -1,0 +1,205 @@
+//! The control server (`--control`) and its client (`sup ctl`).
+//!
+//! HTTP/1.1 with JSON answers, on a unix socket (mode 0600) or on TCP
+//! (which requires `--control-token`, sent as `Authorization: Bearer`). It
+//! runs in sup's one loop, non-blocking, with bounded requests and a read
+//! deadline per connection, so a slow or hostile client never stalls sup.
+//! `route` decides what a request means; the server only moves bytes.
+
+pub mod client;
+pub mod http;
+pub mod server;
+pub mod stats;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use crate::core::Intent;
+use http::Request;
+
+/// Where the control server listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlAddr {
+    Unix(PathBuf),
+    Tcp(SocketAddr),
+}
+
+impl ControlAddr {
+    pub fn parse(s: &str) -> Result<ControlAddr, String> {
+        if let Some(rest) = s.strip_prefix("unix:") {
+            let path = rest.strip_prefix("//").unwrap_or(rest);
+            if path.is_empty() {
+                return Err(format!("invalid --control `{s}`: a unix socket needs a path"));
+            }
+            return Ok(ControlAddr::Unix(PathBuf::from(path)));
+        }
+        let hostport = s.strip_prefix("tcp://").unwrap_or(s);
+        match crate::bind::BindSpec::parse(hostport) {
+            Ok(spec) => match spec.addr {
+                crate::bind::BindAddr::Tcp(a) => Ok(ControlAddr::Tcp(a)),
+                _ => Err(format!(
+                    "invalid --control `{s}`: expected unix:PATH or tcp://HOST:PORT"
+                )),
+            },
+            Err(_) => Err(format!(
+                "invalid --control `{s}`: expected unix:PATH or tcp://HOST:PORT"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for ControlAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ControlAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+            ControlAddr::Tcp(a) => write!(f, "tcp://{a}"),
+        }
+    }
+}
+
+/// What a request asks of sup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    Stats,
+    Intent(Intent),
+    /// Answer at once with this status and message.
+    Refuse(u16, String),
+}
+
+const MUTATING: [&str; 8] = [
+    "/restart",
+    "/phased-restart",
+    "/stop",
+    "/halt",
+    "/workers",
+    "/incr",
+    "/decr",
+    "/reopen-logs",
+];
+
+/// Decide what `req` means. The token (when one is configured) is checked
+/// first, in constant time.
+pub fn route(req: &Request, token: Option<&str>) -> Route {
+    if let Some(token) = token {
+        let given = req
+            .authorization
+            .as_deref()
+            .and_then(|a| a.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
+            return Route::Refuse(403, "invalid or missing token".into());
+        }
+    }
+    let path = req.path.trim_end_matches('/');
+    let path = if path.is_empty() { "/" } else { path };
+    match (req.method.as_str(), path) {
+        ("GET" | "HEAD", "/stats") => Route::Stats,
+        ("POST", "/restart") => Route::Intent(Intent::Hot),
+        ("POST", "/phased-restart") => Route::Intent(Intent::Rolling),
+        ("POST", "/stop") => Route::Intent(Intent::Stop),
+        ("POST", "/halt") => Route::Intent(Intent::Halt),
+        ("POST", "/incr") => Route::Intent(Intent::Incr),
+        ("POST", "/decr") => Route::Intent(Intent::Decr),
+        ("POST", "/reopen-logs") => Route::Intent(Intent::ReopenLogs),
+        ("POST", "/workers") => {
+            let count = req.query.iter().find(|(k, _)| k == "count").map(|(_, v)| v.as_str());
+            match count.and_then(|c| c.parse::<usize>().ok()) {
+                Some(n) if (1..=10_000).contains(&n) => Route::Intent(Intent::Scale(n)),
+                _ => Route::Refuse(400, "POST /workers needs ?count=N, N from 1 to 10000".into()),
+            }
+        }
+        (_, "/stats") => Route::Refuse(405, "use GET /stats".into()),
+        (_, p) if MUTATING.contains(&p) => Route::Refuse(405, format!("use POST {p}")),
+        _ => Route::Refuse(404, format!("no such endpoint: {}", req.path)),
+    }
+}
+
+/// Compare without an early exit, so the time taken does not tell how much
+/// of a guessed token was right.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = (a.len() ^ b.len()) as u8 | u8::from(a.len() != b.len());
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0xff);
+        diff |= x ^ y;
+    }
+    diff == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: &str, target: &str, auth: Option<&str>) -> Request {
+        let mut raw = format!("{method} {target} HTTP/1.1\r\n");
+        if let Some(a) = auth {
+            raw.push_str(&format!("Authorization: {a}\r\n"));
+        }
+        raw.push_str("\r\n");
+        match http::parse(raw.as_bytes()) {
+            http::Parsed::Request(r) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn routes() {
+        assert_eq!(route(&req("GET", "/stats", None), None), Route::Stats);
+        assert_eq!(
+            route(&req("POST", "/phased-restart", None), None),
+            Route::Intent(Intent::Rolling)
+        );
+        assert_eq!(route(&req("POST", "/restart", None), None), Route::Intent(Intent::Hot));
+        assert_eq!(
+            route(&req("POST", "/workers?count=3", None), None),
+            Route::Intent(Intent::Scale(3))
+        );
+        assert!(matches!(
+            route(&req("POST", "/workers?count=0", None), None),
+            Route::Refuse(400, _)
+        ));
+        assert!(matches!(
+            route(&req("GET", "/restart", None), None),
+            Route::Refuse(405, _)
+        ));
+        assert!(matches!(
+            route(&req("POST", "/stats", None), None),
+            Route::Refuse(405, _)
+        ));
+        assert!(matches!(route(&req("GET", "/nope", None), None), Route::Refuse(404, _)));
+    }
+
+    #[test]
+    fn tokens() {
+        assert!(matches!(
+            route(&req("GET", "/stats", None), Some("s3cret")),
+            Route::Refuse(403, _)
+        ));
+        assert!(matches!(
+            route(&req("GET", "/stats", Some("Bearer wrong")), Some("s3cret")),
+            Route::Refuse(403, _)
+        ));
+        assert_eq!(
+            route(&req("GET", "/stats", Some("Bearer s3cret")), Some("s3cret")),
+            Route::Stats
+        );
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+        assert!(!constant_time_eq(b"", b"a"));
+    }
+
+    #[test]
+    fn addresses() {
+        assert_eq!(
+            ControlAddr::parse("unix:/run/sup.sock").unwrap(),
+            ControlAddr::Unix("/run/sup.sock".into())
+        );
+        assert_eq!(
+            ControlAddr::parse("tcp://127.0.0.1:9293").unwrap(),
+            ControlAddr::Tcp("127.0.0.1:9293".parse().unwrap())
+        );
+        assert!(ControlAddr::parse("udp://1.2.3.4:5").is_err());
+        assert!(ControlAddr::parse("unix:").is_err());
+    }
+}

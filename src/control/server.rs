@@ -1,0 +1,264 @@
+//! The control server's I/O: accept, read with a deadline, answer, close.
+//!
+//! Non-blocking, in sup's loop. At most [`MAX_CONNECTIONS`] are open (the
+//! oldest is dropped beyond that); each must send a complete request within
+//! [`READ_DEADLINE`] or it is cut off; one request per connection, answered
+//! and closed. What a request means is `route`'s business, not this one's.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use mio::{Interest, Registry, Token};
+
+use super::ControlAddr;
+use super::http::{self, Parsed};
+
+pub const MAX_CONNECTIONS: usize = 64;
+pub const READ_DEADLINE: Duration = Duration::from_secs(5);
+
+enum Listener {
+    Unix(UnixListener),
+    Tcp(TcpListener),
+}
+
+enum Stream {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Stream {
+    fn source(&mut self) -> &mut dyn mio::event::Source {
+        match self {
+            Stream::Unix(s) => s,
+            Stream::Tcp(s) => s,
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.read(buf),
+            Stream::Tcp(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.write(buf),
+            Stream::Tcp(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+struct Conn {
+    stream: Stream,
+    buf: Vec<u8>,
+    /// The answer, once there is one; the connection closes when it is out.
+    out: Option<(Vec<u8>, usize)>,
+    deadline: Instant,
+}
+
+pub struct ControlServer {
+    listener: Listener,
+    conns: Vec<Option<Conn>>,
+    order: std::collections::VecDeque<usize>,
+    /// The unix socket file sup created (path, device, inode).
+    created: Option<(PathBuf, u64, u64)>,
+    /// The address actually listened on (a TCP port 0 resolved).
+    pub addr: ControlAddr,
+    base: usize,
+}
+
+impl ControlServer {
+    /// Bind `addr`. A unix socket gets mode 0600; a stale file is replaced
+    /// and a live one is an error, as for `--bind`.
+    pub fn bind(addr: &ControlAddr, base: usize) -> Result<ControlServer, String> {
+        let (listener, created, actual) = match addr {
+            ControlAddr::Unix(path) => {
+                let path = std::path::absolute(path).map_err(|e| e.to_string())?;
+                crate::sockets::clear_stale(&path)?;
+                let l = UnixListener::bind(&path).map_err(|e| crate::command::os_error(&e))?;
+                std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                    .map_err(|e| e.to_string())?;
+                let meta = std::fs::symlink_metadata(&path).map_err(|e| e.to_string())?;
+                (
+                    Listener::Unix(l),
+                    Some((path.clone(), meta.dev(), meta.ino())),
+                    ControlAddr::Unix(path),
+                )
+            }
+            ControlAddr::Tcp(a) => {
+                let l = TcpListener::bind(*a).map_err(|e| crate::command::os_error(&e))?;
+                let actual = l.local_addr().map_err(|e| e.to_string())?;
+                (Listener::Tcp(l), None, ControlAddr::Tcp(actual))
+            }
+        };
+        Ok(ControlServer {
+            listener,
+            conns: Vec::new(),
+            order: std::collections::VecDeque::new(),
+            created,
+            addr: actual,
+            base,
+        })
+    }
+
+    pub fn register(&mut self, registry: &Registry, token: Token) -> std::io::Result<()> {
+        match &mut self.listener {
+            Listener::Unix(l) => registry.register(l, token, Interest::READABLE),
+            Listener::Tcp(l) => registry.register(l, token, Interest::READABLE),
+        }
+    }
+
+    /// Accept every pending connection.
+    pub fn accept(&mut self, registry: &Registry, now: Instant) {
+        loop {
+            let stream = match &self.listener {
+                Listener::Unix(l) => l.accept().map(|(s, _)| Stream::Unix(s)),
+                Listener::Tcp(l) => l.accept().map(|(s, _)| Stream::Tcp(s)),
+            };
+            let Ok(mut stream) = stream else { return };
+            if self.order.len() >= MAX_CONNECTIONS
+                && let Some(oldest) = self.order.pop_front()
+            {
+                self.conns[oldest] = None;
+            }
+            let slot = match self.conns.iter().position(Option::is_none) {
+                Some(i) => i,
+                None => {
+                    self.conns.push(None);
+                    self.conns.len() - 1
+                }
+            };
+            let token = Token(self.base + slot);
+            if registry
+                .register(stream.source(), token, Interest::READABLE | Interest::WRITABLE)
+                .is_err()
+            {
+                continue;
+            }
+            self.conns[slot] = Some(Conn {
+                stream,
+                buf: Vec::new(),
+                out: None,
+                deadline: now + READ_DEADLINE,
+            });
+            self.order.push_back(slot);
+        }
+    }
+
+    /// The connection slot a token belongs to, if it is one of ours.
+    pub fn slot_of(&self, token: Token) -> Option<usize> {
+        token.0.checked_sub(self.base).filter(|s| *s < self.conns.len())
+    }
+
+    /// Read what arrived on `slot`. Returns a request (or a parse error to
+    /// answer) once one is complete.
+    pub fn read(&mut self, slot: usize) -> Option<Parsed> {
+        let conn = self.conns.get_mut(slot)?.as_mut()?;
+        if conn.out.is_some() {
+            self.flush(slot);
+            return None;
+        }
+        let mut chunk = [0u8; 4096];
+        loop {
+            match conn.stream.read(&mut chunk) {
+                Ok(0) => {
+                    self.close(slot);
+                    return None;
+                }
+                Ok(n) => {
+                    conn.buf.extend_from_slice(&chunk[..n]);
+                    if conn.buf.len() > http::MAX_HEAD + http::MAX_BODY + 4 {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    self.close(slot);
+                    return None;
+                }
+            }
+        }
+        match http::parse(&conn.buf) {
+            Parsed::Incomplete => None,
+            done => Some(done),
+        }
+    }
+
+    /// Queue `response` on `slot` and send what the socket takes now.
+    pub fn respond(&mut self, slot: usize, response: Vec<u8>) {
+        if let Some(Some(conn)) = self.conns.get_mut(slot) {
+            conn.out = Some((response, 0));
+            self.flush(slot);
+        }
+    }
+
+    /// Send more of the answer; close once it is all out.
+    pub fn flush(&mut self, slot: usize) {
+        let Some(Some(conn)) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let Some((out, sent)) = &mut conn.out else { return };
+        while *sent < out.len() {
+            match conn.stream.write(&out[*sent..]) {
+                Ok(0) => break,
+                Ok(n) => *sent += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+        self.close(slot);
+    }
+
+    fn close(&mut self, slot: usize) {
+        if let Some(c) = self.conns.get_mut(slot) {
+            *c = None;
+        }
+        self.order.retain(|s| *s != slot);
+    }
+
+    /// The earliest read deadline of a connection still waiting for its
+    /// request; none when no connection is open (no idle timer).
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.conns
+            .iter()
+            .flatten()
+            .filter(|c| c.out.is_none())
+            .map(|c| c.deadline)
+            .min()
+    }
+
+    /// Cut off connections that did not send a whole request in time.
+    pub fn expire(&mut self, now: Instant) {
+        for slot in 0..self.conns.len() {
+            let late = matches!(&self.conns[slot], Some(c) if c.out.is_none() && c.deadline <= now);
+            if late {
+                self.respond(slot, http::response(408, r#"{"error":"request timeout"}"#, &[]));
+                self.close(slot);
+            }
+        }
+    }
+
+    /// Remove the unix socket file, if it is still the one sup created.
+    pub fn remove_file(&self) {
+        if let Some((path, dev, ino)) = &self.created
+            && let Ok(meta) = std::fs::symlink_metadata(path)
+            && meta.dev() == *dev
+            && meta.ino() == *ino
+        {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! `GET /stats`: sup's state as JSON.
+//!
+//! sup's own fields (pid, version, uptime, generation, binds with the
+//! addresses actually bound, each worker with slot, pid, generation, state,
+//! ready time, restarts, last exit, RSS, CPU% and its latest `STATUS=`, and
+//! the current or last restart with its outcome), plus the fields
+//! `pumactl stats` users read (`workers`, `booted_workers`, `old_workers`,
+//! `phase`, `worker_status[]`). Puma's `workers` is a count, so sup's
+//! per-worker list lives in `worker_status[]`, each entry carrying both
+//! Puma's keys and sup's. Resource use comes from sysinfo, refreshing only
+//! the workers' pids, never the whole process table.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
+
+use crate::core::{Core, Outcome};
+use crate::sockets::BoundSocket;
+use crate::worker::WorkerState;
+
+/// Wall-clock time of `at`, as RFC 3339 UTC (`2026-11-22T03:25:51Z`).
+pub fn iso(at: Instant, now: Instant) -> String {
+    let wall = SystemTime::now()
+        .checked_sub(now.saturating_duration_since(at))
+        .unwrap_or(UNIX_EPOCH);
+    format_utc(wall.duration_since(UNIX_EPOCH).unwrap_or_default())
+}
+
+/// Seconds since the epoch as `YYYY-MM-DDTHH:MM:SS.mmmZ` (civil-from-days).
+pub fn format_utc(since_epoch: Duration) -> String {
+    let secs = since_epoch.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since_epoch.subsec_millis()
+    )
+}
+
+/// Resource use of the workers, refreshed for their pids only.
+pub struct Usage {
+    system: Option<System>,
+}
+
+impl Usage {
+    pub fn new() -> Usage {
+        Usage { system: None }
+    }
+
+    fn refresh(&mut self, pids: &[Pid]) -> Option<&System> {
+        if self.system.is_none() {
+            self.system = System::new().ok();
+        }
+        let system = self.system.as_mut()?;
+        system.refresh_processes_specifics(
+            ProcessesToUpdate::Some(pids),
+            true,
+            ProcessRefreshKind::nothing().with_memory().with_cpu(),
+        );
+        Some(system)
+    }
+}
+
+impl Default for Usage {
+    fn default() -> Self {
+        Usage::new()
+    }
+}
+
+pub fn build(core: &Core, sockets: &[BoundSocket], usage: &mut Usage, started: Instant, now: Instant) -> Value {
+    let pids: Vec<Pid> = core.workers().iter().map(|w| Pid::from_u32(w.pid as u32)).collect();
+    let system = usage.refresh(&pids);
+    let generation = core.generation();
+    let mut worker_status = Vec::new();
+    let (mut live, mut booted, mut old) = (0, 0, 0);
+    for w in core.workers() {
+        let (state, ready_at) = match w.state {
+            WorkerState::Booting { .. } => ("booting", None),
+            WorkerState::Ready { since } => ("ready", Some(iso(since, now))),
+            WorkerState::Stopping { .. } => ("stopping", None),
+        };
+        if !w.is_stopping() {
+            live += 1;
+            booted += usize::from(state == "ready");
+            old += usize::from(w.generation < generation);
+        }
+        let slot = core.slot(w.slot);
+        let process = system.and_then(|s| s.process(Pid::from_u32(w.pid as u32)));
+        worker_status.push(json!({
+            // Puma's keys.
+            "index": w.slot,
+            "pid": w.pid,
+            "phase": w.generation,
+            "booted": state == "ready",
+            "started_at": iso(w.spawned_at, now),
+            "last_checkin": iso(now, now),
+            "last_status": {},
+            // sup's.
+            "slot": w.slot,
+            "generation": w.generation,
+            "state": state,
+            "ready_at": ready_at,
+            "restarts": slot.map_or(0, |s| s.restarts),
+            "last_exit": slot.and_then(|s| s.last_exit).map(|e| e.to_string()),
+            "failures_in_a_row": slot.map_or(0, |s| s.failures),
+            "rss_bytes": process.map(|p| p.memory()),
+            "cpu_percent": process.map(|p| (f64::from(p.cpu_usage()) * 10.0).round() / 10.0),
+            "status": w.status,
+        }));
+    }
+    let restart = core.restart_record().map(|r| {
+        let (outcome, failed_slot, error) = match &r.outcome {
+            Outcome::Running => ("running", None, None),
+            Outcome::Completed => ("completed", None, None),
+            Outcome::Failed { slot, reason } => ("failed", Some(*slot), Some(reason.clone())),
+            Outcome::Abandoned { reason } => ("abandoned", None, Some(reason.clone())),
+        };
+        json!({
+            "id": r.id,
+            "kind": r.kind.as_str(),
+            "generation": r.generation,
+            "started_at": iso(r.started_at, now),
+            "finished_at": r.finished_at.map(|f| iso(f, now)),
+            "outcome": outcome,
+            "failed_slot": failed_slot,
+            "error": error,
+        })
+    });
+    let binds: Vec<Value> = sockets
+        .iter()
+        .enumerate()
+        .map(|(i, s)| json!({"name": s.spec.name, "address": s.local.to_string(), "fd": 3 + i}))
+        .collect();
+    json!({
+        "pid": std::process::id(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "started_at": iso(started, now),
+        "uptime_seconds": now.saturating_duration_since(started).as_secs(),
+        "generation": generation,
+        "target_workers": core.target(),
+        "status": core.status_line(),
+        "binds": binds,
+        "restart": restart,
+        "restart_busy": core.restart_busy(),
+        // Puma-shaped.
+        "workers": live,
+        "booted_workers": booted,
+        "old_workers": old,
+        "phase": generation,
+        "worker_status": worker_status,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(format_utc(Duration::ZERO), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            format_utc(Duration::from_millis(951_782_400_250)),
+            "2000-02-29T00:00:00.250Z"
+        );
+        assert_eq!(
+            format_utc(Duration::from_secs(1_795_318_751)),
+            "2026-11-22T03:39:11.000Z"
+        );
+    }
+}
