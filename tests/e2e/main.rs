@@ -10,6 +10,7 @@ mod harness;
 
 mod bad_input;
 mod config;
+mod control;
 mod hot;
 mod inheritance;
 mod real_servers;
