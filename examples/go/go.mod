@@ -1,0 +1,3 @@
+module example.com/sup-go-example
+
+go 1.19
