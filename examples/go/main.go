@@ -21,9 +21,7 @@ func notify(message string) {
 	if addr == "" {
 		return
 	}
-	if addr[0] == '@' {
-		addr = "\x00" + addr[1:]
-	}
+	// Go's net package maps a leading '@' to Linux's abstract namespace itself.
 	conn, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: addr, Net: "unixgram"})
 	if err != nil {
 		log.Printf("notify: %v", err)
