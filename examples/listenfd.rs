@@ -16,7 +16,10 @@ fn main() {
     let listener = match fds.take_tcp_listener(0) {
         Ok(Some(l)) => l,
         _ => {
-            let _ = writeln!(std::io::stderr(), "listenfd: no socket was passed; run me under sup --bind ADDR");
+            let _ = writeln!(
+                std::io::stderr(),
+                "listenfd: no socket was passed; run me under sup --bind ADDR"
+            );
             std::process::exit(1);
         }
     };
@@ -40,11 +43,20 @@ fn main() {
         if unsafe { libc::poll(&mut pfd, 1, 100) } <= 0 {
             continue;
         }
-        let Ok((mut stream, _)) = listener.accept() else { continue };
+        let Ok((mut stream, _)) = listener.accept() else {
+            continue;
+        };
         let _ = stream.set_nonblocking(false);
         let mut buf = [0u8; 4096];
         let _ = stream.read(&mut buf);
-        let body = format!("hello from rust worker {worker} (pid {}, generation {generation})\n", std::process::id());
-        let _ = write!(stream, "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+        let body = format!(
+            "hello from rust worker {worker} (pid {}, generation {generation})\n",
+            std::process::id()
+        );
+        let _ = write!(
+            stream,
+            "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
     }
 }

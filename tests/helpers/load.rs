@@ -1,0 +1,132 @@
+//! `sup-load`: a load generator for the benchmarks. C client threads each
+//! make fresh TCP connections (one HTTP/1.0 request each) to ADDR for a
+//! duration; failures are counted by kind (refused, reset, timeout, empty
+//! reply, other). With `--windows FILE`, the benchmark script appends
+//! `start end` lines (CLOCK_MONOTONIC seconds) for its restart windows, and
+//! latencies are split into inside and outside them. Prints one JSON line.
+//!
+//!   sup-load --addr 127.0.0.1:8080 --clients 8 --seconds 10 [--windows FILE]
+
+use std::collections::BTreeMap;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+fn monotonic() -> f64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+fn one(addr: SocketAddr) -> Result<(), &'static str> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| match e.kind() {
+        ErrorKind::ConnectionRefused => "refused",
+        ErrorKind::TimedOut | ErrorKind::WouldBlock => "timeout",
+        ErrorKind::ConnectionReset => "reset",
+        _ => "other",
+    })?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    s.write_all(b"GET / HTTP/1.0\r\nHost: bench\r\n\r\n")
+        .map_err(|_| "reset")?;
+    let mut buf = Vec::with_capacity(512);
+    match s.read_to_end(&mut buf) {
+        Ok(_) if buf.starts_with(b"HTTP/1.") && buf.windows(3).any(|w| w == b"200") => Ok(()),
+        Ok(_) if buf.is_empty() => Err("empty reply"),
+        Ok(_) => Err("other"),
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => Err("reset"),
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => Err("timeout"),
+        Err(_) => Err("other"),
+    }
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((p / 100.0) * sorted.len() as f64) as usize;
+    sorted[i.min(sorted.len() - 1)] * 1000.0
+}
+
+fn summary(mut v: Vec<f64>) -> serde_json::Value {
+    v.sort_by(|a, b| a.total_cmp(b));
+    serde_json::json!({
+        "n": v.len(),
+        "p50_ms": (pct(&v, 50.0) * 100.0).round() / 100.0,
+        "p99_ms": (pct(&v, 99.0) * 100.0).round() / 100.0,
+        "max_ms": (v.last().copied().unwrap_or(0.0) * 100_000.0).round() / 100.0,
+    })
+}
+
+fn main() {
+    let mut addr = None;
+    let (mut clients, mut seconds, mut windows) = (4usize, 10f64, None);
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let v = args.next().unwrap_or_default();
+        match a.as_str() {
+            "--addr" => addr = v.parse::<SocketAddr>().ok(),
+            "--clients" => clients = v.parse().unwrap_or(4),
+            "--seconds" => seconds = v.parse().unwrap_or(10.0),
+            "--windows" => windows = Some(v),
+            _ => {}
+        }
+    }
+    let Some(addr) = addr else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "usage: sup-load --addr HOST:PORT [--clients C] [--seconds S] [--windows FILE]"
+        );
+        std::process::exit(2);
+    };
+    let end = Instant::now() + Duration::from_secs_f64(seconds);
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut samples = Vec::new();
+                while Instant::now() < end {
+                    let t0 = monotonic();
+                    let r = one(addr);
+                    samples.push((t0, monotonic() - t0, r));
+                }
+                samples
+            })
+        })
+        .collect();
+    let samples: Vec<(f64, f64, Result<(), &str>)> =
+        threads.into_iter().flat_map(|t| t.join().unwrap_or_default()).collect();
+    let windows: Vec<(f64, f64)> = windows
+        .and_then(|f| std::fs::read_to_string(f).ok())
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace().map(|x| x.parse::<f64>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .collect();
+    let mut failures: BTreeMap<&str, usize> = BTreeMap::new();
+    let (mut inside, mut outside) = (Vec::new(), Vec::new());
+    for (t0, d, r) in &samples {
+        match r {
+            Ok(()) => {
+                if windows.iter().any(|(a, b)| (*a..=*b).contains(t0)) {
+                    inside.push(*d);
+                } else {
+                    outside.push(*d);
+                }
+            }
+            Err(kind) => *failures.entry(kind).or_default() += 1,
+        }
+    }
+    let ok = inside.len() + outside.len();
+    let report = serde_json::json!({
+        "requests": samples.len(),
+        "ok": ok,
+        "failed": samples.len() - ok,
+        "failures": failures,
+        "requests_per_second": (ok as f64 / seconds).round(),
+        "inside_restarts": summary(inside),
+        "outside_restarts": summary(outside),
+    });
+    let _ = writeln!(std::io::stdout(), "{report}");
+}
