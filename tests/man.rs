@@ -36,10 +36,10 @@ fn example(roff: &mut Roff, lines: &[&str]) {
     roff.control("RE", []);
 }
 
-fn sup_page() -> String {
-    let cmd = sup::cli::Cli::command();
-    let man = Man::new(cmd.clone())
-        .title("SUP")
+/// The generated part of a page: title, name, synopsis, description, options.
+fn head(cmd: clap::Command, title: &str) -> (Man, Vec<u8>) {
+    let man = Man::new(cmd)
+        .title(title)
         .section("1")
         .manual("sup manual")
         .source(format!("sup {}", env!("CARGO_PKG_VERSION")));
@@ -49,6 +49,11 @@ fn sup_page() -> String {
     man.render_synopsis_section(&mut out).unwrap();
     man.render_description_section(&mut out).unwrap();
     man.render_options_section(&mut out).unwrap();
+    (man, out)
+}
+
+fn sup_page() -> String {
+    let (man, mut out) = head(sup::cli::Cli::command(), "SUP");
 
     let mut r = Roff::new();
     section(&mut r, "RESTARTS");
@@ -212,17 +217,7 @@ fn ctl_page() -> String {
         .clone()
         .name("sup-ctl")
         .bin_name("sup ctl");
-    let man = Man::new(ctl)
-        .title("SUP-CTL")
-        .section("1")
-        .manual("sup manual")
-        .source(format!("sup {}", env!("CARGO_PKG_VERSION")));
-    let mut out = Vec::new();
-    man.render_title(&mut out).unwrap();
-    man.render_name_section(&mut out).unwrap();
-    man.render_synopsis_section(&mut out).unwrap();
-    man.render_description_section(&mut out).unwrap();
-    man.render_options_section(&mut out).unwrap();
+    let (man, mut out) = head(ctl, "SUP-CTL");
     man.render_subcommands_section(&mut out).unwrap();
     let mut r = Roff::new();
     section(&mut r, "EXIT STATUS");

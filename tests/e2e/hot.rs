@@ -51,9 +51,7 @@ fn three_hot_restarts_of_four_workers_refuse_no_connection() {
         ],
     );
     let addr = sup.tcp_addr(0);
-    wait_until("4 ready", secs(20), || {
-        (sup.log().matches("is ready").count() == 4).then_some(())
-    });
+    sup.wait_ready(4);
     let first: HashSet<i64> = answering(addr, 4).into_iter().map(|(p, _)| p).collect();
     let load = Load::start(addr);
     for generation in 1..=3 {
@@ -108,9 +106,7 @@ fn twenty_hot_restarts_leak_nothing() {
         ],
     );
     let addr = sup.tcp_addr(0);
-    wait_until("2 ready", secs(20), || {
-        (sup.log().matches("is ready").count() == 2).then_some(())
-    });
+    sup.wait_ready(2);
     let fds_before = fd_count(sup.pid());
     let worker_fds = |r: &serde_json::Value| r["fds"].as_object().unwrap().keys().cloned().collect::<Vec<_>>();
     let before = worker_fds(&dir.reports("reports")[0]);
@@ -158,9 +154,7 @@ fn a_release_that_fails_the_preflight_is_not_started_and_the_old_workers_serve()
         ],
     );
     let addr = sup.tcp_addr(0);
-    wait_until("2 ready", secs(20), || {
-        (sup.log().matches("is ready").count() == 2).then_some(())
-    });
+    sup.wait_ready(2);
     let old: HashSet<i64> = answering(addr, 2).into_iter().map(|(p, _)| p).collect();
     // The new release has no ./run: the new sup's --check fails on it.
     let empty = dir.join("r2");
@@ -241,9 +235,7 @@ fn a_usr2_storm_and_a_term_during_the_exec_never_kill_sup() {
         ],
     );
     let addr = sup.tcp_addr(0);
-    wait_until("2 ready", secs(20), || {
-        (sup.log().matches("is ready").count() == 2).then_some(())
-    });
+    sup.wait_ready(2);
     // USR2s land in every phase, the exec window included.
     for _ in 0..30 {
         sup.signal(libc::SIGUSR2);

@@ -25,9 +25,7 @@ fn roll_under_load(workers: &str, n: usize) {
         ],
     );
     let addr = sup.tcp_addr(0);
-    wait_until("all workers ready", secs(20), || {
-        (sup.log().matches("is ready").count() == n).then_some(())
-    });
+    sup.wait_ready(n);
     let first: HashSet<i64> = answering(addr, n).into_iter().map(|(p, _)| p).collect();
     let load = Load::start(addr);
     for generation in 1..=3 {
@@ -85,9 +83,7 @@ fn a_broken_release_stops_the_rollout_and_the_old_workers_keep_serving() {
         ],
     );
     let addr = sup.tcp_addr(0);
-    wait_until("3 ready", secs(20), || {
-        (sup.log().matches("is ready").count() == 3).then_some(())
-    });
+    sup.wait_ready(3);
     let old: HashSet<i64> = answering(addr, 3).into_iter().map(|(p, _)| p).collect();
 
     point(&dir, &broken);
@@ -138,9 +134,7 @@ fn a_replacement_that_never_sends_ready_times_out_and_the_rollout_stops() {
         ],
     );
     let addr = sup.tcp_addr(0);
-    wait_until("2 ready", secs(20), || {
-        (sup.log().matches("is ready").count() == 2).then_some(())
-    });
+    sup.wait_ready(2);
     let old: HashSet<i64> = answering(addr, 2).into_iter().map(|(p, _)| p).collect();
     point(&dir, &silent);
     sup.signal(libc::SIGUSR1);
@@ -233,9 +227,7 @@ fn a_failing_hook_vetoes_and_a_passing_one_runs_in_the_release() {
         ],
     );
     let addr = sup.tcp_addr(0);
-    wait_until("2 ready", secs(20), || {
-        (sup.log().matches("is ready").count() == 2).then_some(())
-    });
+    sup.wait_ready(2);
     let old: HashSet<i64> = answering(addr, 2).into_iter().map(|(p, _)| p).collect();
 
     let r2 = good(&dir, "r2");
@@ -280,9 +272,7 @@ fn a_storm_of_usr1_ends_with_n_ready_workers_of_one_generation() {
         ],
     );
     let addr = sup.tcp_addr(0);
-    wait_until("3 ready", secs(20), || {
-        (sup.log().matches("is ready").count() == 3).then_some(())
-    });
+    sup.wait_ready(3);
     for _ in 0..50 {
         sup.signal(libc::SIGUSR1);
     }

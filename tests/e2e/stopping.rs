@@ -97,8 +97,23 @@ fn a_wrapper_that_exits_leaves_no_child_behind() {
 #[test]
 fn a_second_int_stops_at_once() {
     let dir = TestDir::new();
-    let mut sup = Sup::start(&dir, &["--graceful-timeout", "60s", "--", WORKER, "--ignore-term"]);
-    let pid = wait_until("a worker", secs(10), || sup.started_pids().first().copied());
+    // Ready (READY=1) comes after the worker ignores TERM: no race with the first INT.
+    let mut sup = Sup::start(
+        &dir,
+        &[
+            "--graceful-timeout",
+            "60s",
+            "--ready",
+            "notify",
+            "--",
+            WORKER,
+            "--ignore-term",
+            "--ready-after",
+            "0",
+        ],
+    );
+    sup.wait_ready(1);
+    let pid = sup.started_pids()[0];
     sup.signal(libc::SIGINT);
     sup.wait_log("stopping: 1 worker(s)", secs(10));
     sup.signal(libc::SIGINT);
@@ -117,15 +132,17 @@ fn quit_stops_at_once() {
             "2",
             "--graceful-timeout",
             "60s",
+            "--ready",
+            "notify",
             "--",
             WORKER,
             "--ignore-term",
+            "--ready-after",
+            "0",
         ],
     );
-    let pids = wait_until("two workers", secs(10), || {
-        let p = sup.started_pids();
-        (p.len() == 2).then_some(p)
-    });
+    sup.wait_ready(2);
+    let pids = sup.started_pids();
     sup.signal(libc::SIGQUIT);
     assert_eq!(sup.wait_exit(secs(10)).code(), Some(0), "{}", sup.log());
     wait_until("the workers gone", secs(5), || {
@@ -161,7 +178,18 @@ fn sup_reaps_every_child_and_leaves_no_zombie() {
     let reports = dir.s("reports");
     // The worker's grandchild is orphaned when the worker is killed; sup,
     // a subreaper, adopts and reaps it after killing the group.
-    let sup = Sup::start(&dir, &["--", WORKER, "--grandchild", "--report-dir", &reports]);
+    let sup = Sup::start(
+        &dir,
+        &[
+            "--graceful-timeout",
+            "1s",
+            "--",
+            WORKER,
+            "--grandchild",
+            "--report-dir",
+            &reports,
+        ],
+    );
     let r = wait_until("a report", secs(10), || dir.reports("reports").into_iter().next());
     let (worker, grandchild) = (
         r["pid"].as_i64().unwrap() as i32,

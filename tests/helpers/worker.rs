@@ -87,6 +87,11 @@ fn main() {
     // Taken before this process opens anything of its own.
     let fds = list_fds();
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    // Before anything a test can observe (the report, READY=1), so that a
+    // test reacting to those never races the disposition.
+    if opts.ignore_term {
+        ignore(libc::SIGTERM);
+    }
     if opts.sleep_forever {
         ignore(libc::SIGTERM);
         loop {
@@ -103,9 +108,6 @@ fn main() {
     });
     if let Some(dir) = &opts.report_dir {
         write_report(dir, &fds, &status, grandchild);
-    }
-    if opts.ignore_term {
-        ignore(libc::SIGTERM);
     }
     if let Some(ms) = opts.ready_after {
         let watchdog = opts.watchdog_once;
