@@ -314,6 +314,35 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Make relative pidfile, log file and socket paths absolute against
+    /// `origin`, the directory sup was first started in. A hot restart
+    /// changes into the release directory before re-executing; without this
+    /// the new image would write its pidfile, log and sockets somewhere else.
+    /// (A relative `--config` and `--env-file` deliberately follow the release.)
+    pub fn anchor_paths(&mut self, origin: &std::path::Path) {
+        let anchor = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = origin.join(&*p);
+            }
+        };
+        if let Some(p) = &mut self.pidfile {
+            anchor(p);
+        }
+        if let Some(p) = &mut self.log_file {
+            anchor(p);
+        }
+        if let Some(crate::control::ControlAddr::Unix(p)) = &mut self.control {
+            anchor(p);
+        }
+        for b in &mut self.binds {
+            if let crate::bind::BindAddr::Unix(p) = &mut b.addr {
+                anchor(p);
+            }
+        }
+    }
+}
+
 /// Fill what neither a flag nor a `SUP_*` variable set from the file:
 /// flag > environment > file > default.
 fn merge_file(cli: &mut Cli, file: FileConfig) {
@@ -595,6 +624,25 @@ mod tests {
         let e = cfg(&["--config", "/no/such.yml", "--", "x"]).unwrap_err();
         assert_eq!(e[0].to_string(), "--config /no/such.yml: no such file or directory");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn relative_paths_are_anchored_at_the_origin() {
+        let mut c = cfg(&[
+            "--pidfile",
+            "tmp/sup.pid",
+            "-b",
+            "unix:app.sock",
+            "--log-file",
+            "/var/log/a",
+            "--",
+            "x",
+        ])
+        .unwrap();
+        c.anchor_paths(std::path::Path::new("/srv/app"));
+        assert_eq!(c.pidfile.unwrap(), PathBuf::from("/srv/app/tmp/sup.pid"));
+        assert_eq!(c.binds[0].addr, crate::bind::BindAddr::Unix("/srv/app/app.sock".into()));
+        assert_eq!(c.log_file.unwrap(), PathBuf::from("/var/log/a"));
     }
 
     #[test]

@@ -127,6 +127,7 @@ impl EventLoop {
             sockets,
             devnull,
             exe,
+            origin,
             resume,
         } = ctx;
         let mut trusted_uids = vec![0, nix::unistd::Uid::effective().as_raw()];
@@ -213,6 +214,7 @@ impl EventLoop {
                                 generation,
                                 exe: exe.to_string(),
                                 started_ms: wall_ms(record.map(|r| r.started_at)),
+                                origin: origin.to_path_buf(),
                                 sockets: sockets.iter().map(BoundSocket::handed).collect(),
                             };
                             log::info!("hot restart: re-executing {exe} to start gen {generation}");
@@ -386,6 +388,8 @@ pub struct Context<'a> {
     pub devnull: &'a OwnedFd,
     /// How sup was started, re-resolved at each hot restart.
     pub exe: &'a str,
+    /// The directory the first image started in (see `Config::anchor_paths`).
+    pub origin: &'a Path,
     /// After a hot restart: where to carry on from.
     pub resume: Option<Resume>,
 }

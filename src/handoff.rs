@@ -36,6 +36,9 @@ pub struct Handoff {
     pub exe: String,
     /// Wall-clock milliseconds since the epoch when the restart was asked for.
     pub started_ms: u64,
+    /// The directory the first sup image started in: relative pidfile, log
+    /// file and socket paths stay anchored there across restarts.
+    pub origin: PathBuf,
     pub sockets: Vec<HandedSocket>,
 }
 
@@ -58,7 +61,8 @@ impl Handoff {
             "restart_id": self.restart_id,
             "generation": self.generation,
             "exe": self.exe,
-            "started_ms": self.started_ms,
+                        "started_ms": self.started_ms,
+            "origin": self.origin,
             "sockets": sockets,
         })
         .to_string()
@@ -96,6 +100,7 @@ impl Handoff {
             generation: v["generation"].as_u64().ok_or("no generation")?,
             exe: v["exe"].as_str().ok_or("no exe")?.to_string(),
             started_ms: v["started_ms"].as_u64().unwrap_or(0),
+            origin: PathBuf::from(v["origin"].as_str().ok_or("no origin")?),
             sockets,
         })
     }
@@ -171,6 +176,7 @@ mod tests {
             generation: 7,
             exe: "/usr/local/bin/sup".into(),
             started_ms: 1_700_000_000_000,
+            origin: "/srv/app".into(),
             sockets: vec![
                 HandedSocket {
                     fd: 5,
@@ -193,7 +199,8 @@ mod tests {
     fn rejects_what_it_does_not_understand() {
         assert!(Handoff::decode("nope").unwrap_err().contains("not JSON"));
         assert!(Handoff::decode(r#"{"version":2}"#).unwrap_err().contains("version 2"));
-        let bad_fd = r#"{"version":1,"generation":1,"exe":"sup","sockets":[{"fd":1,"addr":"tcp://x","name":"n"}]}"#;
+        let bad_fd =
+            r#"{"version":1,"generation":1,"exe":"sup","origin":"/","sockets":[{"fd":1,"addr":"tcp://x","name":"n"}]}"#;
         assert_eq!(Handoff::decode(bad_fd).unwrap_err(), "bad fd");
     }
 

@@ -75,7 +75,12 @@ pub fn run() -> u8 {
         return control::client::run(args);
     }
     // Every problem is reported, the flags' and the system's, then exit 2.
-    let (config, mut errors) = config::Config::parse(cli);
+    let (mut config, mut errors) = config::Config::parse(cli);
+    let origin = match &handoff {
+        Some(h) => h.origin.clone(),
+        None => std::env::current_dir().unwrap_or_default(),
+    };
+    config.anchor_paths(&origin);
     logging::init(config.verbosity);
     let credentials = match config.check_startup() {
         Ok(c) => c,
@@ -218,6 +223,7 @@ pub fn run() -> u8 {
         sockets: &sockets,
         devnull: &devnull,
         exe: &exe,
+        origin: &origin,
         resume,
     };
     let status = match event_loop.run(&config, credentials.as_ref(), ctx) {

@@ -294,3 +294,40 @@ fn check_validates_without_binding_or_starting() {
         "{stderr}"
     );
 }
+
+#[test]
+fn relative_pidfile_and_socket_paths_stay_put_across_a_hot_restart() {
+    let dir = TestDir::new();
+    let r1 = good(&dir, "r1");
+    point(&dir, &r1);
+    let current = dir.s("current");
+    // Relative to where sup starts (the test dir), not to the release.
+    let mut sup = Sup::start(
+        &dir,
+        &[
+            "--bind",
+            "unix:app.sock",
+            "--pidfile",
+            "sup.pid",
+            "--ready",
+            "notify",
+            "--directory",
+            &current,
+            "--",
+            "./run",
+        ],
+    );
+    sup.wait_ready(1);
+    assert!(dir.join("sup.pid").exists() && dir.join("app.sock").exists());
+    sup.signal(libc::SIGUSR2);
+    sup.wait_log("hot restart to gen 1 complete", secs(60));
+    assert!(get_unix(&dir.join("app.sock")).is_ok(), "the same socket path serves");
+    assert!(
+        !r1.join("sup.pid").exists() && !r1.join("app.sock").exists(),
+        "nothing moved into the release"
+    );
+    sup.signal(libc::SIGTERM);
+    assert_eq!(sup.wait_exit(secs(30)).code(), Some(0));
+    assert!(!dir.join("sup.pid").exists(), "pidfile removed on stop");
+    assert!(!dir.join("app.sock").exists(), "socket file removed on stop");
+}
