@@ -208,3 +208,47 @@ fn a_worker_starts_with_an_empty_mask_and_default_dispositions() {
     });
     assert_eq!(lines, ["SigBlk:\t0000000000000000", "SigIgn:\t0000000000000000"]);
 }
+
+#[test]
+fn workers_run_as_user_and_group_while_sup_binds_as_root() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), b"skipped: --user needs root\n");
+        return;
+    }
+    let dir = TestDir::new();
+    let reports = dir.join("reports");
+    std::fs::create_dir(&reports).unwrap();
+    std::fs::set_permissions(&dir.path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&reports, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let reports = dir.s("reports");
+    let sup = Sup::start(
+        &dir,
+        &[
+            "--bind",
+            "127.0.0.1:0",
+            "--user",
+            "nobody",
+            "--group",
+            "nogroup",
+            "--",
+            WORKER,
+            "--serve",
+            "--report-dir",
+            &reports,
+        ],
+    );
+    let addr = sup.tcp_addr(0);
+    let r = wait_until("a report", secs(10), || dir.reports("reports").into_iter().next());
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let nogroup = nix::unistd::Group::from_name("nogroup").unwrap().unwrap();
+    assert_eq!(r["uid"], nobody.uid.to_string());
+    assert_eq!(r["gid"], nogroup.gid.to_string());
+    assert!(
+        !r["groups"].as_str().unwrap().split_whitespace().any(|g| g == "0"),
+        "root's groups dropped: {}",
+        r["groups"]
+    );
+    // The unprivileged worker serves the socket root bound.
+    assert_eq!(get(addr).unwrap()["pid"], r["pid"]);
+}

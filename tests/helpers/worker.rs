@@ -230,6 +230,9 @@ fn write_report(dir: &str, fds: &BTreeMap<i32, String>, status: &str, grandchild
         // SAFETY: as above.
         "pgid": unsafe { libc::getpgrp() },
         "fds": fds.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<BTreeMap<_, _>>(),
+                "uid": status_field(status, "Uid:").split_whitespace().next().unwrap_or("").to_string(),
+        "gid": status_field(status, "Gid:").split_whitespace().next().unwrap_or("").to_string(),
+        "groups": status_field(status, "Groups:"),
         "sig_blk": status_field(status, "SigBlk:"),
         "sig_ign": status_field(status, "SigIgn:"),
         "cwd": std::env::current_dir().map(|p| p.display().to_string()).unwrap_or_default(),
