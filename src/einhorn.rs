@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use mio::net::{UnixListener, UnixStream};
 
 use crate::notify::{Message, Sender};
+use crate::slots::Slots;
 
 const MAX_CONNECTIONS: usize = 64;
 const MAX_LINE: usize = 64 * 1024;
@@ -29,8 +30,7 @@ struct Conn {
 pub struct EinhornSocket {
     listener: UnixListener,
     pub path: PathBuf,
-    conns: Vec<Option<Conn>>,
-    order: std::collections::VecDeque<usize>,
+    conns: Slots<Conn>,
 }
 
 impl EinhornSocket {
@@ -48,8 +48,7 @@ impl EinhornSocket {
         Ok(EinhornSocket {
             listener,
             path: path.to_path_buf(),
-            conns: Vec::new(),
-            order: std::collections::VecDeque::new(),
+            conns: Slots::new(MAX_CONNECTIONS),
         })
     }
 
@@ -63,37 +62,23 @@ impl EinhornSocket {
         let mut new = Vec::new();
         while let Ok((stream, _)) = self.listener.accept() {
             let sender = peer(&stream);
-            if self.order.len() >= MAX_CONNECTIONS
-                && let Some(oldest) = self.order.pop_front()
-            {
-                self.conns[oldest] = None;
-            }
-            let slot = match self.conns.iter().position(Option::is_none) {
-                Some(i) => i,
-                None => {
-                    self.conns.push(None);
-                    self.conns.len() - 1
-                }
-            };
-            self.conns[slot] = Some(Conn {
+            new.push(self.conns.insert(Conn {
                 stream,
                 sender,
                 buf: Vec::new(),
-            });
-            self.order.push_back(slot);
-            new.push(slot);
+            }));
         }
         new
     }
 
     pub fn stream(&mut self, slot: usize) -> Option<&mut UnixStream> {
-        self.conns.get_mut(slot)?.as_mut().map(|c| &mut c.stream)
+        self.conns.get_mut(slot).map(|c| &mut c.stream)
     }
 
     /// Read what connection `slot` sent; returns acks as notify messages.
     pub fn read(&mut self, slot: usize) -> Vec<(Option<Sender>, Message)> {
         let mut out = Vec::new();
-        let Some(Some(conn)) = self.conns.get_mut(slot) else {
+        let Some(conn) = self.conns.get_mut(slot) else {
             return out;
         };
         let mut chunk = [0u8; 4096];
@@ -130,8 +115,7 @@ impl EinhornSocket {
             close = true;
         }
         if close {
-            self.conns[slot] = None;
-            self.order.retain(|s| *s != slot);
+            self.conns.remove(slot);
         }
         out
     }

@@ -20,6 +20,7 @@ pub mod hot_restart;
 pub mod logging;
 pub mod notify;
 pub mod signals;
+pub mod slots;
 pub mod sockets;
 pub mod spawn;
 pub mod upward;

@@ -15,6 +15,7 @@ use mio::{Interest, Registry, Token};
 
 use super::ControlAddr;
 use super::http::{self, Parsed};
+use crate::slots::Slots;
 
 pub const MAX_CONNECTIONS: usize = 64;
 pub const READ_DEADLINE: Duration = Duration::from_secs(5);
@@ -69,8 +70,7 @@ struct Conn {
 
 pub struct ControlServer {
     listener: Listener,
-    conns: Vec<Option<Conn>>,
-    order: std::collections::VecDeque<usize>,
+    conns: Slots<Conn>,
     /// The unix socket file sup created (path, device, inode).
     created: Option<(PathBuf, u64, u64)>,
     /// The address actually listened on (a TCP port 0 resolved).
@@ -104,8 +104,7 @@ impl ControlServer {
         };
         Ok(ControlServer {
             listener,
-            conns: Vec::new(),
-            order: std::collections::VecDeque::new(),
+            conns: Slots::new(MAX_CONNECTIONS),
             created,
             addr: actual,
             base,
@@ -126,45 +125,33 @@ impl ControlServer {
                 Listener::Unix(l) => l.accept().map(|(s, _)| Stream::Unix(s)),
                 Listener::Tcp(l) => l.accept().map(|(s, _)| Stream::Tcp(s)),
             };
-            let Ok(mut stream) = stream else { return };
-            if self.order.len() >= MAX_CONNECTIONS
-                && let Some(oldest) = self.order.pop_front()
-            {
-                self.conns[oldest] = None;
-            }
-            let slot = match self.conns.iter().position(Option::is_none) {
-                Some(i) => i,
-                None => {
-                    self.conns.push(None);
-                    self.conns.len() - 1
-                }
-            };
-            let token = Token(self.base + slot);
-            if registry
-                .register(stream.source(), token, Interest::READABLE | Interest::WRITABLE)
-                .is_err()
-            {
-                continue;
-            }
-            self.conns[slot] = Some(Conn {
+            let Ok(stream) = stream else { return };
+            let slot = self.conns.insert(Conn {
                 stream,
                 buf: Vec::new(),
                 out: None,
                 deadline: now + READ_DEADLINE,
             });
-            self.order.push_back(slot);
+            let token = Token(self.base + slot);
+            let registered = match self.conns.get_mut(slot) {
+                Some(c) => registry.register(c.stream.source(), token, Interest::READABLE | Interest::WRITABLE),
+                None => continue,
+            };
+            if registered.is_err() {
+                self.conns.remove(slot);
+            }
         }
     }
 
     /// The connection slot a token belongs to, if it is one of ours.
     pub fn slot_of(&self, token: Token) -> Option<usize> {
-        token.0.checked_sub(self.base).filter(|s| *s < self.conns.len())
+        token.0.checked_sub(self.base).filter(|s| *s < self.conns.bound())
     }
 
     /// Read what arrived on `slot`. Returns a request (or a parse error to
     /// answer) once one is complete.
     pub fn read(&mut self, slot: usize) -> Option<Parsed> {
-        let conn = self.conns.get_mut(slot)?.as_mut()?;
+        let conn = self.conns.get_mut(slot)?;
         if conn.out.is_some() {
             self.flush(slot);
             return None;
@@ -198,7 +185,7 @@ impl ControlServer {
 
     /// Queue `response` on `slot` and send what the socket takes now.
     pub fn respond(&mut self, slot: usize, response: Vec<u8>) {
-        if let Some(Some(conn)) = self.conns.get_mut(slot) {
+        if let Some(conn) = self.conns.get_mut(slot) {
             conn.out = Some((response, 0));
             self.flush(slot);
         }
@@ -206,7 +193,7 @@ impl ControlServer {
 
     /// Send more of the answer; close once it is all out.
     pub fn flush(&mut self, slot: usize) {
-        let Some(Some(conn)) = self.conns.get_mut(slot) else {
+        let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };
         let Some((out, sent)) = &mut conn.out else { return };
@@ -223,27 +210,19 @@ impl ControlServer {
     }
 
     fn close(&mut self, slot: usize) {
-        if let Some(c) = self.conns.get_mut(slot) {
-            *c = None;
-        }
-        self.order.retain(|s| *s != slot);
+        self.conns.remove(slot);
     }
 
     /// The earliest read deadline of a connection still waiting for its
     /// request; none when no connection is open (no idle timer).
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.conns
-            .iter()
-            .flatten()
-            .filter(|c| c.out.is_none())
-            .map(|c| c.deadline)
-            .min()
+        self.conns.iter().filter(|c| c.out.is_none()).map(|c| c.deadline).min()
     }
 
     /// Cut off connections that did not send a whole request in time.
     pub fn expire(&mut self, now: Instant) {
-        for slot in 0..self.conns.len() {
-            let late = matches!(&self.conns[slot], Some(c) if c.out.is_none() && c.deadline <= now);
+        for slot in 0..self.conns.bound() {
+            let late = matches!(self.conns.get_mut(slot), Some(c) if c.out.is_none() && c.deadline <= now);
             if late {
                 self.respond(slot, http::response(408, r#"{"error":"request timeout"}"#, &[]));
                 self.close(slot);
