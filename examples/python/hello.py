@@ -50,7 +50,12 @@ class InheritedServer(HTTPServer):
 
 
 def main():
-    server = InheritedServer(inherited_socket())
+    sock = inherited_socket()
+    # Non-blocking, as gunicorn does: every worker waits on the same socket,
+    # and when one connection wakes them all, the ones that lose the race
+    # must not block in accept() (where TERM could not reach the loop).
+    sock.setblocking(False)
+    server = InheritedServer(sock)
     server.timeout = 0.5
     stopping = []
     # Graceful stop: the request in flight finishes, no new one is taken.

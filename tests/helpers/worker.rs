@@ -273,6 +273,16 @@ fn serve(opts: &Opts) {
             std::env::var("LISTEN_PID").ok()
         ));
     }
+    // Before this process opens anything (the signal thread's socketpair
+    // would land on a free fd 3): an fd that is not a listening or datagram
+    // socket is a broken handover, and serving it would hang.
+    for fd in 3..3 + count {
+        let listening = sockopt(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN) == 1;
+        let datagram = sockopt(fd, libc::SOL_SOCKET, libc::SO_TYPE) == libc::SOCK_DGRAM;
+        if !listening && !datagram {
+            die(&format!("fd {fd} is not a listening socket"));
+        }
+    }
     if !opts.ignore_term {
         std::thread::spawn(|| {
             let mut signals = signal_hook::iterator::Signals::new([libc::SIGTERM]).unwrap_or_else(|_| die("signals"));
