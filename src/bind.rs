@@ -155,11 +155,6 @@ impl BindSpec {
         }
         Ok(())
     }
-
-    /// Whether the socket is a stream listener (tcp or unix), as opposed to udp.
-    pub fn is_stream(&self) -> bool {
-        !matches!(self.addr, BindAddr::Udp(_))
-    }
 }
 
 impl fmt::Display for BindAddr {
