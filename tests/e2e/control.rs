@@ -76,7 +76,7 @@ fn stats_reports_the_real_port_and_the_workers_answering_on_it() {
         .iter()
         .map(|w| w["pid"].as_i64().unwrap())
         .collect();
-    let answering: HashSet<i64> = answering(addr, 3).into_iter().map(|(p, _)| p).collect();
+    let answering: HashSet<i64> = answering_pids(addr, 3);
     assert_eq!(listed, answering);
     for w in s["worker_status"].as_array().unwrap() {
         assert_eq!(w["state"], "ready");
@@ -118,17 +118,13 @@ fn ctl_phased_restart_wait_passes_a_good_release_and_fails_a_broken_one() {
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     assert!(stdout.contains("gen 1) is ready"), "progress lines: {stdout}");
     assert!(stdout.contains("rolling restart to gen 1 complete"), "{stdout}");
-    let good_pids: HashSet<i64> = answering(addr, 2).into_iter().map(|(p, _)| p).collect();
+    let good_pids: HashSet<i64> = answering_pids(addr, 2);
 
     point(&dir, &release(&dir, "r3", "exit 1"));
     let (code, stdout, stderr) = ctl(&["--control", &control, "phased-restart", "--wait"]);
     assert_eq!(code, Some(1), "{stdout}{stderr}");
     assert!(stderr.contains("rolling restart failed: worker 0"), "{stderr}");
-    assert_eq!(
-        answering(addr, 2).into_iter().map(|(p, _)| p).collect::<HashSet<_>>(),
-        good_pids,
-        "old workers serve"
-    );
+    assert_eq!(answering_pids(addr, 2), good_pids, "old workers serve");
 
     let (code, stdout, _) = ctl(&["--control", &control, "status"]);
     assert_eq!(code, Some(0));

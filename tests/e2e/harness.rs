@@ -300,9 +300,29 @@ impl Load {
         self.stop.store(true, Ordering::SeqCst);
         self.handle.join().unwrap()
     }
+
+    /// Stop the client and assert that it made requests and none failed;
+    /// on failure, show a few errors and sup's log.
+    pub fn finish_without_failures(self, sup: &Sup) {
+        let (ok, failed) = self.finish();
+        assert!(
+            failed.is_empty(),
+            "{} of {} requests failed: {:?}\n{}",
+            failed.len(),
+            ok + failed.len(),
+            &failed[..failed.len().min(5)],
+            sup.log()
+        );
+        assert!(ok > 0, "the client made no request");
+    }
 }
 
 /// Distinct worker pids answering, with their generation, once `n` are seen.
+/// The pids of `n` distinct workers answering on `addr`.
+pub fn answering_pids(addr: SocketAddr, n: usize) -> std::collections::HashSet<i64> {
+    answering(addr, n).into_iter().map(|(pid, _)| pid).collect()
+}
+
 pub fn answering(addr: SocketAddr, n: usize) -> Vec<(i64, i64)> {
     let mut seen = std::collections::BTreeMap::new();
     wait_until(&format!("{n} distinct workers answering"), secs(30), || {
