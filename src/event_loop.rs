@@ -305,13 +305,13 @@ impl EventLoop {
                                     replies.push((slot, intent));
                                 }
                                 Route::Refuse(status, why) => {
-                                    let allow = if status == 405 {
-                                        vec![("Allow", if req.path.starts_with("/stats") { "GET" } else { "POST" })]
-                                    } else {
-                                        vec![]
-                                    };
                                     let body = serde_json::json!({ "error": why }).to_string();
-                                    server.respond(slot, http::response(status, &body, &allow));
+                                    server.respond(slot, http::response(status, &body, &[]));
+                                }
+                                Route::WrongMethod { allow } => {
+                                    let why = format!("use {allow} {}", req.path);
+                                    let body = serde_json::json!({ "error": why }).to_string();
+                                    server.respond(slot, http::response(405, &body, &[("Allow", allow)]));
                                 }
                             },
                         }

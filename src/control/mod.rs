@@ -64,6 +64,10 @@ pub enum Route {
     Intent(Intent),
     /// Answer at once with this status and message.
     Refuse(u16, String),
+    /// 405: the path exists, with this method only (the `Allow` header).
+    WrongMethod {
+        allow: &'static str,
+    },
 }
 
 const MUTATING: [&str; 8] = [
@@ -108,8 +112,8 @@ pub fn route(req: &Request, token: Option<&str>) -> Route {
                 _ => Route::Refuse(400, "POST /workers needs ?count=N, N from 1 to 10000".into()),
             }
         }
-        (_, "/stats") => Route::Refuse(405, "use GET /stats".into()),
-        (_, p) if MUTATING.contains(&p) => Route::Refuse(405, format!("use POST {p}")),
+        (_, "/stats") => Route::WrongMethod { allow: "GET" },
+        (_, p) if MUTATING.contains(&p) => Route::WrongMethod { allow: "POST" },
         _ => Route::Refuse(404, format!("no such endpoint: {}", req.path)),
     }
 }
@@ -160,11 +164,11 @@ mod tests {
         ));
         assert!(matches!(
             route(&req("GET", "/restart", None), None),
-            Route::Refuse(405, _)
+            Route::WrongMethod { allow: "POST" }
         ));
         assert!(matches!(
             route(&req("POST", "/stats", None), None),
-            Route::Refuse(405, _)
+            Route::WrongMethod { allow: "GET" }
         ));
         assert!(matches!(route(&req("GET", "/nope", None), None), Route::Refuse(404, _)));
     }
