@@ -45,12 +45,17 @@ func main() {
 	})}
 	stop := make(chan os.Signal, 1)
 	signal.Notify(stop, syscall.SIGTERM)
+	drained := make(chan struct{})
 	go func() {
 		<-stop
 		server.Shutdown(context.Background())
+		close(drained)
 	}()
 	notify("READY=1\nSTATUS=serving")
 	if err := server.Serve(listener); err != http.ErrServerClosed {
 		log.Fatal(err)
 	}
+	// Serve returns as soon as Shutdown begins; exiting now would reset the
+	// requests still in flight. Wait until they are answered.
+	<-drained
 }
