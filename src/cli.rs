@@ -165,6 +165,16 @@ pub struct Cli {
     #[arg(long, env = "SUP_EINHORN_ACK")]
     pub einhorn_ack: bool,
 
+    /// Where NOTIFY_SOCKET (and EINHORN_SOCK_PATH) live: path or abstract [default: path]
+    ///
+    /// path: files in a private directory (mode 0700, given to the --user of the workers)
+    /// under $RUNTIME_DIRECTORY, else $XDG_RUNTIME_DIR, else the temp directory; removed
+    /// when sup stops, kept across hot restarts. Every sd_notify client can reach a path.
+    /// abstract: Linux abstract addresses (@name), for read-only file systems; Ruby's
+    /// sd_notify gem (Puma) and Rust's sd-notify crate cannot reach them.
+    #[arg(long, value_name = "MODE", env = "SUP_NOTIFY_SOCKET")]
+    pub notify_socket: Option<String>,
+
     /// Check the configuration, the directory and the command, then exit
     ///
     /// Exits 0 when sup could start with these arguments, or 2 after listing every problem.

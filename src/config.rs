@@ -35,6 +35,17 @@ pub enum Readiness {
     Delay(Duration),
 }
 
+/// Where the notify and Einhorn sockets live (`--notify-socket`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketPlace {
+    /// Files in a private directory: every sd_notify client can reach a path.
+    Path,
+    /// Linux abstract addresses (`@name`): no file at all, for read-only file
+    /// systems; some clients cannot reach them (Ruby's sd_notify gem, Rust's
+    /// `sd-notify` crate).
+    Abstract,
+}
+
 /// Everything sup runs with, validated.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -55,6 +66,7 @@ pub struct Config {
     pub on_restart: Option<String>,
     pub hook_timeout: Duration,
     pub einhorn_ack: bool,
+    pub notify_socket: SocketPlace,
     /// `-v` count minus `-q` count; `None` when neither was given.
     pub verbosity: Option<i8>,
     /// `--check`: validate and exit.
@@ -75,6 +87,8 @@ pub enum ConfigError {
     MaxSurge(String),
     #[error("invalid --ready `{0}`: expected notify or delay:DURATION (e.g. delay:2s)")]
     Ready(String),
+    #[error("invalid --notify-socket `{0}`: expected path or abstract")]
+    NotifySocket(String),
     #[error("--on-restart is empty")]
     EmptyHook,
     #[error("invalid --{flag} `{value}`: {why}")]
@@ -210,6 +224,14 @@ impl Config {
                 }
             },
         };
+        let notify_socket = match cli.notify_socket.as_deref() {
+            None | Some("path") => SocketPlace::Path,
+            Some("abstract") => SocketPlace::Abstract,
+            Some(s) => {
+                errors.push(ConfigError::NotifySocket(s.to_string()));
+                SocketPlace::Path
+            }
+        };
         if cli.on_restart.as_deref().is_some_and(|h| h.trim().is_empty()) {
             errors.push(ConfigError::EmptyHook);
         }
@@ -258,6 +280,7 @@ impl Config {
             on_restart: cli.on_restart,
             hook_timeout,
             einhorn_ack: cli.einhorn_ack,
+            notify_socket,
             verbosity,
             check: cli.check,
             control,
@@ -377,6 +400,7 @@ fn merge_file(cli: &mut Cli, file: FileConfig) {
     fill(&mut cli.on_restart, file.on_restart);
     fill(&mut cli.hook_timeout, file.hook_timeout);
     cli.einhorn_ack |= file.einhorn_ack.unwrap_or(false);
+    fill(&mut cli.notify_socket, file.notify_socket);
     fill(&mut cli.control, file.control);
     fill(&mut cli.control_token, file.control_token);
     fill(&mut cli.log_file, file.log_file);

@@ -40,6 +40,7 @@ pub struct FileConfig {
     pub on_restart: Option<String>,
     pub hook_timeout: Option<String>,
     pub einhorn_ack: Option<bool>,
+    pub notify_socket: Option<String>,
     pub control: Option<String>,
     pub control_token: Option<String>,
     pub log_file: Option<PathBuf>,

@@ -1068,13 +1068,15 @@ impl Core {
 
     /// Which worker a notify message is about: the sender itself, a process
     /// in a worker's process group (a child such as systemd-notify), or a
-    /// worker named by `MAINPID=` from a trusted user.
+    /// worker named by `MAINPID=` from a trusted user. A worker that is
+    /// stopping is still itself: servers say `STOPPING=1` (gunicorn, Puma)
+    /// or a last `STATUS=` after the stop signal.
     fn attribute(&self, sender: Option<Sender>, message: &Message) -> Option<usize> {
         let sender = sender?;
-        let live = |pid: i32| self.workers.iter().position(|w| w.pid == pid && !w.is_stopping());
-        live(sender.pid).or_else(|| sender.pgid.and_then(live)).or_else(|| {
+        let find = |pid: i32| self.workers.iter().position(|w| w.pid == pid);
+        find(sender.pid).or_else(|| sender.pgid.and_then(find)).or_else(|| {
             let trusted = self.settings.trusted_uids.contains(&sender.uid);
-            message.mainpid.filter(|_| trusted).and_then(live)
+            message.mainpid.filter(|_| trusted).and_then(find)
         })
     }
 
@@ -1096,17 +1098,23 @@ impl Core {
         };
         let watchdog = self.settings.watchdog;
         let w = &mut self.workers[i];
+        let stopping = if w.is_stopping() { " (stopping)" } else { "" };
         if let Some(status) = &message.status {
-            log(out, Level::Debug, format!("{}: STATUS={status}", w.label()));
+            log(out, Level::Debug, format!("{}{stopping}: STATUS={status}", w.label()));
             w.status = Some(status.clone());
+        }
+        if message.stopping {
+            log(out, Level::Info, format!("{} says it is stopping", w.label()));
+        }
+        // A stopping worker is on its way out: neither readiness nor a
+        // watchdog ping brings it back.
+        if w.is_stopping() {
+            return;
         }
         if message.watchdog
             && let Some(d) = watchdog
         {
             w.watchdog_deadline = Some(now + d);
-        }
-        if message.stopping {
-            log(out, Level::Info, format!("{} says it is stopping", w.label()));
         }
         if message.ready && matches!(w.state, WorkerState::Booting { .. }) {
             w.state = WorkerState::Ready { since: now };
@@ -2039,6 +2047,41 @@ mod tests {
         assert_eq!(h.ready_serving(), 3);
         let w = h.core.workers().iter().find(|w| w.pid == 100).unwrap();
         assert_eq!(w.status.as_deref(), Some("booted"));
+    }
+
+    #[test]
+    fn a_stopping_worker_is_still_itself_to_notify_messages() {
+        let mut h = Harness::with(Settings {
+            ready_delay: None,
+            watchdog: Some(Duration::from_secs(1)),
+            ..settings(1)
+        });
+        h.send(notify(100, "READY=1"), 10);
+        h.send(Event::Intent(Intent::Stop), 20);
+        h.logs.clear();
+        // gunicorn and Puma say so on their way out; a group member too.
+        h.send(notify(100, "STOPPING=1\nSTATUS=Gunicorn arbiter shutting down"), 30);
+        let child = Event::Notify {
+            sender: Some(Sender {
+                pid: 5000,
+                pgid: Some(100),
+                uid: 1000,
+            }),
+            message: Message::parse(b"STATUS=bye\nWATCHDOG=1\nREADY=1"),
+        };
+        h.send(child, 40);
+        assert!(!h.logs.iter().any(|l| l.contains("dropped")), "{:?}", h.logs);
+        assert!(
+            h.logs
+                .iter()
+                .any(|l| l.contains("worker 0 (pid 100, gen 0) says it is stopping")),
+            "{:?}",
+            h.logs
+        );
+        let w = &h.core.workers()[0];
+        assert_eq!(w.status.as_deref(), Some("bye"));
+        assert!(w.is_stopping(), "READY=1 does not bring a stopping worker back");
+        assert_eq!(w.watchdog_deadline, None, "nor does a watchdog ping arm the watchdog");
     }
 
     #[test]

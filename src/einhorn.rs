@@ -8,14 +8,19 @@
 //! like a notify datagram by the connecting process's credentials
 //! (SO_PEERCRED). Other commands are ignored. Connections are bounded in
 //! number and in line length; the oldest is dropped when too many are open.
+//!
+//! The socket lives next to the notify socket (sup's private runtime
+//! directory, or an abstract name) and is handed across hot restarts the
+//! same way; connections in progress are not.
 
 use std::io::Read;
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
 
 use mio::net::{UnixListener, UnixStream};
 
+use crate::handoff::HandedUnix;
 use crate::notify::{Message, Sender};
+use crate::runtime_dir::UnixName;
 use crate::slots::Slots;
 
 const MAX_CONNECTIONS: usize = 64;
@@ -29,27 +34,61 @@ struct Conn {
 
 pub struct EinhornSocket {
     listener: UnixListener,
-    pub path: PathBuf,
+    /// What workers get as EINHORN_SOCK_PATH.
+    pub name: UnixName,
     conns: Slots<Conn>,
 }
 
 impl EinhornSocket {
-    /// Bind at `path` (mode 0600, owned by `owner` when workers run as
-    /// another user). A stale file from a dead sup is replaced.
-    pub fn bind(path: &Path, owner: Option<(u32, u32)>) -> std::io::Result<EinhornSocket> {
-        if std::os::unix::net::UnixStream::connect(path).is_err() {
-            let _ = std::fs::remove_file(path);
-        }
-        let listener = UnixListener::bind(path)?;
-        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-        if let Some((uid, gid)) = owner {
-            std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
-        }
-        Ok(EinhornSocket {
+    /// Bind at `name` (a file is made mode 0600 and given to `owner` when
+    /// workers run as another user). sup's private directory is fresh, so
+    /// nothing is ever unlinked to make room.
+    pub fn bind(name: UnixName, owner: Option<(u32, u32)>) -> std::io::Result<EinhornSocket> {
+        let listener = match &name {
+            UnixName::Path(path) => {
+                let l = UnixListener::bind(path)?;
+                std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+                if let Some((uid, gid)) = owner {
+                    std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
+                }
+                l
+            }
+            UnixName::Abstract(n) => {
+                use std::os::linux::net::SocketAddrExt;
+                let addr = std::os::unix::net::SocketAddr::from_abstract_name(n.as_bytes())?;
+                let l = std::os::unix::net::UnixListener::bind_addr(&addr)?;
+                l.set_nonblocking(true)?;
+                UnixListener::from_std(l)
+            }
+        };
+        Ok(EinhornSocket::with(listener, name))
+    }
+
+    /// Take over the listener a previous sup image handed across its exec.
+    pub fn adopt(handed: &HandedUnix) -> Result<EinhornSocket, String> {
+        let fd = crate::handoff::adopt_unix(handed, nix::sys::socket::SockType::Stream)?;
+        let l = std::os::unix::net::UnixListener::from(fd);
+        l.set_nonblocking(true).map_err(|e| format!("fd {}: {e}", handed.fd))?;
+        Ok(EinhornSocket::with(
+            UnixListener::from_std(l),
+            UnixName::parse(&handed.addr),
+        ))
+    }
+
+    fn with(listener: UnixListener, name: UnixName) -> EinhornSocket {
+        EinhornSocket {
             listener,
-            path: path.to_path_buf(),
+            name,
             conns: Slots::new(MAX_CONNECTIONS),
-        })
+        }
+    }
+
+    /// What the next image needs to adopt it.
+    pub fn handed(&self) -> HandedUnix {
+        HandedUnix {
+            fd: self.listener.as_raw_fd(),
+            addr: self.name.to_string(),
+        }
     }
 
     pub fn listener(&mut self) -> &mut UnixListener {
@@ -118,10 +157,6 @@ impl EinhornSocket {
             self.conns.remove(slot);
         }
         out
-    }
-
-    pub fn remove_file(&self) {
-        let _ = std::fs::remove_file(&self.path);
     }
 }
 

@@ -27,10 +27,9 @@ use crate::control::stats::{self, Usage};
 use crate::control::{self, Route};
 use crate::core::Intent;
 use crate::core::{Action, Core, Event, Settings};
-use crate::einhorn::EinhornSocket;
 use crate::handoff::Handoff;
 use crate::hot_restart;
-use crate::notify::NotifySocket;
+use crate::own_sockets::{OwnSocketError, OwnSockets};
 use crate::signals::{self, SignalEvent};
 use crate::sockets::BoundSocket;
 use crate::spawn::{self, HelperRequest, SpawnRequest};
@@ -50,10 +49,8 @@ const CONTROL_CONN: usize = 1 << 20;
 pub enum LoopError {
     #[error("cannot set up the event loop")]
     Setup(#[source] std::io::Error),
-    #[error("cannot create the notify socket")]
-    Notify(#[source] std::io::Error),
-    #[error("cannot create the Einhorn command socket {0}")]
-    Einhorn(String, #[source] std::io::Error),
+    #[error(transparent)]
+    OwnSockets(#[from] OwnSocketError),
     #[error("cannot serve the control API on {0}: {1}")]
     Control(String, String),
     #[error("the event loop failed")]
@@ -65,35 +62,32 @@ pub enum LoopError {
 pub struct EventLoop {
     poll: Poll,
     signals: Signals,
-    notify: NotifySocket,
-    einhorn: Option<EinhornSocket>,
+    own: OwnSockets,
     control: Option<ControlServer>,
     upward: Option<Notifier>,
 }
 
 impl EventLoop {
-    pub fn new(config: &Config, credentials: Option<&Credentials>) -> Result<EventLoop, LoopError> {
+    pub fn new(
+        config: &Config,
+        credentials: Option<&Credentials>,
+        handoff: Option<&Handoff>,
+    ) -> Result<EventLoop, LoopError> {
         let poll = Poll::new().map_err(LoopError::Setup)?;
         let mut signals = Signals::new(signals::HANDLED.map(|s| s as i32)).map_err(LoopError::Setup)?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)
             .map_err(LoopError::Setup)?;
-        let notify = NotifySocket::bind().map_err(LoopError::Notify)?;
+        let owner = credentials.map(|c| (c.uid, c.gid));
+        let mut own = OwnSockets::open(config.notify_socket, config.einhorn_ack, owner, handoff)?;
         poll.registry()
-            .register(&mut SourceFd(&notify.raw_fd()), NOTIFY, Interest::READABLE)
-            .map_err(LoopError::Notify)?;
-        let einhorn = if config.einhorn_ack {
-            let path = std::env::temp_dir().join(format!("sup-{}-einhorn.sock", std::process::id()));
-            let owner = credentials.map(|c| (c.uid, c.gid));
-            let mut sock =
-                EinhornSocket::bind(&path, owner).map_err(|e| LoopError::Einhorn(path.display().to_string(), e))?;
+            .register(&mut SourceFd(&own.notify.raw_fd()), NOTIFY, Interest::READABLE)
+            .map_err(LoopError::Setup)?;
+        if let Some(e) = &mut own.einhorn {
             poll.registry()
-                .register(sock.listener(), EINHORN, Interest::READABLE)
+                .register(e.listener(), EINHORN, Interest::READABLE)
                 .map_err(LoopError::Setup)?;
-            Some(sock)
-        } else {
-            None
-        };
+        }
         let control = match &config.control {
             Some(addr) => {
                 let mut server =
@@ -109,8 +103,7 @@ impl EventLoop {
         Ok(EventLoop {
             poll,
             signals,
-            notify,
-            einhorn,
+            own,
             control,
             upward: Notifier::from_env(),
         })
@@ -156,7 +149,9 @@ impl EventLoop {
         let started = Instant::now();
         let mut usage = Usage::new();
         let sup_pid = std::process::id() as i32;
-        let einhorn_path = self.einhorn.as_ref().map(|e| e.path.display().to_string());
+        let notify_socket = self.own.notify.name.to_string();
+        log::info!("notify socket for workers: {notify_socket}");
+        let einhorn_path = self.own.einhorn.as_ref().map(|e| e.name.to_string());
         let mut events = Events::with_capacity(64);
         let mut pending = VecDeque::from([Event::Started]);
         // Control requests that asked for something and await their answer
@@ -176,7 +171,7 @@ impl EventLoop {
                                 credentials,
                                 sup_pid,
                                 devnull: devnull.as_raw_fd(),
-                                notify_socket: &self.notify.address,
+                                notify_socket: &notify_socket,
                                 einhorn_socket: einhorn_path.as_deref(),
                             };
                             pending.push_back(match spawn::spawn(&req) {
@@ -209,16 +204,15 @@ impl EventLoop {
                         }
                         Action::ReExec { generation } => {
                             let record = core.restart_record();
-                            let handoff = Handoff {
-                                restart_id: record.as_ref().map_or(0, |r| r.id),
-                                generation,
-                                exe: exe.to_string(),
-                                started_ms: wall_ms(record.map(|r| r.started_at)),
-                                origin: origin.to_path_buf(),
-                                sockets: sockets.iter().map(BoundSocket::handed).collect(),
-                            };
+                            let mut handoff = Handoff::new(generation, exe.to_string(), origin.to_path_buf());
+                            handoff.restart_id = record.as_ref().map_or(0, |r| r.id);
+                            handoff.started_ms = wall_ms(record.map(|r| r.started_at));
+                            handoff.sockets = sockets.iter().map(BoundSocket::handed).collect();
+                            self.own.hand_over(&mut handoff);
+                            let mut fds: Vec<i32> = sockets.iter().map(BoundSocket::raw_fd).collect();
+                            fds.extend(self.own.fds());
                             log::info!("hot restart: re-executing {exe} to start gen {generation}");
-                            let reason = hot_restart::reexec(&handoff, sockets, config.directory.as_deref());
+                            let reason = hot_restart::reexec(&handoff, &fds, config.directory.as_deref());
                             pending.push_back(Event::ReExecFailed { reason });
                         }
                         Action::Signal { pid, signal } => send(pid, signal),
@@ -269,7 +263,7 @@ impl EventLoop {
                 match ev.token() {
                     SIGNALS => {}
                     NOTIFY => {
-                        for r in self.notify.drain() {
+                        for r in self.own.notify.drain() {
                             if r.fds_closed > 0 {
                                 log::debug!("closed {} fd(s) sent with a notify message", r.fds_closed);
                             }
@@ -317,7 +311,7 @@ impl EventLoop {
                         }
                     }
                     Token(t) if t >= EINHORN_CONN => {
-                        if let Some(e) = &mut self.einhorn {
+                        if let Some(e) = &mut self.own.einhorn {
                             for (sender, message) in e.read(t - EINHORN_CONN) {
                                 pending.push_back(Event::Notify { sender, message });
                             }
@@ -344,9 +338,6 @@ impl EventLoop {
                 pending.push_back(Event::Tick);
             }
         };
-        if let Some(e) = &self.einhorn {
-            e.remove_file();
-        }
         if let Some(c) = &self.control {
             c.remove_file();
         }
@@ -354,7 +345,7 @@ impl EventLoop {
     }
 
     fn accept_einhorn(&mut self) {
-        let Some(e) = &mut self.einhorn else { return };
+        let Some(e) = &mut self.own.einhorn else { return };
         for slot in e.accept() {
             if let Some(stream) = e.stream(slot) {
                 let token = Token(EINHORN_CONN + slot);

@@ -8,101 +8,97 @@
 //! fds are validated before they are trusted: a socket, of the kind and
 //! family its address says.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
-use serde_json::{Value, json};
+use nix::sys::socket::SockType;
+use serde::{Deserialize, Serialize};
 
 pub const VAR: &str = "SUP_HANDOFF";
+/// Fields added since version 1 are optional, so a newer sup still adopts
+/// what an older one hands over (an upgrade of sup by hot restart).
 const VERSION: u64 = 1;
 
-/// One socket handed across.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One listening socket handed across.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HandedSocket {
     pub fd: RawFd,
     /// The configured address (`BindAddr` display form, e.g. `tcp://127.0.0.1:0`).
     pub addr: String,
     pub name: String,
     /// The unix socket file sup created: (path, device, inode).
+    #[serde(default)]
     pub created: Option<(PathBuf, u64, u64)>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One of sup's own unix sockets (notify, Einhorn) handed across.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandedUnix {
+    pub fd: RawFd,
+    /// The path, or `@name` for an abstract address.
+    pub addr: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Handoff {
+    pub version: u64,
     /// The restart's number, so `sup ctl --wait` can follow it across the exec.
+    #[serde(default)]
     pub restart_id: u64,
     pub generation: u64,
     /// How sup was started (argv[0] made absolute, or a bare name for PATH).
     pub exe: String,
     /// Wall-clock milliseconds since the epoch when the restart was asked for.
+    #[serde(default)]
     pub started_ms: u64,
     /// The directory the first sup image started in: relative pidfile, log
     /// file and socket paths stay anchored there across restarts.
     pub origin: PathBuf,
     pub sockets: Vec<HandedSocket>,
+    /// sup's private runtime directory, if it has one.
+    #[serde(default)]
+    pub runtime_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub notify: Option<HandedUnix>,
+    #[serde(default)]
+    pub einhorn: Option<HandedUnix>,
 }
 
 impl Handoff {
+    pub fn new(generation: u64, exe: String, origin: PathBuf) -> Handoff {
+        Handoff {
+            version: VERSION,
+            restart_id: 0,
+            generation,
+            exe,
+            started_ms: 0,
+            origin,
+            sockets: Vec::new(),
+            runtime_dir: None,
+            notify: None,
+            einhorn: None,
+        }
+    }
+
     pub fn encode(&self) -> String {
-        let sockets: Vec<Value> = self
-            .sockets
-            .iter()
-            .map(|s| {
-                json!({
-                    "fd": s.fd,
-                    "addr": s.addr,
-                    "name": s.name,
-                    "created": s.created.as_ref().map(|(p, dev, ino)| json!([p, dev, ino])),
-                })
-            })
-            .collect();
-        json!({
-                        "version": VERSION,
-            "restart_id": self.restart_id,
-            "generation": self.generation,
-            "exe": self.exe,
-                        "started_ms": self.started_ms,
-            "origin": self.origin,
-            "sockets": sockets,
-        })
-        .to_string()
+        // Serializing plain structs of strings and numbers cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
     }
 
     pub fn decode(text: &str) -> Result<Handoff, String> {
-        let v: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
-        let version = v["version"].as_u64().ok_or("no version")?;
-        if version != VERSION {
-            return Err(format!("version {version} is not understood (expected {VERSION})"));
+        #[derive(Deserialize)]
+        struct Version {
+            version: u64,
         }
-        let mut sockets = Vec::new();
-        for s in v["sockets"].as_array().ok_or("no sockets")? {
-            let created = match &s["created"] {
-                Value::Null => None,
-                c => Some((
-                    PathBuf::from(c[0].as_str().ok_or("bad created path")?),
-                    c[1].as_u64().ok_or("bad created device")?,
-                    c[2].as_u64().ok_or("bad created inode")?,
-                )),
-            };
-            sockets.push(HandedSocket {
-                fd: s["fd"]
-                    .as_i64()
-                    .and_then(|f| i32::try_from(f).ok())
-                    .filter(|f| *f > 2)
-                    .ok_or("bad fd")?,
-                addr: s["addr"].as_str().ok_or("bad addr")?.to_string(),
-                name: s["name"].as_str().ok_or("bad name")?.to_string(),
-                created,
-            });
+        let v: Version = serde_json::from_str(text).map_err(|e| format!("not JSON with a version: {e}"))?;
+        if v.version != VERSION {
+            return Err(format!("version {} is not understood (expected {VERSION})", v.version));
         }
-        Ok(Handoff {
-            restart_id: v["restart_id"].as_u64().unwrap_or(0),
-            generation: v["generation"].as_u64().ok_or("no generation")?,
-            exe: v["exe"].as_str().ok_or("no exe")?.to_string(),
-            started_ms: v["started_ms"].as_u64().unwrap_or(0),
-            origin: PathBuf::from(v["origin"].as_str().ok_or("no origin")?),
-            sockets,
-        })
+        let h: Handoff = serde_json::from_str(text).map_err(|e| format!("malformed: {e}"))?;
+        if h.fds().iter().any(|fd| *fd <= 2) {
+            return Err("bad fd".into());
+        }
+        Ok(h)
     }
 
     /// The handoff this image was started with, if any.
@@ -111,30 +107,31 @@ impl Handoff {
         Some(Handoff::decode(&text))
     }
 
+    /// Every fd it hands over.
     pub fn fds(&self) -> Vec<RawFd> {
-        self.sockets.iter().map(|s| s.fd).collect()
+        let mut fds: Vec<RawFd> = self.sockets.iter().map(|s| s.fd).collect();
+        fds.extend(self.notify.iter().chain(&self.einhorn).map(|u| u.fd));
+        fds
     }
 }
 
-/// Take ownership of a handed fd after checking it is what the handoff
-/// says: a socket, stream for tcp/unix or datagram for udp, of the right
-/// address family. Marks it CLOEXEC again.
-pub fn adopt(s: &HandedSocket) -> Result<OwnedFd, String> {
-    use nix::sys::socket::{SockType, getsockopt, sockopt};
-    let fd = s.fd;
+/// Check that a handed or inherited fd is what it is said to be: open, a
+/// socket, of type `ty`, of one of `domains`. The one validator for every fd
+/// sup did not open itself (hot-restart handoff, socket activation).
+pub fn check_socket(fd: RawFd, ty: SockType, domains: &[i32], what: &str) -> Result<(), String> {
+    use nix::sys::socket::{getsockopt, sockopt};
     // SAFETY: fstat on a number; an invalid fd is reported as EBADF.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: st is valid for writes.
     if unsafe { libc::fstat(fd, &mut st) } != 0 {
-        return Err(format!("fd {fd} for {} is not open", s.addr));
+        return Err(format!("fd {fd} for {what} is not open"));
     }
     if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
-        return Err(format!("fd {fd} for {} is not a socket", s.addr));
+        return Err(format!("fd {fd} for {what} is not a socket"));
     }
-    // SAFETY: the fd is open (fstat succeeded) and sup owns it from here on:
-    // it was handed to this image and nothing else in it refers to it.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    let ty = getsockopt(&owned, sockopt::SockType).map_err(|e| format!("fd {fd}: {e}"))?;
+    // SAFETY: the fd is open (fstat succeeded) and stays open for this call.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let got_ty = getsockopt(&borrowed, sockopt::SockType).map_err(|e| format!("fd {fd}: {e}"))?;
     let mut domain: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: reading an int-sized option into `domain`.
@@ -150,19 +147,59 @@ pub fn adopt(s: &HandedSocket) -> Result<OwnedFd, String> {
     {
         return Err(format!("fd {fd}: cannot read its address family"));
     }
-    let (want_ty, want_domains): (SockType, &[i32]) = if s.addr.starts_with("udp://") {
+    if got_ty != ty || !domains.contains(&domain) {
+        return Err(format!("fd {fd} is not a socket of the kind {what} needs"));
+    }
+    Ok(())
+}
+
+/// Own `fd` from here on, CLOEXEC again (it was cleared for the exec).
+fn own(fd: RawFd) -> Result<OwnedFd, String> {
+    // SAFETY: the caller checked that the fd is open, and it was handed to
+    // this image for sup alone: nothing else in the process refers to it.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    nix::fcntl::fcntl(&owned, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
+        .map_err(|e| format!("fd {}: {e}", owned.as_raw_fd()))?;
+    Ok(owned)
+}
+
+/// Take ownership of a handed listener after checking it is what the
+/// handoff says: stream for tcp/unix or datagram for udp, of the right
+/// address family.
+pub fn adopt(s: &HandedSocket) -> Result<OwnedFd, String> {
+    let (ty, domains): (SockType, &[i32]) = if s.addr.starts_with("udp://") {
         (SockType::Datagram, &[libc::AF_INET, libc::AF_INET6])
     } else if s.addr.starts_with("unix:") {
         (SockType::Stream, &[libc::AF_UNIX])
     } else {
         (SockType::Stream, &[libc::AF_INET, libc::AF_INET6])
     };
-    if ty != want_ty || !want_domains.contains(&domain) {
-        return Err(format!("fd {fd} is not a socket of the kind {} needs", s.addr));
-    }
-    nix::fcntl::fcntl(&owned, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
-        .map_err(|e| format!("fd {}: {e}", owned.as_raw_fd()))?;
-    Ok(owned)
+    check_socket(s.fd, ty, domains, &s.addr).inspect_err(|_| close(s.fd))?;
+    own(s.fd)
+}
+
+/// Take ownership of one of sup's own unix sockets after checking its type
+/// and that it is bound where the handoff says. On error the fd is closed.
+pub fn adopt_unix(h: &HandedUnix, ty: SockType) -> Result<OwnedFd, String> {
+    let checked = check_socket(h.fd, ty, &[libc::AF_UNIX], &h.addr).and_then(|()| {
+        let bound: nix::sys::socket::UnixAddr =
+            nix::sys::socket::getsockname(h.fd).map_err(|e| format!("fd {}: {e}", h.fd))?;
+        if crate::runtime_dir::UnixName::parse(&h.addr).is(&bound) {
+            Ok(())
+        } else {
+            Err(format!("fd {} is not bound to {}", h.fd, h.addr))
+        }
+    });
+    checked.inspect_err(|_| close(h.fd))?;
+    own(h.fd)
+}
+
+/// Close a handed fd that this image does not adopt (the configuration no
+/// longer asks for it, or it failed its checks).
+pub fn close(fd: RawFd) {
+    // SAFETY: an fd named in the handoff, which nothing in this image owns;
+    // closing a number that is not open is a harmless EBADF.
+    unsafe { libc::close(fd) };
 }
 
 #[cfg(test)]
@@ -172,11 +209,18 @@ mod tests {
     #[test]
     fn round_trips() {
         let h = Handoff {
+            version: VERSION,
             restart_id: 3,
             generation: 7,
             exe: "/usr/local/bin/sup".into(),
             started_ms: 1_700_000_000_000,
             origin: "/srv/app".into(),
+            runtime_dir: Some("/run/sup.x1y2z3".into()),
+            notify: Some(HandedUnix {
+                fd: 7,
+                addr: "/run/sup.x1y2z3/notify".into(),
+            }),
+            einhorn: None,
             sockets: vec![
                 HandedSocket {
                     fd: 5,
@@ -193,11 +237,25 @@ mod tests {
             ],
         };
         assert_eq!(Handoff::decode(&h.encode()).unwrap(), h);
+        assert_eq!(h.fds(), vec![5, 6, 7]);
+    }
+
+    #[test]
+    fn reads_what_the_previous_version_wrote() {
+        // A sup from before the notify socket was handed over: upgrading sup
+        // by hot restart must still adopt its listeners.
+        let old = r#"{"version":1,"restart_id":2,"generation":3,"exe":"/usr/bin/sup","started_ms":5,"origin":"/srv","sockets":[{"fd":3,"addr":"tcp://127.0.0.1:0","name":"web","created":null}]}"#;
+        let h = Handoff::decode(old).unwrap();
+        assert_eq!((h.generation, h.sockets.len(), h.notify.clone()), (3, 1, None));
+        assert_eq!(h.fds(), vec![3]);
     }
 
     #[test]
     fn rejects_what_it_does_not_understand() {
         assert!(Handoff::decode("nope").unwrap_err().contains("not JSON"));
+        let low_notify =
+            r#"{"version":1,"generation":1,"exe":"sup","origin":"/","sockets":[],"notify":{"fd":2,"addr":"@x"}}"#;
+        assert_eq!(Handoff::decode(low_notify).unwrap_err(), "bad fd");
         assert!(Handoff::decode(r#"{"version":2}"#).unwrap_err().contains("version 2"));
         let bad_fd =
             r#"{"version":1,"generation":1,"exe":"sup","origin":"/","sockets":[{"fd":1,"addr":"tcp://x","name":"n"}]}"#;
@@ -217,9 +275,12 @@ mod tests {
             created: None,
         };
         assert!(adopt(&wrong).unwrap_err().contains("not a socket of the kind"));
-        let file = std::fs::File::open("/dev/null").unwrap();
+        // A failed adoption closes the fd: hand it over as a bare number.
+        let file = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+        let raw_file = file.as_raw_fd();
+        std::mem::forget(file);
         let not_sock = HandedSocket {
-            fd: file.as_raw_fd(),
+            fd: raw_file,
             addr: "tcp://127.0.0.1:0".into(),
             name: "x".into(),
             created: None,

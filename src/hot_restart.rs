@@ -4,8 +4,9 @@
 //! the one sup was started as, re-resolved now (an upgraded binary at the
 //! same path takes over), with the same arguments, in the freshly resolved
 //! `--directory` (so relative paths in the arguments are read from the new
-//! release). Only the listening sockets cross the exec: their CLOEXEC flag
-//! is cleared just before it; everything else sup holds is CLOEXEC by
+//! release). Only the sockets named in the handoff cross the exec — the
+//! listeners, the notify socket, the Einhorn socket: their CLOEXEC flag is
+//! cleared just before it; everything else sup holds is CLOEXEC by
 //! construction and closes. Handled signals are blocked first: across
 //! `execve` a caught signal reverts to its default action (USR2's kills),
 //! while a blocked one stays pending until the new image has installed its
@@ -21,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use crate::handoff::{self, Handoff};
 use crate::signals::BlockedSignals;
-use crate::sockets::BoundSocket;
+use std::os::fd::RawFd;
 
 /// How sup was started, to re-resolve at every hot restart: argv[0] made
 /// absolute against the directory sup started in (sup changes directory
@@ -65,8 +66,8 @@ fn cstring(bytes: &[u8]) -> Result<CString, String> {
 
 /// Replace this process with a new sup image. Returns only on failure,
 /// with the reason, having undone everything.
-pub fn reexec(handoff: &Handoff, sockets: &[BoundSocket], directory: Option<&Path>) -> String {
-    match try_reexec(handoff, sockets, directory) {
+pub fn reexec(handoff: &Handoff, fds: &[RawFd], directory: Option<&Path>) -> String {
+    match try_reexec(handoff, fds, directory) {
         Ok(never) => match never {},
         Err(e) => e,
     }
@@ -74,7 +75,7 @@ pub fn reexec(handoff: &Handoff, sockets: &[BoundSocket], directory: Option<&Pat
 
 enum Never {}
 
-fn try_reexec(handoff: &Handoff, sockets: &[BoundSocket], directory: Option<&Path>) -> Result<Never, String> {
+fn try_reexec(handoff: &Handoff, fds: &[RawFd], directory: Option<&Path>) -> Result<Never, String> {
     let exe = resolve_exe(&handoff.exe)?;
     let cwd = match directory {
         Some(d) => Some(
@@ -112,8 +113,7 @@ fn try_reexec(handoff: &Handoff, sockets: &[BoundSocket], directory: Option<&Pat
     let previous_cwd = std::env::current_dir().ok();
 
     let guard = BlockedSignals::block_handled().map_err(|e| format!("cannot block signals: {e}"))?;
-    let fds: Vec<i32> = sockets.iter().map(BoundSocket::raw_fd).collect();
-    for fd in &fds {
+    for fd in fds {
         // SAFETY: clearing FD_CLOEXEC on a socket sup owns; the only place
         // besides a worker's child branch where CLOEXEC is cleared.
         unsafe { libc::fcntl(*fd, libc::F_SETFD, 0) };
@@ -121,7 +121,7 @@ fn try_reexec(handoff: &Handoff, sockets: &[BoundSocket], directory: Option<&Pat
     if let Some(dir) = &cwd
         && let Err(e) = std::env::set_current_dir(dir)
     {
-        restore(&fds, None);
+        restore(fds, None);
         drop(guard);
         return Err(format!("cannot change into {}: {e}", dir.display()));
     }
@@ -129,7 +129,7 @@ fn try_reexec(handoff: &Handoff, sockets: &[BoundSocket], directory: Option<&Pat
     // until this call returns; both arrays end with a null pointer.
     unsafe { libc::execve(path.as_ptr(), argv_ptrs.as_ptr(), env_ptrs.as_ptr()) };
     let err = std::io::Error::last_os_error();
-    restore(&fds, previous_cwd.as_deref());
+    restore(fds, previous_cwd.as_deref());
     drop(guard);
     Err(format!(
         "cannot execute {}: {}",

@@ -19,6 +19,8 @@ pub mod handoff;
 pub mod hot_restart;
 pub mod logging;
 pub mod notify;
+pub mod own_sockets;
+pub mod runtime_dir;
 pub mod signals;
 pub mod slots;
 pub mod sockets;
@@ -125,7 +127,7 @@ pub fn run() -> u8 {
     };
     // Handlers first: a TERM during startup must not kill sup with its
     // sockets half made.
-    let event_loop = match event_loop::EventLoop::new(&config, credentials.as_ref()) {
+    let event_loop = match event_loop::EventLoop::new(&config, credentials.as_ref(), handoff.as_ref()) {
         Ok(l) => l,
         Err(e) => {
             say(&format!("error: {}", chain(&e)));

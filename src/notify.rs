@@ -1,19 +1,26 @@
 //! The sd_notify datagram socket workers report readiness on.
 //!
-//! sup binds a unix datagram socket (an abstract address on Linux, so it
-//! needs no file, no cleanup and no permissions for workers that run as
-//! another user) and hands its address to workers as `NOTIFY_SOCKET`, as
-//! systemd does. `SO_PASSCRED` makes the kernel attach the sender's pid,
-//! uid and gid to every datagram, which is what attribution rests on: the
-//! core decides whether a sender is a worker, a process in a worker's group,
-//! or a stranger. File descriptors that arrive with a message (systemd-notify
+//! sup binds a unix datagram socket and hands its address to workers as
+//! `NOTIFY_SOCKET`, as systemd does: by default a file in sup's private
+//! runtime directory (see [`crate::runtime_dir`] for why not an abstract
+//! address), or an abstract `@name` when asked. Across a hot restart the
+//! socket itself is handed over (same fd, same address), so a message sent
+//! during the exec waits in its buffer instead of being lost.
+//!
+//! `SO_PASSCRED` makes the kernel attach the sender's pid, uid and gid to
+//! every datagram, which is what attribution rests on: the core decides
+//! whether a sender is a worker, a process in a worker's group, or a
+//! stranger. File descriptors that arrive with a message (systemd-notify
 //! sends `BARRIER=1` with a pipe and waits for it to close) are closed at
 //! once. This module parses and receives; it decides nothing.
 
 use std::io::IoSliceMut;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use nix::sys::socket::{self, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr, sockopt};
+use nix::sys::socket::{self, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, sockopt};
+
+use crate::handoff::HandedUnix;
+use crate::runtime_dir::UnixName;
 
 /// The parts of an sd_notify message sup acts on.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -73,12 +80,14 @@ pub struct Received {
 /// sup's notify socket.
 pub struct NotifySocket {
     fd: OwnedFd,
-    /// What workers get as NOTIFY_SOCKET (`@name` for an abstract address).
-    pub address: String,
+    /// What workers get as NOTIFY_SOCKET.
+    pub name: UnixName,
 }
 
 impl NotifySocket {
-    pub fn bind() -> std::io::Result<NotifySocket> {
+    /// Bind at `name`; a socket file is given to `owner` (the workers'
+    /// uid and gid) so that workers running as another user can send.
+    pub fn bind(name: UnixName, owner: Option<(u32, u32)>) -> std::io::Result<NotifySocket> {
         let fd = socket::socket(
             AddressFamily::Unix,
             SockType::Datagram,
@@ -88,13 +97,37 @@ impl NotifySocket {
         socket::setsockopt(&fd, sockopt::PassCred, &true)?;
         // Big enough for a burst of messages from many workers at once.
         let _ = socket::setsockopt(&fd, sockopt::RcvBuf, &(1 << 20));
-        let name = format!("sup/{}/notify/{}", std::process::id(), unique());
-        let addr = UnixAddr::new_abstract(name.as_bytes())?;
-        socket::bind(fd.as_raw_fd(), &addr)?;
+        socket::bind(fd.as_raw_fd(), &name.to_addr()?)?;
+        if let UnixName::Path(path) = &name {
+            std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+            if let Some((uid, gid)) = owner {
+                std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
+            }
+        }
+        Ok(NotifySocket { fd, name })
+    }
+
+    /// Take over the socket a previous sup image handed across its exec,
+    /// after checking that the fd is a unix datagram socket bound there.
+    pub fn adopt(handed: &HandedUnix) -> Result<NotifySocket, String> {
+        let fd = crate::handoff::adopt_unix(handed, SockType::Datagram)?;
+        // SO_PASSCRED is a property of the socket and survived the exec;
+        // set it again in case an older image did not.
+        socket::setsockopt(&fd, sockopt::PassCred, &true).map_err(|e| format!("fd {}: {e}", handed.fd))?;
+        nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))
+            .map_err(|e| format!("fd {}: {e}", handed.fd))?;
         Ok(NotifySocket {
             fd,
-            address: format!("@{name}"),
+            name: UnixName::parse(&handed.addr),
         })
+    }
+
+    /// What the next image needs to adopt it.
+    pub fn handed(&self) -> HandedUnix {
+        HandedUnix {
+            fd: self.fd.as_raw_fd(),
+            addr: self.name.to_string(),
+        }
     }
 
     pub fn raw_fd(&self) -> RawFd {
@@ -162,12 +195,6 @@ impl NotifySocket {
     }
 }
 
-fn unique() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    N.fetch_add(1, Ordering::Relaxed)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,11 +214,49 @@ mod tests {
 
     #[test]
     fn receives_credentials_and_closes_passed_fds() {
-        let sock = NotifySocket::bind().unwrap();
-        assert!(sock.address.starts_with('@'));
+        let dir = crate::runtime_dir::RuntimeDir::create(None).unwrap();
+        let on_path = NotifySocket::bind(UnixName::Path(dir.join("notify")), None).unwrap();
+        let abstract_ = NotifySocket::bind(UnixName::random_abstract("notify"), None).unwrap();
+        assert!(abstract_.name.to_string().starts_with('@'));
+        for sock in [on_path, abstract_] {
+            receives_from(&sock);
+        }
+    }
+
+    #[test]
+    fn an_adopted_socket_keeps_what_was_waiting_in_it() {
+        let dir = crate::runtime_dir::RuntimeDir::create(None).unwrap();
+        let sock = NotifySocket::bind(UnixName::Path(dir.join("notify")), None).unwrap();
         let client = std::os::unix::net::UnixDatagram::unbound().unwrap();
-        let name = &sock.address[1..];
-        let addr = UnixAddr::new_abstract(name.as_bytes()).unwrap();
+        client.send_to(b"READY=1", dir.join("notify")).unwrap();
+        let handed = sock.handed();
+        let dup = nix::unistd::dup(&sock.fd).unwrap();
+        drop(sock);
+        let other = nix::unistd::dup(&dup).unwrap();
+        let wrong = HandedUnix {
+            fd: other.as_raw_fd(),
+            addr: dir.join("elsewhere").display().to_string(),
+        };
+        // A failed adoption closes the fd.
+        std::mem::forget(other);
+        assert!(
+            crate::handoff::adopt_unix(&wrong, SockType::Datagram)
+                .unwrap_err()
+                .contains("bound to")
+        );
+        let again = NotifySocket::adopt(&HandedUnix {
+            fd: dup.as_raw_fd(),
+            addr: handed.addr.clone(),
+        })
+        .unwrap();
+        std::mem::forget(dup);
+        assert_eq!(again.name.to_string(), handed.addr);
+        assert!(again.drain()[0].message.ready);
+    }
+
+    fn receives_from(sock: &NotifySocket) {
+        let client = std::os::unix::net::UnixDatagram::unbound().unwrap();
+        let addr = sock.name.to_addr().unwrap();
         let (r, w) = nix::unistd::pipe().unwrap();
         let iov = [std::io::IoSlice::new(b"READY=1\nSTATUS=up")];
         let fds = [w.as_raw_fd()];

@@ -13,6 +13,7 @@ mod config;
 mod control;
 mod hot;
 mod inheritance;
+mod notify_socket;
 mod real_servers;
 mod rolling;
 mod stopping;

@@ -125,7 +125,8 @@ fn main() {
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(ms));
             let path = std::env::var("EINHORN_SOCK_PATH").unwrap_or_else(|_| die("no EINHORN_SOCK_PATH"));
-            let mut s = std::os::unix::net::UnixStream::connect(path).unwrap_or_else(|e| die(&format!("einhorn: {e}")));
+            let mut s = std::os::unix::net::UnixStream::connect_addr(&unix_addr(&path))
+                .unwrap_or_else(|e| die(&format!("einhorn: {e}")));
             let _ = writeln!(s, "{{\"command\":\"worker:ack\",\"pid\":{}}}", std::process::id());
         });
     }
@@ -145,18 +146,22 @@ fn main() {
 
 /// Send an sd_notify message to NOTIFY_SOCKET (`@name` is abstract).
 fn notify(msg: &str) {
-    use std::os::linux::net::SocketAddrExt;
     let Ok(addr) = std::env::var("NOTIFY_SOCKET") else {
         die("no NOTIFY_SOCKET")
     };
     let sock = std::os::unix::net::UnixDatagram::unbound().unwrap_or_else(|_| die("socket"));
-    let target = match addr.strip_prefix('@') {
-        Some(name) => std::os::unix::net::SocketAddr::from_abstract_name(name),
-        None => std::os::unix::net::SocketAddr::from_pathname(&addr),
-    }
-    .unwrap_or_else(|_| die("bad NOTIFY_SOCKET"));
-    sock.send_to_addr(msg.as_bytes(), &target)
+    sock.send_to_addr(msg.as_bytes(), &unix_addr(&addr))
         .unwrap_or_else(|e| die(&format!("notify: {e}")));
+}
+
+/// A unix socket address as systemd writes it: a path, or `@name` (abstract).
+fn unix_addr(text: &str) -> std::os::unix::net::SocketAddr {
+    use std::os::linux::net::SocketAddrExt;
+    match text.strip_prefix('@') {
+        Some(name) => std::os::unix::net::SocketAddr::from_abstract_name(name),
+        None => std::os::unix::net::SocketAddr::from_pathname(text),
+    }
+    .unwrap_or_else(|_| die(&format!("bad socket address {text}")))
 }
 
 fn ignore(sig: libc::c_int) {
