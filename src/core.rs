@@ -119,6 +119,11 @@ pub enum Event {
         status: ExitStatus,
         group_alive: bool,
     },
+    /// The process group the core asked about ([`Action::ProbeGroup`]) has
+    /// no member left, not even a zombie.
+    GroupEmpty {
+        pgid: i32,
+    },
     /// An sd_notify datagram (or an Einhorn ack, as `READY=1` + `MAINPID`).
     Notify {
         sender: Option<Sender>,
@@ -155,6 +160,11 @@ pub enum Action {
     },
     /// SIGKILL a whole process group.
     KillGroup {
+        pgid: i32,
+    },
+    /// Find out whether a lingering process group still has members; answer
+    /// with [`Event::GroupEmpty`] if it has none.
+    ProbeGroup {
         pgid: i32,
     },
     /// Start the `--on-restart` hook for this kind of restart.
@@ -371,6 +381,7 @@ impl Core {
                     self.on_exited(pid, status, group_alive, now, &mut out);
                 }
             }
+            Event::GroupEmpty { pgid } => self.on_group_empty(pgid, &mut out),
             Event::Notify { sender, message } => self.on_notify(sender, &message, now, &mut out),
             Event::HelperSpawned { pid } => {
                 if let Some(Restart {
@@ -1009,8 +1020,10 @@ impl Core {
     fn on_exited(&mut self, pid: i32, status: ExitStatus, group_alive: bool, now: Instant, out: &mut Vec<Action>) {
         let Some(i) = self.workers.iter().position(|w| w.pid == pid) else {
             // An orphan that was re-parented to sup (it is a subreaper), a
-            // member of a lingering group, or a hook that was killed.
+            // member of a lingering group, or a hook that was killed. It may
+            // have been the last of a lingering group: ask.
             log(out, Level::Debug, format!("reaped process {pid} ({status})"));
+            out.extend(self.lingering.iter().map(|l| Action::ProbeGroup { pgid: l.pgid }));
             return;
         };
         let w = self.workers.remove(i);
@@ -1064,6 +1077,24 @@ impl Core {
             format!("{label}: other processes remain in its group; they are killed if still there at the deadline"),
         );
         self.lingering.push(Lingering { pgid, slot, kill_at });
+        // They may have exited since the leader was reaped (a server's
+        // helper processes follow it out within milliseconds): each exit is
+        // reaped as an orphan and probes again, and this probe covers the
+        // ones reaped before the group was recorded.
+        out.push(Action::ProbeGroup { pgid });
+    }
+
+    /// A lingering group emptied by itself: nothing is left to wait for or
+    /// to kill (a hot restart's drain or a stop goes on at once).
+    fn on_group_empty(&mut self, pgid: i32, out: &mut Vec<Action>) {
+        if let Some(i) = self.lingering.iter().position(|l| l.pgid == pgid) {
+            let l = self.lingering.remove(i);
+            log(
+                out,
+                Level::Debug,
+                format!("worker {}'s process group {pgid} has exited", l.slot),
+            );
+        }
     }
 
     /// Which worker a notify message is about: the sender itself, a process
@@ -1401,6 +1432,7 @@ mod tests {
         fail_spawns: bool,
         signals: Vec<(i32, i32)>,
         killed_groups: Vec<i32>,
+        probed_groups: Vec<i32>,
         exit: Option<i32>,
         logs: Vec<String>,
         spawns: usize,
@@ -1423,6 +1455,7 @@ mod tests {
                 fail_spawns: false,
                 signals: vec![],
                 killed_groups: vec![],
+                probed_groups: vec![],
                 exit: None,
                 logs: vec![],
                 spawns: 0,
@@ -1460,6 +1493,7 @@ mod tests {
                         }
                         Action::Signal { pid, signal } => self.signals.push((pid, signal)),
                         Action::KillGroup { pgid } => self.killed_groups.push(pgid),
+                        Action::ProbeGroup { pgid } => self.probed_groups.push(pgid),
                         Action::RunHook { kind } => self.hooks.push(kind),
                         Action::RunPreflight => self.preflights += 1,
                         Action::ReExec { generation } => self.reexec = Some(generation),
@@ -1667,6 +1701,59 @@ mod tests {
         h.send(Event::Tick, 30_000);
         assert_eq!(h.killed_groups, [100]);
         assert_eq!(h.exit, Some(0));
+    }
+
+    #[test]
+    fn a_lingering_group_that_empties_by_itself_is_not_waited_for() {
+        let mut h = Harness::new(1);
+        h.send(Event::Intent(Intent::Stop), 0);
+        let leader_gone = Event::Exited {
+            pid: 100,
+            status: ExitStatus::Code(0),
+            group_alive: true,
+        };
+        h.send(leader_gone, 100);
+        assert_eq!(h.probed_groups, [100], "asked at once");
+        assert_eq!(h.exit, None);
+        // A helper of the server (hypercorn's resource tracker) is reaped as
+        // an orphan: the core asks again, and the shell finds the group empty.
+        let orphan = Event::Exited {
+            pid: 4242,
+            status: ExitStatus::Code(0),
+            group_alive: false,
+        };
+        h.send(orphan, 120);
+        assert_eq!(h.probed_groups, [100, 100]);
+        h.send(Event::GroupEmpty { pgid: 100 }, 121);
+        assert_eq!(h.exit, Some(0), "stopped without waiting for the deadline");
+        assert!(h.killed_groups.is_empty(), "nothing left to kill");
+    }
+
+    #[test]
+    fn a_hot_restart_drain_goes_on_when_the_last_group_empties() {
+        let mut h = ready_harness(1, |_| {});
+        h.send(Event::Intent(Intent::Hot), 1_000);
+        h.send(Event::HelperSpawned { pid: 900 }, 1_001);
+        h.send(
+            Event::Exited {
+                pid: 900,
+                status: ExitStatus::Code(0),
+                group_alive: false,
+            },
+            1_010,
+        );
+        let pid = h.pids()[0];
+        h.send(
+            Event::Exited {
+                pid,
+                status: ExitStatus::Signaled(TERM),
+                group_alive: true,
+            },
+            1_100,
+        );
+        assert_eq!(h.reexec, None, "waits for the group");
+        h.send(Event::GroupEmpty { pgid: pid }, 1_150);
+        assert_eq!(h.reexec, Some(1), "re-executes as soon as nothing is left");
     }
 
     #[test]

@@ -217,6 +217,11 @@ impl EventLoop {
                         }
                         Action::Signal { pid, signal } => send(pid, signal),
                         Action::KillGroup { pgid } => send(-pgid, Signal::SIGKILL as i32),
+                        Action::ProbeGroup { pgid } => {
+                            if matches!(kill(Pid::from_raw(-pgid), None), Err(Errno::ESRCH)) {
+                                pending.push_back(Event::GroupEmpty { pgid });
+                            }
+                        }
                         Action::ReopenLogs => reopen_log(config.log_file.as_deref()),
                         Action::Upward(what) => {
                             if let Some(n) = &self.upward {

@@ -205,3 +205,35 @@ fn sup_reaps_every_child_and_leaves_no_zombie() {
         (gone(worker) && gone(grandchild)).then_some(())
     });
 }
+
+#[test]
+fn a_group_member_that_exits_by_itself_after_its_worker_is_not_waited_for() {
+    // hypercorn's resource tracker and spawned child follow its main process
+    // out a few milliseconds later; here a `sleep` plays that part. sup used
+    // to wait for the graceful deadline whenever any member was still there
+    // at the moment the worker was reaped (and a hot restart waited with it).
+    let dir = TestDir::new();
+    let script = format!("sleep 2 & exec {WORKER} --serve");
+    let mut sup = Sup::start(
+        &dir,
+        &[
+            "--bind",
+            "127.0.0.1:0",
+            "--graceful-timeout",
+            "600s",
+            "--ready",
+            "delay:0s",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+    );
+    sup.wait_ready(1);
+    sup.signal(libc::SIGTERM);
+    sup.wait_log("other processes remain in its group", secs(10));
+    // Far less than the 600 s deadline: a liveness bound, not a speed test.
+    assert_eq!(sup.wait_exit(secs(60)).code(), Some(0), "{}", sup.log());
+    let log = sup.log();
+    assert!(!log.contains("killing what remains"), "{log}");
+}
