@@ -1,10 +1,11 @@
 //! A Rust app under sup, using the `listenfd` crate (which reads
-//! LISTEN_FDS/LISTEN_PID), with a graceful stop: on TERM it stops accepting,
-//! finishes the request in hand, and exits. (A server that simply dies on
-//! TERM resets the connection it was serving.)
+//! LISTEN_FDS/LISTEN_PID) and the `sd-notify` crate (READY=1 and STOPPING=1
+//! on NOTIFY_SOCKET, which it reaches by path only), with a graceful stop:
+//! on TERM it stops accepting, finishes the request in hand, and exits. (A
+//! server that simply dies on TERM resets the connection it was serving.)
 //!
 //!   cargo build --example listenfd
-//!   sup --bind 127.0.0.1:8080 --workers 2 -- target/debug/examples/listenfd
+//!   sup --bind 127.0.0.1:8080 --workers 2 --ready notify -- target/debug/examples/listenfd
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -29,6 +30,11 @@ fn main() {
     }
     // Non-blocking accept after poll: another worker may take a connection first.
     if listener.set_nonblocking(true).is_err() {
+        std::process::exit(1);
+    }
+    // Serving from here on: tell the supervisor (a no-op without NOTIFY_SOCKET).
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        let _ = writeln!(std::io::stderr(), "listenfd: cannot notify readiness: {e}");
         std::process::exit(1);
     }
     let worker = std::env::var("SUP_WORKER").unwrap_or_default();
@@ -59,4 +65,5 @@ fn main() {
             body.len()
         );
     }
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
 }
