@@ -126,7 +126,8 @@ fn sup_page() -> String {
         ),
         (
             "NOTIFY_SOCKET",
-            "sup's sd_notify socket: send READY=1, STATUS=, WATCHDOG=1 there.",
+            "sup's sd_notify socket, a file path (or @name with --notify-socket abstract): send READY=1, STATUS=, \
+             WATCHDOG=1, STOPPING=1 there.",
         ),
         ("PWD", "The resolved working directory."),
     ] {
@@ -153,6 +154,13 @@ fn sup_page() -> String {
         &mut r,
         "--control unix:PATH",
         "The control socket, mode 0600; removed on stop.",
+    );
+    item(
+        &mut r,
+        "$RUNTIME_DIRECTORY/sup.XXXXXX/",
+        "sup's private directory (else under $XDG_RUNTIME_DIR, $TMPDIR or /tmp), mode 0700, owned by the workers' \
+         user: notify (NOTIFY_SOCKET) and einhorn.sock (EINHORN_SOCK_PATH). Kept across hot restarts; removed when \
+         sup stops.",
     );
     section(&mut r, "EXIT STATUS");
     item(
