@@ -209,11 +209,14 @@ fn sup_reaps_every_child_and_leaves_no_zombie() {
 #[test]
 fn a_group_member_that_exits_by_itself_after_its_worker_is_not_waited_for() {
     // hypercorn's resource tracker and spawned child follow its main process
-    // out a few milliseconds later; here a `sleep` plays that part. sup used
-    // to wait for the graceful deadline whenever any member was still there
-    // at the moment the worker was reaped (and a hot restart waited with it).
+    // out a few milliseconds later; here a subshell plays that part: it
+    // waits until the worker has been reaped (`kill -0` still reaches a
+    // zombie), then lingers a little and exits. sup used to wait for the
+    // graceful deadline whenever any member was still there at the moment
+    // the worker was reaped (and a hot restart waited with it).
     let dir = TestDir::new();
-    let script = format!("sleep 2 & exec {WORKER} --serve");
+    let script =
+        format!("p=$$; (while kill -0 $p 2>/dev/null; do sleep 0.05; done; sleep 0.3) & exec {WORKER} --serve");
     let mut sup = Sup::start(
         &dir,
         &[
