@@ -49,8 +49,9 @@ pub enum Intent {
     Scale(usize),
 }
 
-/// Which restart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which restart (`rolling` or `hot` on the wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RestartKind {
     Rolling,
     Hot,
@@ -100,6 +101,12 @@ pub enum Event {
     /// sup has bound its sockets and is ready to start workers.
     Started,
     Intent(Intent),
+    /// A control request (`--control`) on connection `conn`; the core
+    /// answers it with [`Action::Reply`].
+    Control {
+        conn: usize,
+        intent: Intent,
+    },
     /// The spawn the core asked for produced a process.
     Spawned {
         slot: usize,
@@ -184,8 +191,35 @@ pub enum Action {
     },
     /// Tell sup's own supervisor (systemd's NOTIFY_SOCKET), if it has one.
     Upward(Upward),
+    /// Answer the control request on connection `conn`.
+    Reply {
+        conn: usize,
+        intent: Intent,
+        reply: Reply,
+    },
     /// Clean up and exit with this status.
     Exit(i32),
+}
+
+/// The core's answer to a control request: what it did, never what it
+/// hopes will happen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// Done or under way. `restart` is the restart this request started.
+    Accepted {
+        restart: Option<RestartRef>,
+        generation: u64,
+        target_workers: usize,
+    },
+    /// Nothing was done, for this reason.
+    Refused { reason: String },
+}
+
+/// A restart a control request started, for `sup ctl --wait` to follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartRef {
+    pub id: u64,
+    pub kind: RestartKind,
 }
 
 /// What sup reports to its own supervisor (sd_notify).
@@ -359,11 +393,26 @@ impl Core {
     pub fn handle(&mut self, event: Event, now: Instant) -> Vec<Action> {
         let mut out = Vec::new();
         if self.exited {
+            if let Event::Control { conn, intent } = event {
+                let reason = "sup is exiting".to_string();
+                out.push(Action::Reply {
+                    conn,
+                    intent,
+                    reply: Reply::Refused { reason },
+                });
+            }
             return out;
         }
+        // Answered after every pass has run, so that the worker count and
+        // generation they carry are the ones the request led to.
+        let mut replies = Vec::new();
         match event {
             Event::Started => self.started = true,
             Event::Intent(intent) => self.on_intent(intent, now, &mut out),
+            Event::Control { conn, intent } => {
+                let reply = self.on_control(intent, now, &mut out);
+                replies.push((conn, intent, reply));
+            }
             Event::Spawned { slot, generation, pid } => self.on_spawned(slot, generation, pid, now, &mut out),
             Event::SpawnFailed {
                 slot,
@@ -410,6 +459,17 @@ impl Core {
         self.check_drained(&mut out);
         self.check_done(now, &mut out);
         self.report_upward(now, &mut out);
+        for (conn, intent, reply) in replies {
+            let reply = match reply {
+                Reply::Accepted { restart, .. } => Reply::Accepted {
+                    restart,
+                    generation: self.generation,
+                    target_workers: self.target,
+                },
+                refused => refused,
+            };
+            out.push(Action::Reply { conn, intent, reply });
+        }
         out
     }
 
@@ -557,6 +617,73 @@ impl Core {
             Intent::ReopenLogs => out.push(Action::ReopenLogs),
             Intent::Rolling => self.request_restart(RestartKind::Rolling, now, out),
             Intent::Hot => self.request_restart(RestartKind::Hot, now, out),
+        }
+    }
+
+    /// A control request: act as for the same signal, but answer with what
+    /// was done. A restart is refused when it could not start now (rather
+    /// than queued behind a hook or a hot restart, where the id it would
+    /// get is not known yet), so that a deploy tool acts on a plain answer.
+    fn on_control(&mut self, intent: Intent, now: Instant, out: &mut Vec<Action>) -> Reply {
+        let refused = |reason: String| Reply::Refused { reason };
+        let accepted = |restart| Reply::Accepted {
+            restart,
+            generation: 0,
+            target_workers: 0,
+        };
+        match intent {
+            Intent::Rolling | Intent::Hot => {
+                let kind = if intent == Intent::Hot {
+                    RestartKind::Hot
+                } else {
+                    RestartKind::Rolling
+                };
+                if let Some(reason) = self.restart_refusal() {
+                    log(out, Level::Info, format!("{} restart refused: {reason}", kind.as_str()));
+                    return refused(reason);
+                }
+                self.request_restart(kind, now, out);
+                accepted(Some(RestartRef {
+                    id: self.restarts_begun,
+                    kind,
+                }))
+            }
+            Intent::Incr | Intent::Decr | Intent::Scale(_) if self.shutdown.is_some() => {
+                refused("sup is stopping".to_string())
+            }
+            Intent::Decr if self.target <= 1 => refused("already at 1 worker, the fewest there can be".to_string()),
+            Intent::Stop
+            | Intent::Interrupt
+            | Intent::Halt
+            | Intent::Incr
+            | Intent::Decr
+            | Intent::Scale(_)
+            | Intent::ReopenLogs => {
+                self.on_intent(intent, now, out);
+                accepted(None)
+            }
+        }
+    }
+
+    /// Why a restart cannot start now, if it cannot.
+    fn restart_refusal(&self) -> Option<String> {
+        if self.shutdown.is_some() {
+            return Some("sup is stopping".to_string());
+        }
+        let r = self.restart?;
+        let (id, kind) = (r.id, r.kind.as_str());
+        match r.phase {
+            Phase::Hook { .. } => Some(format!(
+                "the restart hook of {kind} restart {id} is running; ask again when it has finished"
+            )),
+            Phase::Preflight { .. } => Some(format!(
+                "hot restart {id} is checking the new sup; ask again when it has finished"
+            )),
+            Phase::Draining | Phase::Exec => Some(format!(
+                "hot restart {id} is stopping the workers to re-execute sup; ask again when it has finished"
+            )),
+            // A rollout in progress starts over with the newest code.
+            Phase::Rolling { .. } | Phase::Starting { .. } => None,
         }
     }
 
@@ -1436,6 +1563,7 @@ mod tests {
         exit: Option<i32>,
         logs: Vec<String>,
         spawns: usize,
+        replies: Vec<(usize, Intent, Reply)>,
     }
 
     impl Harness {
@@ -1444,7 +1572,14 @@ mod tests {
         }
 
         fn with(settings: Settings) -> Harness {
-            let mut h = Harness {
+            let mut h = Harness::before_start(settings);
+            h.send(Event::Started, 0);
+            h
+        }
+
+        /// A core that has not been told `Started` yet.
+        fn before_start(settings: Settings) -> Harness {
+            Harness {
                 core: Core::new(settings),
                 hooks: vec![],
                 preflights: 0,
@@ -1459,9 +1594,8 @@ mod tests {
                 exit: None,
                 logs: vec![],
                 spawns: 0,
-            };
-            h.send(Event::Started, 0);
-            h
+                replies: vec![],
+            }
         }
 
         fn at(&self, ms: u64) -> Instant {
@@ -1501,9 +1635,21 @@ mod tests {
                         Action::Log { message, .. } => self.logs.push(message),
                         Action::Upward(u) => self.upward.push(u),
                         Action::Exit(code) => self.exit = Some(code),
+                        Action::Reply { conn, intent, reply } => self.replies.push((conn, intent, reply)),
                     }
                 }
             }
+        }
+
+        /// Send a control request; the core's one reply to it.
+        fn control(&mut self, intent: Intent, ms: u64) -> Reply {
+            let before = self.replies.len();
+            self.send(Event::Control { conn: 7, intent }, ms);
+            let new: Vec<_> = self.replies.drain(before..).collect();
+            assert_eq!(new.len(), 1, "exactly one reply: {new:?}");
+            let (conn, echoed, reply) = new.into_iter().next().unwrap();
+            assert_eq!((conn, echoed), (7, intent));
+            reply
         }
 
         fn exit(&mut self, pid: i32, status: ExitStatus, ms: u64) {
@@ -1875,6 +2021,164 @@ mod tests {
         let mut h = Harness::with(settings);
         h.tick_until(1_000);
         h
+    }
+
+    /// Every state the core can be in when a control request comes.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum State {
+        Idle,
+        Stopping,
+        Halting,
+        Hook,
+        Preflight,
+        Rolling,
+        Draining,
+        Exec,
+        /// The new image of a hot restart, its first workers booting.
+        Starting,
+        Exited,
+    }
+
+    const STATES: [State; 10] = [
+        State::Idle,
+        State::Stopping,
+        State::Halting,
+        State::Hook,
+        State::Preflight,
+        State::Rolling,
+        State::Draining,
+        State::Exec,
+        State::Starting,
+        State::Exited,
+    ];
+
+    /// Two ready workers (restart 1 done before, so ids are visible), then `state`.
+    fn in_state(state: State) -> Harness {
+        let mut h = ready_harness(2, |s| s.hook = state == State::Hook);
+        if state == State::Hook {
+            h.send(Event::Intent(Intent::Rolling), 1_000);
+            assert_eq!(h.hooks, [RestartKind::Rolling]);
+            return h;
+        }
+        match state {
+            State::Idle | State::Hook => {}
+            State::Stopping => h.send(Event::Intent(Intent::Stop), 1_000),
+            State::Halting => h.send(Event::Intent(Intent::Halt), 1_000),
+            State::Preflight => h.send(Event::Intent(Intent::Hot), 1_000),
+            State::Rolling => h.send(Event::Intent(Intent::Rolling), 1_000),
+            State::Draining | State::Exec => {
+                h.send(Event::Intent(Intent::Hot), 1_000);
+                h.send(Event::HelperSpawned { pid: 900 }, 1_001);
+                h.exit(900, ExitStatus::Code(0), 1_002);
+                if state == State::Exec {
+                    for pid in h.pids() {
+                        h.exit(pid, ExitStatus::Signaled(TERM), 1_003);
+                    }
+                    assert_eq!(h.reexec, Some(1));
+                }
+            }
+            State::Starting => {
+                // As the shell does in the new image: resume, then start.
+                let mut fresh = Harness::before_start(settings(2));
+                fresh.core.resume_hot(1, 1, Duration::from_millis(50), fresh.at(0));
+                fresh.send(Event::Started, 0);
+                assert_eq!(fresh.gens(), [1, 1], "the new image's first workers boot");
+                assert!(fresh.core.restart_busy());
+                return fresh;
+            }
+            State::Exited => {
+                h.send(Event::Intent(Intent::Halt), 1_000);
+                for pid in h.pids() {
+                    h.exit(pid, ExitStatus::Signaled(9), 1_001);
+                }
+                assert_eq!(h.exit, Some(0));
+            }
+        }
+        h
+    }
+
+    #[test]
+    fn every_control_request_in_every_state_gets_the_answer_of_what_was_done() {
+        let requests = [
+            Intent::Hot,
+            Intent::Rolling,
+            Intent::Stop,
+            Intent::Halt,
+            Intent::Incr,
+            Intent::Decr,
+            Intent::Scale(3),
+            Intent::ReopenLogs,
+        ];
+        for state in STATES {
+            for intent in requests {
+                let mut h = in_state(state);
+                let begun = h.core.restart_id();
+                let reply = h.control(intent, 1_100);
+                let ctx = format!("{intent:?} in {state:?}: {reply:?}");
+                let restart = matches!(intent, Intent::Hot | Intent::Rolling);
+                let resize = matches!(intent, Intent::Incr | Intent::Decr | Intent::Scale(_));
+                let stopping = matches!(state, State::Stopping | State::Halting);
+                let refusal = match state {
+                    State::Exited => Some("sup is exiting"),
+                    _ if stopping && (restart || resize) => Some("sup is stopping"),
+                    State::Hook if restart => Some("the restart hook of rolling restart 1 is running"),
+                    State::Preflight if restart => Some("hot restart 1 is checking the new sup"),
+                    State::Draining | State::Exec if restart => {
+                        Some("hot restart 1 is stopping the workers to re-execute sup")
+                    }
+                    _ => None,
+                };
+                match (&reply, refusal) {
+                    (Reply::Refused { reason }, Some(want)) => assert!(reason.starts_with(want), "{ctx}"),
+                    (
+                        Reply::Accepted {
+                            restart: started,
+                            target_workers,
+                            generation,
+                        },
+                        None,
+                    ) => {
+                        assert_eq!(*generation, h.core.generation(), "{ctx}");
+                        assert_eq!(*target_workers, h.core.target(), "{ctx}");
+                        if restart {
+                            let r = started.unwrap_or_else(|| panic!("a restart id: {ctx}"));
+                            assert_eq!(r.id, begun + 1, "the id of the restart it started: {ctx}");
+                            assert_eq!(h.core.restart_id(), r.id, "{ctx}");
+                            let kind = if intent == Intent::Hot {
+                                RestartKind::Hot
+                            } else {
+                                RestartKind::Rolling
+                            };
+                            assert_eq!(r.kind, kind, "{ctx}");
+                        } else {
+                            assert_eq!(*started, None, "{ctx}");
+                        }
+                        match intent {
+                            Intent::Incr => assert_eq!(*target_workers, 3, "{ctx}"),
+                            Intent::Decr => assert_eq!(*target_workers, 1, "{ctx}"),
+                            Intent::Scale(n) => assert_eq!(*target_workers, n, "{ctx}"),
+                            _ => {}
+                        }
+                    }
+                    _ => panic!(
+                        "expected {}: {ctx}",
+                        refusal.map_or("accepted".into(), |r| format!("refused ({r})"))
+                    ),
+                }
+                if let Reply::Refused { .. } = reply {
+                    assert_eq!(h.core.restart_id(), begun, "a refusal starts nothing: {ctx}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fewer_than_one_worker_is_refused_and_a_stop_asked_twice_is_still_accepted() {
+        let mut h = ready_harness(1, |_| {});
+        assert!(matches!(h.control(Intent::Decr, 1_000), Reply::Refused { reason } if reason.contains("1 worker")));
+        assert_eq!(h.core.target(), 1);
+        assert!(matches!(h.control(Intent::Stop, 1_100), Reply::Accepted { .. }));
+        assert!(matches!(h.control(Intent::Stop, 1_200), Reply::Accepted { .. }));
     }
 
     #[test]

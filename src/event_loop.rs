@@ -22,10 +22,10 @@ use signal_hook_mio::v1_0::Signals;
 
 use crate::config::{Config, Credentials, Readiness};
 use crate::control::http::{self, Parsed};
+use crate::control::protocol::Answer;
 use crate::control::server::ControlServer;
 use crate::control::stats::{self, Usage};
 use crate::control::{self, Route};
-use crate::core::Intent;
 use crate::core::{Action, Core, Event, Settings};
 use crate::handoff::Handoff;
 use crate::hot_restart;
@@ -154,9 +154,6 @@ impl EventLoop {
         let einhorn_path = self.own.einhorn.as_ref().map(|e| e.name.to_string());
         let mut events = Events::with_capacity(64);
         let mut pending = VecDeque::from([Event::Started]);
-        // Control requests that asked for something and await their answer
-        // until the events they caused have been handled.
-        let mut replies: Vec<(usize, Intent)> = Vec::new();
         let status = loop {
             let mut exit = None;
             while let Some(event) = pending.pop_front() {
@@ -228,22 +225,15 @@ impl EventLoop {
                                 n.send(&what);
                             }
                         }
+                        Action::Reply { conn, intent, reply } => {
+                            if let Some(server) = &mut self.control {
+                                let answer = Answer::from_reply(intent, reply);
+                                server.respond(conn, http::response(answer.status(500), &answer.to_json(), &[]));
+                            }
+                        }
                         Action::Log { level, message } => log::log!(level, "{message}"),
                         Action::Exit(code) => exit = Some(code),
                     }
-                }
-            }
-            // Answer the control requests whose intents were just handled.
-            for (slot, intent) in replies.drain(..) {
-                if let Some(server) = &mut self.control {
-                    let body = serde_json::json!({
-                        "ok": true,
-                        "accepted": format!("{intent:?}"),
-                        "restart_id": core.restart_id(),
-                        "generation": core.generation(),
-                        "target_workers": core.target(),
-                    });
-                    server.respond(slot, http::response(202, &body.to_string(), &[]));
                 }
             }
             if let Some(code) = exit {
@@ -291,25 +281,24 @@ impl EventLoop {
                             None => {}
                             Some(Parsed::Incomplete) => {}
                             Some(Parsed::Error(status, why)) => {
-                                let body = serde_json::json!({ "error": why }).to_string();
+                                let body = Answer::rejected(why).to_json();
                                 server.respond(slot, http::response(status, &body, &[]));
                             }
                             Some(Parsed::Request(req)) => match control::route(&req, config.control_token.as_deref()) {
                                 Route::Stats => {
                                     let body = stats::build(&core, sockets, &mut usage, started, Instant::now());
-                                    server.respond(slot, http::response(200, &body.to_string(), &[]));
+                                    let json = serde_json::to_string(&body).unwrap_or_default();
+                                    server.respond(slot, http::response(200, &json, &[]));
                                 }
-                                Route::Intent(intent) => {
-                                    pending.push_back(Event::Intent(intent));
-                                    replies.push((slot, intent));
-                                }
+                                // The core decides and answers (Action::Reply);
+                                // the connection waits until then.
+                                Route::Intent(intent) => pending.push_back(Event::Control { conn: slot, intent }),
                                 Route::Refuse(status, why) => {
-                                    let body = serde_json::json!({ "error": why }).to_string();
+                                    let body = Answer::rejected(why).to_json();
                                     server.respond(slot, http::response(status, &body, &[]));
                                 }
                                 Route::WrongMethod { allow } => {
-                                    let why = format!("use {allow} {}", req.path);
-                                    let body = serde_json::json!({ "error": why }).to_string();
+                                    let body = Answer::rejected(format!("use {allow} {}", req.path)).to_json();
                                     server.respond(slot, http::response(405, &body, &[("Allow", allow)]));
                                 }
                             },

@@ -3,16 +3,17 @@
 //!
 //! `--wait` follows a restart to its end — printing a line as each new
 //! worker comes up — and exits non-zero if it failed or was abandoned: what
-//! a deploy task needs to fail a deploy. During a hot restart the control
-//! socket is briefly re-created; the client retries until its deadline.
+//! a deploy task needs to fail a deploy. A refusal (sup is stopping, a hook
+//! or a hot restart is in flight) exits non-zero with sup's reason. During a
+//! hot restart the control socket is briefly re-created; the client retries
+//! until its deadline.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
 use super::ControlAddr;
+use super::protocol::{Answer, RestartOutcome, Stats, WorkerPhase};
 use crate::cli::{CtlArgs, CtlCommand};
 
 fn out(line: &str) {
@@ -74,168 +75,179 @@ fn execute(args: &CtlArgs) -> Result<u8, Failure> {
         return by_signal(args, t.pidfile.as_deref());
     };
     let token = t.token.as_deref();
-    let (method, path, label) = match &args.command {
-        CtlCommand::Status | CtlCommand::Stats => ("GET", "/stats".to_string(), ""),
-        CtlCommand::Restart => ("POST", "/restart".into(), "hot restart"),
-        CtlCommand::PhasedRestart => ("POST", "/phased-restart".into(), "rolling restart"),
-        CtlCommand::Stop => ("POST", "/stop".into(), "stop"),
-        CtlCommand::Halt => ("POST", "/halt".into(), "halt"),
-        CtlCommand::Incr => ("POST", "/incr".into(), "one worker more"),
-        CtlCommand::Decr => ("POST", "/decr".into(), "one worker fewer"),
-        CtlCommand::Workers { count } => ("POST", format!("/workers?count={count}"), "worker count"),
-        CtlCommand::ReopenLogs => ("POST", "/reopen-logs".into(), "reopen logs"),
+    let (method, path) = match &args.command {
+        CtlCommand::Status | CtlCommand::Stats => ("GET", "/stats".to_string()),
+        CtlCommand::Restart => ("POST", "/restart".into()),
+        CtlCommand::PhasedRestart => ("POST", "/phased-restart".into()),
+        CtlCommand::Stop => ("POST", "/stop".into()),
+        CtlCommand::Halt => ("POST", "/halt".into()),
+        CtlCommand::Incr => ("POST", "/incr".into()),
+        CtlCommand::Decr => ("POST", "/decr".into()),
+        CtlCommand::Workers { count } => ("POST", format!("/workers?count={count}")),
+        CtlCommand::ReopenLogs => ("POST", "/reopen-logs".into()),
     };
     let waits = matches!(args.command, CtlCommand::Restart | CtlCommand::PhasedRestart);
     if args.wait && !waits {
         return Err(usage("--wait goes with restart and phased-restart"));
     }
+    let timeout = crate::config::parse_duration(&args.timeout).map_err(|e| usage(format!("--timeout: {e}")))?;
     let (status, body) = request(control, token, method, &path).map_err(|e| runtime(format!("{control}: {e}")))?;
-    if status != 200 && status != 202 {
-        let why = body["error"].as_str().unwrap_or("no reason given").to_string();
-        return Err(runtime(format!("{control} answered {status}: {why}")));
+    if matches!(args.command, CtlCommand::Status | CtlCommand::Stats) {
+        let stats = parse_stats(status, &body).map_err(|e| runtime(format!("{control}: {e}")))?;
+        if matches!(args.command, CtlCommand::Stats) {
+            out(&serde_json::to_string_pretty(&stats).unwrap_or_default());
+        } else {
+            print_status(&stats);
+        }
+        return Ok(0);
     }
-    match args.command {
-        CtlCommand::Stats => {
-            out(&serde_json::to_string_pretty(&body).unwrap_or_default());
-            Ok(0)
-        }
-        CtlCommand::Status => {
-            print_status(&body);
-            Ok(0)
-        }
-        _ => {
-            let id = body["restart_id"].as_u64().unwrap_or(0);
-            out(&format!("sup: {label} accepted"));
-            if args.wait {
-                let timeout =
-                    crate::config::parse_duration(&args.timeout).map_err(|e| usage(format!("--timeout: {e}")))?;
-                wait(control, token, id, Instant::now() + timeout)
-            } else {
-                Ok(0)
+    let answer: Answer = serde_json::from_str(&body).map_err(|e| {
+        runtime(format!(
+            "{control} answered {status} with something sup ctl cannot read: {e}"
+        ))
+    })?;
+    match answer {
+        Answer::Accepted {
+            command,
+            restart,
+            generation,
+            target_workers,
+        } => {
+            let name = serde_json::to_string(&command).unwrap_or_default();
+            match restart {
+                Some(r) => out(&format!("sup: {} restart {} started", r.kind.as_str(), r.id)),
+                None => out(&format!(
+                    "sup: {} accepted ({target_workers} worker(s), gen {generation})",
+                    name.trim_matches('"')
+                )),
+            }
+            match restart {
+                Some(r) if args.wait => wait(control, token, r.id, Instant::now() + timeout),
+                _ => Ok(0),
             }
         }
+        Answer::Refused { reason, .. } => Err(runtime(format!("refused: {reason}"))),
+        Answer::Rejected { error } => Err(runtime(format!("{control} answered {status}: {error}"))),
     }
 }
 
-/// Follow restart `id` (or whatever superseded it) to its end.
-fn wait(control: &ControlAddr, token: Option<&str>, id: u64, deadline: Instant) -> Result<u8, Failure> {
+fn parse_stats(status: u16, body: &str) -> Result<Stats, String> {
+    if status != 200 {
+        return Err(match serde_json::from_str::<Answer>(body) {
+            Ok(Answer::Rejected { error }) => format!("answered {status}: {error}"),
+            _ => format!("answered {status}"),
+        });
+    }
+    serde_json::from_str(body).map_err(|e| format!("cannot read its /stats: {e}"))
+}
+
+/// Follow restart `id` to its end. If a newer restart superseded it (a
+/// rollout asked for again starts over), say so and follow that one: it is
+/// the one that puts the newest code in place.
+fn wait(control: &ControlAddr, token: Option<&str>, mut id: u64, deadline: Instant) -> Result<u8, Failure> {
     let mut announced = std::collections::HashSet::new();
     let mut last_error = String::new();
     loop {
         if Instant::now() > deadline {
             return Err(runtime(format!(
-                "gave up waiting for the restart to finish ({last_error})"
+                "gave up waiting for restart {id} to finish ({last_error})"
             )));
         }
         std::thread::sleep(Duration::from_millis(100));
-        let stats = match request(control, token, "GET", "/stats") {
-            Ok((200, body)) => body,
-            // The control socket is re-created during a hot restart.
-            Ok((status, _)) => {
-                last_error = format!("answer {status}");
-                continue;
-            }
+        // The control socket is re-created during a hot restart: retry.
+        let stats = match request(control, token, "GET", "/stats").and_then(|(st, body)| parse_stats(st, &body)) {
+            Ok(stats) => stats,
             Err(e) => {
                 last_error = e;
                 continue;
             }
         };
-        let Some(restart) = stats["restart"].as_object() else {
+        let Some(restart) = stats.restart else {
             continue;
         };
-        let rid = restart.get("id").and_then(Value::as_u64).unwrap_or(0);
-        let generation = restart.get("generation").and_then(Value::as_u64);
-        if rid < id {
+        if restart.id < id {
             continue;
         }
-        for w in stats["worker_status"].as_array().into_iter().flatten() {
-            let ready = w["state"] == "ready";
-            let fresh = generation.is_some_and(|g| w["generation"].as_u64() == Some(g));
-            let pid = w["pid"].as_i64().unwrap_or(0);
-            if ready && fresh && announced.insert(pid) {
+        if restart.id > id {
+            out(&format!(
+                "sup: restart {id} was superseded by {} restart {}; following it",
+                restart.kind.as_str(),
+                restart.id
+            ));
+            id = restart.id;
+        }
+        for w in &stats.worker_status {
+            let fresh = restart.generation == Some(w.generation);
+            if w.state == WorkerPhase::Ready && fresh && announced.insert(w.pid) {
                 out(&format!(
-                    "worker {} (pid {pid}, gen {}) is ready",
-                    w["slot"], w["generation"]
+                    "worker {} (pid {}, gen {}) is ready",
+                    w.slot, w.pid, w.generation
                 ));
             }
         }
-        let outcome = restart.get("outcome").and_then(Value::as_str).unwrap_or("running");
-        if outcome == "running" || stats["restart_busy"] == true {
+        if restart.outcome == RestartOutcome::Running || stats.restart_busy {
             continue;
         }
-        let kind = restart.get("kind").and_then(Value::as_str).unwrap_or("");
-        let error = restart.get("error").and_then(Value::as_str).unwrap_or("");
-        return match outcome {
-            "completed" => {
+        let kind = restart.kind.as_str();
+        let error = restart.error.unwrap_or_default();
+        return match restart.outcome {
+            RestartOutcome::Completed => {
                 out(&format!(
-                    "sup: {kind} restart to gen {} complete",
-                    generation.unwrap_or(0)
+                    "sup: {kind} restart to gen {} complete (restart {id})",
+                    restart.generation.unwrap_or(0)
                 ));
                 Ok(0)
             }
-            "failed" => {
-                let slot = restart.get("failed_slot").and_then(Value::as_u64).unwrap_or(0);
-                Err(runtime(format!(
-                    "{kind} restart failed: worker {slot} {error}; the old workers keep serving"
-                )))
+            RestartOutcome::Failed => Err(runtime(format!(
+                "{kind} restart failed: worker {} {error}; the old workers keep serving (restart {id})",
+                restart.failed_slot.unwrap_or(0)
+            ))),
+            RestartOutcome::Abandoned | RestartOutcome::Running => {
+                Err(runtime(format!("{kind} restart abandoned: {error} (restart {id})")))
             }
-            _ => Err(runtime(format!("{kind} restart abandoned: {error}"))),
         };
     }
 }
 
-fn print_status(s: &Value) {
+fn print_status(s: &Stats) {
     out(&format!(
         "sup {} (pid {}), up {}s: {}",
-        s["version"].as_str().unwrap_or("?"),
-        s["pid"],
-        s["uptime_seconds"],
-        s["status"].as_str().unwrap_or("")
+        s.version, s.pid, s.uptime_seconds, s.status
     ));
-    for b in s["binds"].as_array().into_iter().flatten() {
-        out(&format!(
-            "  listening on {} (fd {}, name {})",
-            b["address"].as_str().unwrap_or(""),
-            b["fd"],
-            b["name"].as_str().unwrap_or("")
-        ));
+    for b in &s.binds {
+        out(&format!("  listening on {} (fd {}, name {})", b.address, b.fd, b.name));
     }
-    if let Some(r) = s["restart"].as_object() {
-        let get = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("").to_string();
-        let error = get("error");
+    if let Some(r) = &s.restart {
+        let outcome = serde_json::to_string(&r.outcome).unwrap_or_default();
         out(&format!(
             "  last restart: #{} {} {}{}",
-            r.get("id").and_then(Value::as_u64).unwrap_or(0),
-            get("kind"),
-            get("outcome"),
-            if error.is_empty() {
-                String::new()
-            } else {
-                format!(": {error}")
-            }
+            r.id,
+            r.kind.as_str(),
+            outcome.trim_matches('"'),
+            r.error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
         ));
     }
     out(&format!(
         "{:<5} {:<8} {:<5} {:<9} {:<9} {:<14} {:>9} {:>6}  {}",
         "SLOT", "PID", "GEN", "STATE", "RESTARTS", "LAST EXIT", "RSS", "CPU%", "STATUS"
     ));
-    for w in s["worker_status"].as_array().into_iter().flatten() {
-        let rss = w["rss_bytes"]
-            .as_u64()
+    for w in &s.worker_status {
+        let rss = w
+            .rss_bytes
             .map_or("-".to_string(), |b| format!("{:.1}M", b as f64 / 1_048_576.0));
-        let cpu = w["cpu_percent"].as_f64().map_or("-".to_string(), |c| format!("{c:.1}"));
-        // JSON values ignore width: pad their text.
+        let cpu = w.cpu_percent.map_or("-".to_string(), |c| format!("{c:.1}"));
+        let state = serde_json::to_string(&w.state).unwrap_or_default();
         out(&format!(
             "{:<5} {:<8} {:<5} {:<9} {:<9} {:<14} {:>9} {:>6}  {}",
-            w["slot"].to_string(),
-            w["pid"].to_string(),
-            w["generation"].to_string(),
-            w["state"].as_str().unwrap_or(""),
-            w["restarts"].to_string(),
-            w["last_exit"].as_str().unwrap_or("-"),
+            w.slot,
+            w.pid,
+            w.generation,
+            state.trim_matches('"'),
+            w.restarts,
+            w.last_exit.as_deref().unwrap_or("-"),
             rss,
             cpu,
-            w["status"].as_str().unwrap_or("")
+            w.status.as_deref().unwrap_or("")
         ));
     }
 }
@@ -280,8 +292,8 @@ fn by_signal(args: &CtlArgs, pidfile: Option<&Path>) -> Result<u8, Failure> {
     Ok(0)
 }
 
-/// One HTTP request; the status and the JSON body.
-pub fn request(control: &ControlAddr, token: Option<&str>, method: &str, path: &str) -> Result<(u16, Value), String> {
+/// One HTTP request; the status and the body.
+pub fn request(control: &ControlAddr, token: Option<&str>, method: &str, path: &str) -> Result<(u16, String), String> {
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: sup\r\nConnection: close\r\nContent-Length: 0\r\n");
     if let Some(t) = token {
         head.push_str(&format!("Authorization: Bearer {t}\r\n"));
@@ -311,6 +323,5 @@ pub fn request(control: &ControlAddr, token: Option<&str>, method: &str, path: &
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| "not an HTTP answer".to_string())?;
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    let value = serde_json::from_str(body).unwrap_or(Value::Null);
-    Ok((status, value))
+    Ok((status, body.to_string()))
 }

@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod http;
+pub mod protocol;
 pub mod server;
 pub mod stats;
 
@@ -57,29 +58,20 @@ impl std::fmt::Display for ControlAddr {
     }
 }
 
-/// What a request asks of sup.
+/// What a request asks of sup. Only the form of the request is judged
+/// here; whether sup can do it now is the core's decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     Stats,
+    /// For the core to decide and answer.
     Intent(Intent),
-    /// Answer at once with this status and message.
+    /// The request itself is wrong: reject it with this status and error.
     Refuse(u16, String),
     /// 405: the path exists, with this method only (the `Allow` header).
     WrongMethod {
         allow: &'static str,
     },
 }
-
-const MUTATING: [&str; 8] = [
-    "/restart",
-    "/phased-restart",
-    "/stop",
-    "/halt",
-    "/workers",
-    "/incr",
-    "/decr",
-    "/reopen-logs",
-];
 
 /// Decide what `req` means. The token (when one is configured) is checked
 /// first, in constant time.
@@ -96,24 +88,18 @@ pub fn route(req: &Request, token: Option<&str>) -> Route {
     }
     let path = req.path.trim_end_matches('/');
     let path = if path.is_empty() { "/" } else { path };
-    match (req.method.as_str(), path) {
-        ("GET" | "HEAD", "/stats") => Route::Stats,
-        ("POST", "/restart") => Route::Intent(Intent::Hot),
-        ("POST", "/phased-restart") => Route::Intent(Intent::Rolling),
-        ("POST", "/stop") => Route::Intent(Intent::Stop),
-        ("POST", "/halt") => Route::Intent(Intent::Halt),
-        ("POST", "/incr") => Route::Intent(Intent::Incr),
-        ("POST", "/decr") => Route::Intent(Intent::Decr),
-        ("POST", "/reopen-logs") => Route::Intent(Intent::ReopenLogs),
-        ("POST", "/workers") => {
+    match (req.method.as_str(), path, protocol::Command::from_path(path)) {
+        ("GET" | "HEAD", "/stats", _) => Route::Stats,
+        (_, "/stats", _) => Route::WrongMethod { allow: "GET" },
+        ("POST", _, Some(protocol::Command::Workers)) => {
             let count = req.query.iter().find(|(k, _)| k == "count").map(|(_, v)| v.as_str());
             match count.and_then(|c| c.parse::<usize>().ok()) {
                 Some(n) if (1..=10_000).contains(&n) => Route::Intent(Intent::Scale(n)),
                 _ => Route::Refuse(400, "POST /workers needs ?count=N, N from 1 to 10000".into()),
             }
         }
-        (_, "/stats") => Route::WrongMethod { allow: "GET" },
-        (_, p) if MUTATING.contains(&p) => Route::WrongMethod { allow: "POST" },
+        ("POST", _, Some(command)) => Route::Intent(command.intent(0)),
+        (_, _, Some(_)) => Route::WrongMethod { allow: "POST" },
         _ => Route::Refuse(404, format!("no such endpoint: {}", req.path)),
     }
 }

@@ -3,7 +3,10 @@
 //! Non-blocking, in sup's loop. At most [`MAX_CONNECTIONS`] are open (the
 //! oldest is dropped beyond that); each must send a complete request within
 //! [`READ_DEADLINE`] or it is cut off; one request per connection, answered
-//! and closed. What a request means is `route`'s business, not this one's.
+//! and closed (`Connection: close`): pipelined requests after the first are
+//! not read. A client that sends its request and then shuts down its writing
+//! side (`nc -N`, socat, many scripts) still gets its answer. What a request
+//! means is `route`'s business, and the answer to a command the core's.
 
 use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
@@ -63,6 +66,8 @@ impl Write for Stream {
 struct Conn {
     stream: Stream,
     buf: Vec<u8>,
+    /// Its one request has been handed on; the answer is awaited.
+    taken: bool,
     /// The answer, once there is one; the connection closes when it is out.
     out: Option<(Vec<u8>, usize)>,
     deadline: Instant,
@@ -129,6 +134,7 @@ impl ControlServer {
             let slot = self.conns.insert(Conn {
                 stream,
                 buf: Vec::new(),
+                taken: false,
                 out: None,
                 deadline: now + READ_DEADLINE,
             });
@@ -148,8 +154,8 @@ impl ControlServer {
         token.0.checked_sub(self.base).filter(|s| *s < self.conns.bound())
     }
 
-    /// Read what arrived on `slot`. Returns a request (or a parse error to
-    /// answer) once one is complete.
+    /// Read what arrived on `slot`. Returns its request (or a parse error to
+    /// answer) once, when it is complete.
     pub fn read(&mut self, slot: usize) -> Option<Parsed> {
         let conn = self.conns.get_mut(slot)?;
         if conn.out.is_some() {
@@ -157,13 +163,18 @@ impl ControlServer {
             return None;
         }
         let mut chunk = [0u8; 4096];
+        let mut eof = false;
         loop {
             match conn.stream.read(&mut chunk) {
                 Ok(0) => {
-                    self.close(slot);
-                    return None;
+                    eof = true;
+                    break;
                 }
                 Ok(n) => {
+                    if conn.taken {
+                        // A pipelined request: not answered (Connection: close).
+                        continue;
+                    }
                     conn.buf.extend_from_slice(&chunk[..n]);
                     if conn.buf.len() > http::MAX_HEAD + http::MAX_BODY + 4 {
                         break;
@@ -177,9 +188,22 @@ impl ControlServer {
                 }
             }
         }
+        if conn.taken {
+            return None;
+        }
         match http::parse(&conn.buf) {
+            // The client is gone before its request was whole.
+            Parsed::Incomplete if eof => {
+                self.close(slot);
+                None
+            }
             Parsed::Incomplete => None,
-            done => Some(done),
+            // Complete, even if the client has shut down its writing side:
+            // its reading side still waits for the answer.
+            done => {
+                conn.taken = true;
+                Some(done)
+            }
         }
     }
 
@@ -216,15 +240,20 @@ impl ControlServer {
     /// The earliest read deadline of a connection still waiting for its
     /// request; none when no connection is open (no idle timer).
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.conns.iter().filter(|c| c.out.is_none()).map(|c| c.deadline).min()
+        self.conns
+            .iter()
+            .filter(|c| c.out.is_none() && !c.taken)
+            .map(|c| c.deadline)
+            .min()
     }
 
     /// Cut off connections that did not send a whole request in time.
     pub fn expire(&mut self, now: Instant) {
         for slot in 0..self.conns.bound() {
-            let late = matches!(self.conns.get_mut(slot), Some(c) if c.out.is_none() && c.deadline <= now);
+            let late = matches!(self.conns.get_mut(slot), Some(c) if c.out.is_none() && !c.taken && c.deadline <= now);
             if late {
-                self.respond(slot, http::response(408, r#"{"error":"request timeout"}"#, &[]));
+                let body = super::protocol::Answer::rejected("request timeout").to_json();
+                self.respond(slot, http::response(408, &body, &[]));
                 self.close(slot);
             }
         }

@@ -12,9 +12,9 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde_json::{Value, json};
 use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 
+use super::protocol::{Bind, LastStatus, RestartOutcome, RestartStats, Stats, WorkerPhase, WorkerStats};
 use crate::core::{Core, Outcome};
 use crate::sockets::BoundSocket;
 use crate::worker::WorkerState;
@@ -79,7 +79,7 @@ impl Default for Usage {
     }
 }
 
-pub fn build(core: &Core, sockets: &[BoundSocket], usage: &mut Usage, started: Instant, now: Instant) -> Value {
+pub fn build(core: &Core, sockets: &[BoundSocket], usage: &mut Usage, started: Instant, now: Instant) -> Stats {
     let pids: Vec<Pid> = core.workers().iter().map(|w| Pid::from_u32(w.pid as u32)).collect();
     let system = usage.refresh(&pids);
     let generation = core.generation();
@@ -87,80 +87,82 @@ pub fn build(core: &Core, sockets: &[BoundSocket], usage: &mut Usage, started: I
     let (mut live, mut booted, mut old) = (0, 0, 0);
     for w in core.workers() {
         let (state, ready_at) = match w.state {
-            WorkerState::Booting { .. } => ("booting", None),
-            WorkerState::Ready { since } => ("ready", Some(iso(since, now))),
-            WorkerState::Stopping { .. } => ("stopping", None),
+            WorkerState::Booting { .. } => (WorkerPhase::Booting, None),
+            WorkerState::Ready { since } => (WorkerPhase::Ready, Some(iso(since, now))),
+            WorkerState::Stopping { .. } => (WorkerPhase::Stopping, None),
         };
+        let ready = state == WorkerPhase::Ready;
         if !w.is_stopping() {
             live += 1;
-            booted += usize::from(state == "ready");
+            booted += usize::from(ready);
             old += usize::from(w.generation < generation);
         }
         let slot = core.slot(w.slot);
         let process = system.and_then(|s| s.process(Pid::from_u32(w.pid as u32)));
-        worker_status.push(json!({
-            // Puma's keys.
-            "index": w.slot,
-            "pid": w.pid,
-            "phase": w.generation,
-            "booted": state == "ready",
-            "started_at": iso(w.spawned_at, now),
-            "last_checkin": iso(now, now),
-            "last_status": {},
-            // sup's.
-            "slot": w.slot,
-            "generation": w.generation,
-            "state": state,
-            "ready_at": ready_at,
-            "restarts": slot.map_or(0, |s| s.restarts),
-            "last_exit": slot.and_then(|s| s.last_exit).map(|e| e.to_string()),
-            "failures_in_a_row": slot.map_or(0, |s| s.failures),
-            "rss_bytes": process.map(|p| p.memory()),
-            "cpu_percent": process.map(|p| (f64::from(p.cpu_usage()) * 10.0).round() / 10.0),
-            "status": w.status,
-        }));
+        worker_status.push(WorkerStats {
+            index: w.slot,
+            pid: w.pid,
+            phase: w.generation,
+            booted: ready,
+            started_at: iso(w.spawned_at, now),
+            last_checkin: iso(now, now),
+            last_status: LastStatus {},
+            slot: w.slot,
+            generation: w.generation,
+            state,
+            ready_at,
+            restarts: slot.map_or(0, |s| s.restarts),
+            last_exit: slot.and_then(|s| s.last_exit).map(|e| e.to_string()),
+            failures_in_a_row: slot.map_or(0, |s| s.failures),
+            rss_bytes: process.map(|p| p.memory()),
+            cpu_percent: process.map(|p| (f64::from(p.cpu_usage()) * 10.0).round() / 10.0),
+            status: w.status.clone(),
+        });
     }
     let restart = core.restart_record().map(|r| {
         let (outcome, failed_slot, error) = match &r.outcome {
-            Outcome::Running => ("running", None, None),
-            Outcome::Completed => ("completed", None, None),
-            Outcome::Failed { slot, reason } => ("failed", Some(*slot), Some(reason.clone())),
-            Outcome::Abandoned { reason } => ("abandoned", None, Some(reason.clone())),
+            Outcome::Running => (RestartOutcome::Running, None, None),
+            Outcome::Completed => (RestartOutcome::Completed, None, None),
+            Outcome::Failed { slot, reason } => (RestartOutcome::Failed, Some(*slot), Some(reason.clone())),
+            Outcome::Abandoned { reason } => (RestartOutcome::Abandoned, None, Some(reason.clone())),
         };
-        json!({
-            "id": r.id,
-            "kind": r.kind.as_str(),
-            "generation": r.generation,
-            "started_at": iso(r.started_at, now),
-            "finished_at": r.finished_at.map(|f| iso(f, now)),
-            "outcome": outcome,
-            "failed_slot": failed_slot,
-            "error": error,
-        })
+        RestartStats {
+            id: r.id,
+            kind: r.kind,
+            generation: r.generation,
+            started_at: iso(r.started_at, now),
+            finished_at: r.finished_at.map(|f| iso(f, now)),
+            outcome,
+            failed_slot,
+            error,
+        }
     });
-    let binds: Vec<Value> = sockets
+    let binds = sockets
         .iter()
         .enumerate()
-        .map(|(i, s)| json!({"name": s.spec.name, "address": s.local.to_string(), "fd": 3 + i}))
+        .map(|(i, s)| Bind {
+            name: s.spec.name.clone(),
+            address: s.local.to_string(),
+            fd: 3 + i,
+        })
         .collect();
-    json!({
-        "pid": std::process::id(),
-        "version": env!("CARGO_PKG_VERSION"),
-        "started_at": iso(started, now),
-        "uptime_seconds": now.saturating_duration_since(started).as_secs(),
-        "generation": generation,
-        "target_workers": core.target(),
-        "status": core.status_line(),
-        "binds": binds,
-        "restart": restart,
-        "restart_busy": core.restart_busy(),
-        // Puma-shaped.
-        "workers": live,
-        "booted_workers": booted,
-        "old_workers": old,
-        "phase": generation,
-        "worker_status": worker_status,
-    })
+    Stats {
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        started_at: iso(started, now),
+        uptime_seconds: now.saturating_duration_since(started).as_secs(),
+        generation,
+        target_workers: core.target(),
+        status: core.status_line(),
+        binds,
+        restart,
+        restart_busy: core.restart_busy(),
+        workers: live,
+        booted_workers: booted,
+        old_workers: old,
+        phase: generation,
+        worker_status,
+    }
 }
 
 #[cfg(test)]
