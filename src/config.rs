@@ -71,7 +71,7 @@ pub struct Config {
     pub verbosity: Option<i8>,
     /// `--check`: validate and exit.
     pub check: bool,
-    pub control: Option<crate::control::ControlAddr>,
+    pub control: Option<crate::bind::ControlAddr>,
     pub control_token: Option<String>,
     pub log_file: Option<PathBuf>,
 }
@@ -246,7 +246,7 @@ impl Config {
                 errors.push(ConfigError::Placeholder(why));
             }
         }
-        let control = match cli.control.as_deref().map(crate::control::ControlAddr::parse) {
+        let control = match cli.control.as_deref().map(crate::bind::ControlAddr::parse) {
             Some(Ok(a)) => Some(a),
             Some(Err(e)) => {
                 errors.push(ConfigError::Control(e));
@@ -255,7 +255,7 @@ impl Config {
             None => None,
         };
         let token = cli.control_token.clone().filter(|t| !t.is_empty());
-        if matches!(control, Some(crate::control::ControlAddr::Tcp(_))) && token.is_none() {
+        if matches!(control, Some(crate::bind::ControlAddr::Tcp(_))) && token.is_none() {
             errors.push(ConfigError::ControlToken);
         }
         let verbosity = match (cli.verbose, cli.quiet) {
@@ -355,7 +355,7 @@ impl Config {
         if let Some(p) = &mut self.log_file {
             anchor(p);
         }
-        if let Some(crate::control::ControlAddr::Unix(p)) = &mut self.control {
+        if let Some(crate::bind::ControlAddr::Unix(p)) = &mut self.control {
             anchor(p);
         }
         for b in &mut self.binds {

@@ -6,7 +6,7 @@
 //! events and asserting actions, without processes. The core makes no
 //! syscalls, never reads the clock (callers pass `now`), and does not log:
 //! it returns [`Action::Log`] lines for the shell to write. It must not
-//! import the shell (`event_loop`, `spawn`, `sockets`, `notify`'s socket).
+//! import the shell (`event_loop`, `spawn`, `sockets`, `notify`).
 //!
 //! Two rules carry most of the behaviour:
 //! - **Fill**: a slot below the target count with no live worker gets one
@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use log::Level;
 
-use crate::notify::{Message, Sender};
+use crate::message::{Message, Sender};
 use crate::worker::{Backoff, ExitStatus, Lingering, SlotState, Worker, WorkerState};
 
 /// What the signal handlers (and later the control server) ask for.
@@ -1525,7 +1525,7 @@ fn retry_text(delay: Duration, failures: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::notify::{Message, Sender};
+    use crate::message::{Message, Sender};
 
     const TERM: i32 = 15;
 

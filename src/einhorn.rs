@@ -19,7 +19,7 @@ use std::os::fd::AsRawFd;
 use mio::net::{UnixListener, UnixStream};
 
 use crate::handoff::HandedUnix;
-use crate::notify::{Message, Sender};
+use crate::message::{Message, Sender};
 use crate::runtime_dir::UnixName;
 use crate::slots::Slots;
 

@@ -15,9 +15,11 @@ pub mod core;
 pub mod einhorn;
 pub mod envfile;
 pub mod event_loop;
+pub mod exit;
 pub mod handoff;
 pub mod hot_restart;
 pub mod logging;
+pub mod message;
 pub mod notify;
 pub mod own_sockets;
 pub mod runtime_dir;
@@ -34,14 +36,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Parser;
 
-/// Exit statuses: 0 clean stop, 1 runtime failure, 2 usage or config error.
-pub const EXIT_RUNTIME: u8 = 1;
-pub const EXIT_USAGE: u8 = 2;
-
-/// Write one line to stderr, never panicking (stderr may be a closed pipe).
-pub fn say(line: &str) {
-    let _ = writeln!(std::io::stderr().lock(), "sup: {line}");
-}
+pub use exit::{EXIT_RUNTIME, EXIT_USAGE, chain, say};
 
 /// Parse, validate, bind, supervise. Returns the process exit status.
 pub fn run() -> u8 {
@@ -261,18 +256,6 @@ fn clap_error(e: clap::Error) -> u8 {
         .unwrap_or_default();
     say(&format!("error: {first}{tip} (see `sup --help`)"));
     EXIT_USAGE
-}
-
-/// An error and its causes on one line: `a: b: c`.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
 }
 
 /// Make sure fds 0-2 are open (so nothing sup opens lands there and is

@@ -20,53 +20,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use nix::sys::socket::{self, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, sockopt};
 
 use crate::handoff::HandedUnix;
+pub use crate::message::{Message, Sender};
 use crate::runtime_dir::UnixName;
-
-/// The parts of an sd_notify message sup acts on.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Message {
-    pub ready: bool,
-    pub stopping: bool,
-    pub watchdog: bool,
-    pub status: Option<String>,
-    pub mainpid: Option<i32>,
-}
-
-impl Message {
-    /// Parse `KEY=VALUE` lines as systemd reads them: unknown keys are
-    /// ignored, the last assignment wins.
-    pub fn parse(bytes: &[u8]) -> Message {
-        let mut m = Message::default();
-        for line in bytes.split(|b| *b == b'\n') {
-            let line = String::from_utf8_lossy(line);
-            let Some((key, value)) = line.split_once('=') else {
-                continue;
-            };
-            match key {
-                "READY" => m.ready = value == "1",
-                "STOPPING" => m.stopping = value == "1",
-                "WATCHDOG" => m.watchdog = value == "1",
-                "STATUS" => m.status = Some(value.chars().take(256).collect()),
-                "MAINPID" => m.mainpid = value.parse().ok().filter(|p| *p > 0),
-                _ => {}
-            }
-        }
-        m
-    }
-
-    pub fn is_empty(&self) -> bool {
-        *self == Message::default()
-    }
-}
-
-/// Who sent a message, per the kernel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Sender {
-    pub pid: i32,
-    /// The sender's process group, looked up on receipt (None if it is gone).
-    pub pgid: Option<i32>,
-    pub uid: u32,
-}
 
 /// One received datagram.
 #[derive(Debug)]
@@ -198,19 +153,6 @@ impl NotifySocket {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_what_systemd_reads() {
-        let m = Message::parse(b"READY=1\nSTATUS=Gunicorn arbiter booted\nMAINPID=42\nX=y\n");
-        assert!(m.ready && !m.stopping && !m.watchdog);
-        assert_eq!(m.status.as_deref(), Some("Gunicorn arbiter booted"));
-        assert_eq!(m.mainpid, Some(42));
-        assert!(Message::parse(b"WATCHDOG=1").watchdog);
-        assert!(Message::parse(b"STOPPING=1").stopping);
-        assert!(!Message::parse(b"READY=0").ready);
-        assert!(Message::parse(b"BARRIER=1").is_empty());
-        assert_eq!(Message::parse(b"MAINPID=-3").mainpid, None);
-    }
 
     #[test]
     fn receives_credentials_and_closes_passed_fds() {

@@ -25,7 +25,7 @@ pub fn run(args: CtlArgs) -> u8 {
     match execute(&args) {
         Ok(code) => code,
         Err((code, message)) => {
-            crate::say(&format!("error: {message}"));
+            crate::exit::say(&format!("error: {message}"));
             code
         }
     }
@@ -34,11 +34,11 @@ pub fn run(args: CtlArgs) -> u8 {
 type Failure = (u8, String);
 
 fn usage(msg: impl Into<String>) -> Failure {
-    (crate::EXIT_USAGE, msg.into())
+    (crate::exit::EXIT_USAGE, msg.into())
 }
 
 fn runtime(msg: impl Into<String>) -> Failure {
-    (crate::EXIT_RUNTIME, msg.into())
+    (crate::exit::EXIT_RUNTIME, msg.into())
 }
 
 struct Target {

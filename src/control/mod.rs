@@ -12,51 +12,9 @@ pub mod protocol;
 pub mod server;
 pub mod stats;
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-
+pub use crate::bind::ControlAddr;
 use crate::core::Intent;
 use http::Request;
-
-/// Where the control server listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ControlAddr {
-    Unix(PathBuf),
-    Tcp(SocketAddr),
-}
-
-impl ControlAddr {
-    pub fn parse(s: &str) -> Result<ControlAddr, String> {
-        if let Some(rest) = s.strip_prefix("unix:") {
-            let path = rest.strip_prefix("//").unwrap_or(rest);
-            if path.is_empty() {
-                return Err(format!("invalid --control `{s}`: a unix socket needs a path"));
-            }
-            return Ok(ControlAddr::Unix(PathBuf::from(path)));
-        }
-        let hostport = s.strip_prefix("tcp://").unwrap_or(s);
-        match crate::bind::BindSpec::parse(hostport) {
-            Ok(spec) => match spec.addr {
-                crate::bind::BindAddr::Tcp(a) => Ok(ControlAddr::Tcp(a)),
-                _ => Err(format!(
-                    "invalid --control `{s}`: expected unix:PATH or tcp://HOST:PORT"
-                )),
-            },
-            Err(_) => Err(format!(
-                "invalid --control `{s}`: expected unix:PATH or tcp://HOST:PORT"
-            )),
-        }
-    }
-}
-
-impl std::fmt::Display for ControlAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ControlAddr::Unix(p) => write!(f, "unix:{}", p.display()),
-            ControlAddr::Tcp(a) => write!(f, "tcp://{a}"),
-        }
-    }
-}
 
 /// What a request asks of sup. Only the form of the request is judged
 /// here; whether sup can do it now is the core's decision.

@@ -7,6 +7,8 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
+use sup::control::protocol::{Answer, Stats, WorkerPhase};
+
 use crate::harness::*;
 
 /// A raw exchange on the control socket: what comes back (possibly empty
@@ -20,7 +22,8 @@ fn raw(path: &Path, bytes: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn stats(path: &Path) -> serde_json::Value {
+/// `/stats`, read with the same types `sup ctl` uses.
+fn stats(path: &Path) -> Stats {
     let text = raw(path, b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\n");
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     serde_json::from_str(text.split_once("\r\n\r\n").unwrap().1).unwrap()
@@ -60,28 +63,20 @@ fn stats_reports_the_real_port_and_the_workers_answering_on_it() {
     );
     let addr = sup.tcp_addr(0);
     wait_until("3 ready in /stats", secs(20), || {
-        (stats(&sock)["booted_workers"] == 3).then_some(())
+        (stats(&sock).booted_workers == 3).then_some(())
     });
     let s = stats(&sock);
-    assert_eq!(s["binds"][0]["address"], format!("tcp://{addr}"));
-    assert_eq!(s["binds"][0]["name"], "web");
-    assert_eq!(s["pid"], sup.pid());
-    assert_eq!(
-        (s["workers"].as_i64(), s["phase"].as_i64(), s["old_workers"].as_i64()),
-        (Some(3), Some(0), Some(0))
-    );
-    let listed: HashSet<i64> = s["worker_status"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w["pid"].as_i64().unwrap())
-        .collect();
+    assert_eq!(s.binds[0].address, format!("tcp://{addr}"));
+    assert_eq!(s.binds[0].name, "web");
+    assert_eq!(s.pid, sup.pid() as u32);
+    assert_eq!((s.workers, s.phase, s.old_workers), (3, 0, 0));
+    let listed: HashSet<i64> = s.worker_status.iter().map(|w| i64::from(w.pid)).collect();
     let answering: HashSet<i64> = answering_pids(addr, 3);
     assert_eq!(listed, answering);
-    for w in s["worker_status"].as_array().unwrap() {
-        assert_eq!(w["state"], "ready");
-        assert_eq!(w["status"], "serving", "the worker's STATUS= text");
-        assert!(w["rss_bytes"].as_u64().unwrap() > 0);
+    for w in &s.worker_status {
+        assert_eq!(w.state, WorkerPhase::Ready);
+        assert_eq!(w.status.as_deref(), Some("serving"), "the worker's STATUS= text");
+        assert!(w.rss_bytes.unwrap() > 0);
     }
     let meta = std::fs::metadata(&sock).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
@@ -182,7 +177,7 @@ fn hostile_requests_get_their_4xx_or_are_cut_off_and_stats_still_answers() {
     assert!(raw(&sock, b"POST /workers?count=zero HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 400"));
     assert!(raw(&sock, b"POST /stop HTTP/1.1\r\nContent-Length: 999999\r\n\r\n").starts_with("HTTP/1.1 413"));
     // /stats answers at once while the stalled client still holds its connection.
-    assert_eq!(stats(&sock)["pid"], sup.pid());
+    assert_eq!(stats(&sock).pid, sup.pid() as u32);
     // The stalled client is cut off at its read deadline.
     stalled.set_read_timeout(Some(secs(15))).unwrap();
     let mut rest = String::new();
@@ -373,4 +368,116 @@ fn ctl_restart_wait_follows_a_hot_restart_across_the_exec() {
         status.contains("last restart: #1 hot completed"),
         "the restart's number survived the exec:\n{status}"
     );
+}
+
+/// A control server on a unix socket in `dir`, and sup with `args` after it.
+fn with_control(dir: &TestDir, args: &[&str]) -> (Sup, std::path::PathBuf) {
+    let sock = dir.join("c.sock");
+    let control = format!("unix:{}", sock.display());
+    let mut all = vec!["--control", control.as_str()];
+    all.extend_from_slice(args);
+    let sup = Sup::start(dir, &all);
+    wait_until("the control socket", secs(10), || sock.exists().then_some(()));
+    (sup, sock)
+}
+
+#[test]
+fn a_restart_asked_for_while_sup_is_stopping_is_refused_with_the_reason() {
+    // Reproduction: the old event loop answered 202 with the id of the
+    // previous restart, and `--wait` then printed "complete" and exited 0.
+    let dir = TestDir::new();
+    let (mut sup, sock) = with_control(
+        &dir,
+        &[
+            "--graceful-timeout",
+            "60s",
+            "--ready",
+            "notify",
+            "--",
+            WORKER,
+            "--ignore-term",
+            "--ready-after",
+            "0",
+        ],
+    );
+    sup.wait_ready(1);
+    let control = format!("unix:{}", sock.display());
+    let (code, _, stderr) = ctl(&["--control", &control, "stop"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    sup.wait_log("stopping: 1 worker(s) get the stop signal", secs(10));
+    for command in ["phased-restart", "restart"] {
+        let (code, stdout, stderr) = ctl(&["--control", &control, command, "--wait"]);
+        assert_eq!(code, Some(1), "{command}: {stdout}{stderr}");
+        assert!(stderr.contains("refused: sup is stopping"), "{command}: {stderr}");
+        assert!(!stdout.contains("complete"), "{command}: {stdout}");
+    }
+    let text = raw(&sock, b"POST /workers?count=3 HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(text.starts_with("HTTP/1.1 409 Conflict\r\n"), "{text}");
+    let answer: Answer = serde_json::from_str(text.split_once("\r\n\r\n").unwrap().1).unwrap();
+    assert_eq!(
+        answer,
+        Answer::Refused {
+            command: sup::control::protocol::Command::Workers,
+            reason: "sup is stopping".into()
+        }
+    );
+    sup.signal(libc::SIGQUIT);
+    assert_eq!(sup.wait_exit(secs(30)).code(), Some(0), "{}", sup.log());
+}
+
+#[test]
+fn a_complete_request_is_answered_after_the_client_half_closes() {
+    // Reproduction: `printf 'GET /stats HTTP/1.0\r\n\r\n' | nc -N`; sup took
+    // the EOF for a vanished client and answered about 3 times in 10.
+    let dir = TestDir::new();
+    let (sup, sock) = with_control(&dir, &["--", WORKER]);
+    for n in 0..20 {
+        let mut s = UnixStream::connect(&sock).unwrap();
+        s.set_read_timeout(Some(secs(10))).unwrap();
+        s.write_all(b"GET /stats HTTP/1.0\r\n\r\n").unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "attempt {n}: {out:?}");
+        let body: Stats = serde_json::from_str(out.split_once("\r\n\r\n").unwrap().1).unwrap();
+        assert_eq!(body.pid, sup.pid() as u32);
+    }
+    // A command half-closed the same way is decided and answered too.
+    let mut s = UnixStream::connect(&sock).unwrap();
+    s.set_read_timeout(Some(secs(10))).unwrap();
+    s.write_all(b"POST /incr HTTP/1.0\r\n\r\n").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 202 Accepted\r\n"), "{out:?}");
+    assert!(out.contains(r#""target_workers":2"#), "{out}");
+    // An incomplete request followed by a half-close is just closed.
+    assert_eq!(raw_half_closed(&sock, b"GET /stats HTTP/1.0\r\n"), "");
+}
+
+fn raw_half_closed(path: &Path, bytes: &[u8]) -> String {
+    let mut s = UnixStream::connect(path).unwrap();
+    s.set_read_timeout(Some(secs(10))).unwrap();
+    s.write_all(bytes).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn pipelined_requests_get_the_first_answered_and_the_connection_closed() {
+    let dir = TestDir::new();
+    let (_sup, sock) = with_control(&dir, &["--", WORKER]);
+    let text = raw(
+        &sock,
+        b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\nPOST /incr HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{text}");
+    assert!(
+        text.starts_with("HTTP/1.1 200 OK\r\n") && text.contains("Connection: close\r\n"),
+        "{text}"
+    );
+    let s = stats(&sock);
+    assert_eq!(s.target_workers, 1, "the pipelined POST /incr was not acted on");
 }
