@@ -38,8 +38,62 @@ use clap::Parser;
 
 pub use exit::{EXIT_RUNTIME, EXIT_USAGE, chain, say};
 
+/// Why sup could not start. Every variant happens before any worker
+/// exists (rule 8): sup says why and exits.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot set up file descriptors")]
+    Fds(#[source] std::io::Error),
+    /// Usage and configuration problems, every one of them (exit 2).
+    #[error("{} configuration problem(s)", .0.len())]
+    Config(Vec<config::ConfigError>),
+    #[error("cannot open --log-file {}", .0.display())]
+    LogFile(PathBuf, #[source] std::io::Error),
+    #[error("cannot open /dev/null")]
+    DevNull(#[source] std::io::Error),
+    #[error(transparent)]
+    Loop(#[from] event_loop::LoopError),
+    #[error("cannot unblock signals")]
+    Unblock(#[source] nix::Error),
+    #[error(transparent)]
+    Sockets(#[from] sockets::SocketError),
+    #[error("cannot write pidfile {}", .0.display())]
+    Pidfile(PathBuf, #[source] std::io::Error),
+}
+
+impl StartupError {
+    fn status(&self) -> u8 {
+        match self {
+            StartupError::Config(_) => EXIT_USAGE,
+            _ => EXIT_RUNTIME,
+        }
+    }
+
+    /// One line per problem on stderr.
+    fn report(&self) {
+        match self {
+            StartupError::Config(errors) => {
+                for e in errors {
+                    say(&format!("error: {e}"));
+                }
+            }
+            other => say(&format!("error: {}", chain(other))),
+        }
+    }
+}
+
 /// Parse, validate, bind, supervise. Returns the process exit status.
 pub fn run() -> u8 {
+    match start() {
+        Ok(status) => status,
+        Err(e) => {
+            e.report();
+            e.status()
+        }
+    }
+}
+
+fn start() -> Result<u8, StartupError> {
     // A hot restart hands its sockets over as fds named in SUP_HANDOFF:
     // those survive the sweep of inherited fds, nothing else does.
     let handoff = match handoff::Handoff::from_env() {
@@ -61,16 +115,13 @@ pub fn run() -> u8 {
     };
     let mut keep = handoff.as_ref().map(handoff::Handoff::fds).unwrap_or_default();
     keep.extend(activation.iter().map(|(fd, _)| *fd));
-    if let Err(e) = sanitize_fds(&keep) {
-        say(&format!("error: cannot set up file descriptors: {e}"));
-        return EXIT_RUNTIME;
-    }
+    sanitize_fds(&keep).map_err(StartupError::Fds)?;
     let mut cli = match cli::Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => return clap_error(e),
+        Err(e) => return Ok(clap_error(e)),
     };
     if let Some(cli::Sub::Ctl(args)) = cli.sub.take() {
-        return control::client::run(args);
+        return Ok(control::client::run(args));
     }
     // Every problem is reported, the flags' and the system's, then exit 2.
     let (mut config, mut errors) = config::Config::parse(cli);
@@ -80,18 +131,12 @@ pub fn run() -> u8 {
     };
     config.anchor_paths(&origin);
     logging::init(config.verbosity);
-    let credentials = match config.check_startup() {
-        Ok(c) => c,
-        Err(more) => {
-            errors.extend(more);
-            None
-        }
-    };
+    let credentials = config.check_startup().unwrap_or_else(|more| {
+        errors.extend(more);
+        None
+    });
     if !errors.is_empty() {
-        for e in errors {
-            say(&format!("error: {e}"));
-        }
-        return EXIT_USAGE;
+        return Err(StartupError::Config(errors));
     }
     if config.check {
         let _ = writeln!(
@@ -101,40 +146,18 @@ pub fn run() -> u8 {
             config.binds.len(),
             Path::new(&config.command[0]).display()
         );
-        return 0;
+        return Ok(0);
     }
-    if let Some(path) = &config.log_file
-        && let Err(e) = logging::redirect_to(path)
-    {
-        say(&format!(
-            "error: cannot open --log-file {}: {}",
-            path.display(),
-            command::os_error(&e)
-        ));
-        return EXIT_RUNTIME;
+    if let Some(path) = &config.log_file {
+        logging::redirect_to(path).map_err(|e| StartupError::LogFile(path.clone(), e))?;
     }
-    let devnull = match open_devnull() {
-        Ok(fd) => fd,
-        Err(e) => {
-            say(&format!("error: cannot open /dev/null: {e}"));
-            return EXIT_RUNTIME;
-        }
-    };
+    let devnull = open_devnull().map_err(StartupError::DevNull)?;
     // Handlers first: a TERM during startup must not kill sup with its
     // sockets half made.
-    let event_loop = match event_loop::EventLoop::new(&config, credentials.as_ref(), handoff.as_ref()) {
-        Ok(l) => l,
-        Err(e) => {
-            say(&format!("error: {}", chain(&e)));
-            return EXIT_RUNTIME;
-        }
-    };
+    let event_loop = event_loop::EventLoop::new(&config, credentials.as_ref(), handoff.as_ref())?;
     // Handlers are in place: whatever arrived blocked across a hot
     // restart's exec is delivered now, into the loop.
-    if let Err(e) = signals::unblock_handled() {
-        say(&format!("error: cannot unblock signals: {e}"));
-        return EXIT_RUNTIME;
-    }
+    signals::unblock_handled().map_err(StartupError::Unblock)?;
     let sockets = match &handoff {
         // After a hot restart a bind that cannot be made is a runtime error:
         // the sockets that were handed over keep serving.
@@ -145,22 +168,8 @@ pub fn run() -> u8 {
             }
             sockets
         }
-        None if !activation.is_empty() => {
-            match sockets::adopt_activated(&config.binds, sockets::take_activated(activation)) {
-                Ok(s) => s,
-                Err(e) => {
-                    say(&format!("error: {e}"));
-                    return EXIT_RUNTIME;
-                }
-            }
-        }
-        None => match sockets::bind_all(&config.binds) {
-            Ok(s) => s,
-            Err(e) => {
-                say(&format!("error: {e}"));
-                return EXIT_RUNTIME;
-            }
-        },
+        None if !activation.is_empty() => sockets::adopt_activated(&config.binds, sockets::take_activated(activation))?,
+        None => sockets::bind_all(&config.binds)?,
     };
     for (i, s) in sockets.iter().enumerate() {
         log::info!(
@@ -170,17 +179,12 @@ pub fn run() -> u8 {
             s.spec.name
         );
     }
-    let pidfile = match &config.pidfile {
-        Some(path) => match write_pidfile(path) {
-            Ok(()) => Some(path.clone()),
-            Err(e) => {
-                say(&format!("error: cannot write pidfile {}: {e}", path.display()));
-                sockets::remove_files(&sockets);
-                return EXIT_RUNTIME;
-            }
-        },
-        None => None,
-    };
+    if let Some(path) = &config.pidfile {
+        write_pidfile(path).map_err(|e| {
+            sockets::remove_files(&sockets);
+            StartupError::Pidfile(path.clone(), e)
+        })?;
+    }
     become_subreaper();
     log::info!(
         "sup {} (pid {}) supervising {} worker(s) of {}",
@@ -224,6 +228,7 @@ pub fn run() -> u8 {
         origin: &origin,
         resume,
     };
+    // From here on a failure is the loop's, after workers existed: logged.
     let status = match event_loop.run(&config, credentials.as_ref(), ctx) {
         Ok(code) => code as u8,
         Err(e) => {
@@ -232,11 +237,11 @@ pub fn run() -> u8 {
         }
     };
     sockets::remove_files(&sockets);
-    if let Some(path) = pidfile {
-        remove_pidfile(&path);
+    if let Some(path) = &config.pidfile {
+        remove_pidfile(path);
     }
     log::info!("sup stopped");
-    status
+    Ok(status)
 }
 
 /// A clap error as one line (help and version print as usual).
