@@ -338,6 +338,40 @@ impl Config {
 }
 
 impl Config {
+    /// What the core decides with: these settings, and the defaults that
+    /// have no flag (the crash backoff, the halt timeout, whose `MAINPID=`
+    /// is believed). `upward_watchdog` is half of sup's own supervisor's
+    /// `WATCHDOG_USEC`, when it has one.
+    pub fn core_settings(
+        &self,
+        credentials: Option<&Credentials>,
+        upward_watchdog: Option<Duration>,
+    ) -> crate::core::Settings {
+        // root, sup's own user and the workers' user.
+        let mut trusted_uids = vec![0, nix::unistd::Uid::effective().as_raw()];
+        trusted_uids.extend(credentials.map(|c| c.uid));
+        crate::core::Settings {
+            workers: self.workers,
+            stop_signal: self.stop_signal as i32,
+            graceful_timeout: self.graceful_timeout,
+            ready_delay: match self.ready {
+                Readiness::Notify => None,
+                Readiness::Delay(d) => Some(d),
+            },
+            boot_timeout: self.boot_timeout,
+            watchdog: self.watchdog,
+            max_surge: self.max_surge,
+            hook: self.on_restart.is_some(),
+            hook_timeout: self.hook_timeout,
+            trusted_uids,
+            backoff: crate::worker::Backoff::default(),
+            // After an immediate stop, how long to wait for reaping before
+            // exiting anyway.
+            halt_timeout: Duration::from_secs(5),
+            upward_watchdog,
+        }
+    }
+
     /// Make relative pidfile, log file and socket paths absolute against
     /// `origin`, the directory sup was first started in. A hot restart
     /// changes into the release directory before re-executing; without this

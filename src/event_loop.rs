@@ -20,13 +20,13 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use signal_hook_mio::v1_0::Signals;
 
-use crate::config::{Config, Credentials, Readiness};
+use crate::config::{Config, Credentials};
 use crate::control::http::{self, Parsed};
 use crate::control::protocol::Answer;
 use crate::control::server::ControlServer;
 use crate::control::stats::{self, Usage};
 use crate::control::{self, Route};
-use crate::core::{Action, Core, Event, Settings};
+use crate::core::{Action, Core, Event};
 use crate::handoff::Handoff;
 use crate::hot_restart;
 use crate::own_sockets::{OwnSocketError, OwnSockets};
@@ -34,15 +34,22 @@ use crate::signals::{self, SignalEvent};
 use crate::sockets::BoundSocket;
 use crate::spawn::{self, HelperRequest, SpawnRequest};
 use crate::upward::Notifier;
-use crate::worker::{Backoff, ExitStatus};
+use crate::worker::ExitStatus;
 
+// Tokens: 0-3 are the fixed sources; connections get a range each, indexed
+// by their slot in a bounded table (64 at most), so a token maps back to its
+// connection with a subtraction.
+/// The signal self-pipe (signal-hook).
 const SIGNALS: Token = Token(0);
+/// The sd_notify datagram socket.
 const NOTIFY: Token = Token(1);
+/// The Einhorn command socket's listener.
 const EINHORN: Token = Token(2);
+/// The control server's listener.
 const CONTROL: Token = Token(3);
-/// Einhorn connections use tokens from here on.
+/// Einhorn connections: `EINHORN_CONN + slot`, up to `CONTROL_CONN`.
 const EINHORN_CONN: usize = 16;
-/// Control connections use tokens from here on.
+/// Control connections: `CONTROL_CONN + slot`.
 const CONTROL_CONN: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
@@ -110,232 +117,33 @@ impl EventLoop {
     }
 
     /// Run until the core says exit; returns the exit status.
-    pub fn run(
-        mut self,
-        config: &Config,
-        credentials: Option<&Credentials>,
-        ctx: Context<'_>,
-    ) -> Result<i32, LoopError> {
-        let Context {
-            sockets,
-            devnull,
-            exe,
-            origin,
-            resume,
-        } = ctx;
-        let mut trusted_uids = vec![0, nix::unistd::Uid::effective().as_raw()];
-        trusted_uids.extend(credentials.map(|c| c.uid));
-        let mut core = Core::new(Settings {
-            workers: config.workers,
-            stop_signal: config.stop_signal as i32,
-            graceful_timeout: config.graceful_timeout,
-            ready_delay: match config.ready {
-                Readiness::Notify => None,
-                Readiness::Delay(d) => Some(d),
-            },
-            boot_timeout: config.boot_timeout,
-            watchdog: config.watchdog,
-            max_surge: config.max_surge,
-            hook: config.on_restart.is_some(),
-            hook_timeout: config.hook_timeout,
-            trusted_uids,
-            backoff: Backoff::default(),
-            halt_timeout: Duration::from_secs(5),
-            upward_watchdog: self.upward.as_ref().and_then(|_| crate::upward::watchdog_interval()),
-        });
-        if let Some(r) = resume {
+    pub fn run(self, config: &Config, credentials: Option<&Credentials>, ctx: Context<'_>) -> Result<i32, LoopError> {
+        let upward_watchdog = self.upward.as_ref().and_then(|_| crate::upward::watchdog_interval());
+        let mut core = Core::new(config.core_settings(credentials, upward_watchdog));
+        if let Some(r) = &ctx.resume {
             core.resume_hot(r.restart_id, r.generation, r.elapsed, Instant::now());
         }
-        let started = Instant::now();
-        let mut usage = Usage::new();
-        let sup_pid = std::process::id() as i32;
         let notify_socket = self.own.notify.name.to_string();
         log::info!("notify socket for workers: {notify_socket}");
-        let einhorn_path = self.own.einhorn.as_ref().map(|e| e.name.to_string());
-        let mut events = Events::with_capacity(64);
-        let mut pending = VecDeque::from([Event::Started]);
-        let status = loop {
-            let mut exit = None;
-            while let Some(event) = pending.pop_front() {
-                for action in core.handle(event, Instant::now()) {
-                    match action {
-                        Action::Spawn { slot, generation } => {
-                            let req = SpawnRequest {
-                                slot,
-                                generation,
-                                config,
-                                sockets,
-                                credentials,
-                                sup_pid,
-                                devnull: devnull.as_raw_fd(),
-                                notify_socket: &notify_socket,
-                                einhorn_socket: einhorn_path.as_deref(),
-                            };
-                            pending.push_back(match spawn::spawn(&req) {
-                                Ok(pid) => Event::Spawned { slot, generation, pid },
-                                Err(reason) => Event::SpawnFailed {
-                                    slot,
-                                    generation,
-                                    reason,
-                                },
-                            });
-                        }
-                        Action::RunHook { kind } => {
-                            let command = config.on_restart.as_deref().unwrap_or("true");
-                            log::info!("running the restart hook: {command}");
-                            let req = HelperRequest {
-                                program: Path::new("/bin/sh"),
-                                argv: vec!["sh".into(), "-c".into(), command.into()],
-                                env: vec![
-                                    ("SUP_RESTART".into(), kind.as_str().into()),
-                                    ("SUP_PID".into(), sup_pid.to_string()),
-                                ],
-                                config,
-                                credentials,
-                                devnull: devnull.as_raw_fd(),
-                            };
-                            pending.push_back(helper_event(spawn::spawn_helper(&req)));
-                        }
-                        Action::RunPreflight => {
-                            pending.push_back(helper_event(preflight(exe, config, devnull.as_raw_fd())));
-                        }
-                        Action::ReExec { generation } => {
-                            let record = core.restart_record();
-                            let mut handoff = Handoff::new(generation, exe.to_string(), origin.to_path_buf());
-                            handoff.restart_id = record.as_ref().map_or(0, |r| r.id);
-                            handoff.started_ms = wall_ms(record.map(|r| r.started_at));
-                            handoff.sockets = sockets.iter().map(BoundSocket::handed).collect();
-                            self.own.hand_over(&mut handoff);
-                            let mut fds: Vec<i32> = sockets.iter().map(BoundSocket::raw_fd).collect();
-                            fds.extend(self.own.fds());
-                            log::info!("hot restart: re-executing {exe} to start gen {generation}");
-                            let reason = hot_restart::reexec(&handoff, &fds, config.directory.as_deref());
-                            pending.push_back(Event::ReExecFailed { reason });
-                        }
-                        Action::Signal { pid, signal } => send(pid, signal),
-                        Action::KillGroup { pgid } => send(-pgid, Signal::SIGKILL as i32),
-                        Action::ProbeGroup { pgid } => {
-                            if matches!(kill(Pid::from_raw(-pgid), None), Err(Errno::ESRCH)) {
-                                pending.push_back(Event::GroupEmpty { pgid });
-                            }
-                        }
-                        Action::ReopenLogs => reopen_log(config.log_file.as_deref()),
-                        Action::Upward(what) => {
-                            if let Some(n) = &self.upward {
-                                n.send(&what);
-                            }
-                        }
-                        Action::Reply { conn, intent, reply } => {
-                            if let Some(server) = &mut self.control {
-                                let answer = Answer::from_reply(intent, reply);
-                                server.respond(conn, http::response(answer.status(500), &answer.to_json(), &[]));
-                            }
-                        }
-                        Action::Log { level, message } => log::log!(level, "{message}"),
-                        Action::Exit(code) => exit = Some(code),
-                    }
-                }
-            }
-            if let Some(code) = exit {
-                break code;
-            }
-
-            let deadline = [
-                core.next_deadline(),
-                self.control.as_ref().and_then(ControlServer::next_deadline),
-            ]
-            .into_iter()
-            .flatten()
-            .min();
-            let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            match self.poll.poll(&mut events, timeout) {
-                Ok(()) => {}
-                // A signal handler ran: epoll_wait is never restarted.
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(LoopError::Poll(e)),
-            }
-            for ev in events.iter() {
-                match ev.token() {
-                    SIGNALS => {}
-                    NOTIFY => {
-                        for r in self.own.notify.drain() {
-                            if r.fds_closed > 0 {
-                                log::debug!("closed {} fd(s) sent with a notify message", r.fds_closed);
-                            }
-                            pending.push_back(Event::Notify {
-                                sender: r.sender,
-                                message: r.message,
-                            });
-                        }
-                    }
-                    EINHORN => self.accept_einhorn(),
-                    CONTROL => {
-                        if let Some(server) = &mut self.control {
-                            server.accept(self.poll.registry(), Instant::now());
-                        }
-                    }
-                    Token(t) if t >= CONTROL_CONN => {
-                        let Some(server) = &mut self.control else { continue };
-                        let Some(slot) = server.slot_of(Token(t)) else { continue };
-                        match server.read(slot) {
-                            None => {}
-                            Some(Parsed::Incomplete) => {}
-                            Some(Parsed::Error(status, why)) => {
-                                let body = Answer::rejected(why).to_json();
-                                server.respond(slot, http::response(status, &body, &[]));
-                            }
-                            Some(Parsed::Request(req)) => match control::route(&req, config.control_token.as_deref()) {
-                                Route::Stats => {
-                                    let body = stats::build(&core, sockets, &mut usage, started, Instant::now());
-                                    let json = serde_json::to_string(&body).unwrap_or_default();
-                                    server.respond(slot, http::response(200, &json, &[]));
-                                }
-                                // The core decides and answers (Action::Reply);
-                                // the connection waits until then.
-                                Route::Intent(intent) => pending.push_back(Event::Control { conn: slot, intent }),
-                                Route::Refuse(status, why) => {
-                                    let body = Answer::rejected(why).to_json();
-                                    server.respond(slot, http::response(status, &body, &[]));
-                                }
-                                Route::WrongMethod { allow } => {
-                                    let body = Answer::rejected(format!("use {allow} {}", req.path)).to_json();
-                                    server.respond(slot, http::response(405, &body, &[("Allow", allow)]));
-                                }
-                            },
-                        }
-                    }
-                    Token(t) if t >= EINHORN_CONN => {
-                        if let Some(e) = &mut self.own.einhorn {
-                            for (sender, message) in e.read(t - EINHORN_CONN) {
-                                pending.push_back(Event::Notify { sender, message });
-                            }
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            if let Some(server) = &mut self.control {
-                server.expire(Instant::now());
-            }
-            let mut reap = false;
-            for signal in self.signals.pending() {
-                match signals::translate(signal) {
-                    Some(SignalEvent::Intent(intent)) => pending.push_back(Event::Intent(intent)),
-                    Some(SignalEvent::Child) => reap = true,
-                    None => {}
-                }
-            }
-            if reap {
-                reap_all(&mut pending);
-            }
-            if core.next_deadline().is_some_and(|d| d <= Instant::now()) {
-                pending.push_back(Event::Tick);
-            }
+        let mut shell = Shell {
+            einhorn_socket: self.own.einhorn.as_ref().map(|e| e.name.to_string()),
+            notify_socket,
+            res: self,
+            config,
+            credentials,
+            ctx,
+            core,
+            pending: VecDeque::from([Event::Started]),
+            usage: Usage::new(),
+            started: Instant::now(),
+            sup_pid: std::process::id() as i32,
+            exit: None,
         };
-        if let Some(c) = &self.control {
+        let status = shell.run();
+        if let Some(c) = &shell.res.control {
             c.remove_file();
         }
-        Ok(status)
+        status
     }
 
     fn accept_einhorn(&mut self) {
@@ -348,6 +156,249 @@ impl EventLoop {
                 }
             }
         }
+    }
+}
+
+/// One run of the loop: the resources, the core, and the queue of events
+/// between them.
+struct Shell<'a> {
+    res: EventLoop,
+    config: &'a Config,
+    credentials: Option<&'a Credentials>,
+    ctx: Context<'a>,
+    core: Core,
+    /// Events waiting for the core, oldest first.
+    pending: VecDeque<Event>,
+    usage: Usage,
+    started: Instant,
+    sup_pid: i32,
+    notify_socket: String,
+    einhorn_socket: Option<String>,
+    /// Set by [`Action::Exit`].
+    exit: Option<i32>,
+}
+
+impl Shell<'_> {
+    /// The loop. Within one wake-up the order is fixed:
+    /// 1. every pending event goes to the core, and each action it returns
+    ///    is carried out at once; events those actions cause (a spawn's pid,
+    ///    a control reply's follow-ups) queue behind and are handled in the
+    ///    same pass, so a control request is answered before the next poll;
+    /// 2. sleep in `poll` until readiness or the earliest deadline (the
+    ///    core's, a control connection's); none means sleep indefinitely;
+    /// 3. readiness becomes events in the order epoll reports it
+    ///    ([`Shell::dispatch`]); then control connections past their read
+    ///    deadline are cut off; then signals are read — intents queue, and a
+    ///    SIGCHLD reaps every exited child; last, a `Tick` if a core
+    ///    deadline has passed.
+    fn run(&mut self) -> Result<i32, LoopError> {
+        let mut events = Events::with_capacity(64);
+        loop {
+            while let Some(event) = self.pending.pop_front() {
+                for action in self.core.handle(event, Instant::now()) {
+                    self.execute(action);
+                }
+            }
+            if let Some(code) = self.exit {
+                return Ok(code);
+            }
+            let deadline = [
+                self.core.next_deadline(),
+                self.res.control.as_ref().and_then(ControlServer::next_deadline),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            match self.res.poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                // A signal handler ran: epoll_wait is never restarted.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(LoopError::Poll(e)),
+            }
+            for token in events.iter().map(mio::event::Event::token) {
+                self.dispatch(token);
+            }
+            if let Some(server) = &mut self.res.control {
+                server.expire(Instant::now());
+            }
+            let mut reap = false;
+            for signal in self.res.signals.pending() {
+                match signals::translate(signal) {
+                    Some(SignalEvent::Intent(intent)) => self.pending.push_back(Event::Intent(intent)),
+                    Some(SignalEvent::Child) => reap = true,
+                    None => {}
+                }
+            }
+            if reap {
+                reap_all(&mut self.pending);
+            }
+            if self.core.next_deadline().is_some_and(|d| d <= Instant::now()) {
+                self.pending.push_back(Event::Tick);
+            }
+        }
+    }
+
+    /// Turn one token's readiness into events (see the token ranges above).
+    fn dispatch(&mut self, token: Token) {
+        match token {
+            // Read after every wake-up, in `run`.
+            SIGNALS => {}
+            NOTIFY => {
+                for r in self.res.own.notify.drain() {
+                    if r.fds_closed > 0 {
+                        log::debug!("closed {} fd(s) sent with a notify message", r.fds_closed);
+                    }
+                    self.pending.push_back(Event::Notify {
+                        sender: r.sender,
+                        message: r.message,
+                    });
+                }
+            }
+            EINHORN => self.res.accept_einhorn(),
+            CONTROL => {
+                if let Some(server) = &mut self.res.control {
+                    server.accept(self.res.poll.registry(), Instant::now());
+                }
+            }
+            Token(t) if t >= CONTROL_CONN => self.control_readable(Token(t)),
+            Token(t) if t >= EINHORN_CONN => {
+                if let Some(e) = &mut self.res.own.einhorn {
+                    for (sender, message) in e.read(t - EINHORN_CONN) {
+                        self.pending.push_back(Event::Notify { sender, message });
+                    }
+                }
+            }
+            Token(_) => {}
+        }
+    }
+
+    /// A control connection has data: once its request is whole, either
+    /// reject it (its form is wrong), answer `/stats`, or hand the command
+    /// to the core, whose [`Action::Reply`] answers it.
+    fn control_readable(&mut self, token: Token) {
+        let Some(server) = &mut self.res.control else { return };
+        let Some(slot) = server.slot_of(token) else { return };
+        let req = match server.read(slot) {
+            None | Some(Parsed::Incomplete) => return,
+            Some(Parsed::Error(status, why)) => {
+                server.respond(slot, http::response(status, &Answer::rejected(why).to_json(), &[]));
+                return;
+            }
+            Some(Parsed::Request(req)) => req,
+        };
+        match control::route(&req, self.config.control_token.as_deref()) {
+            Route::Stats => {
+                let body = stats::build(
+                    &self.core,
+                    self.ctx.sockets,
+                    &mut self.usage,
+                    self.started,
+                    Instant::now(),
+                );
+                let json = serde_json::to_string(&body).unwrap_or_default();
+                server.respond(slot, http::response(200, &json, &[]));
+            }
+            Route::Intent(intent) => self.pending.push_back(Event::Control { conn: slot, intent }),
+            Route::Refuse(status, why) => {
+                server.respond(slot, http::response(status, &Answer::rejected(why).to_json(), &[]));
+            }
+            Route::WrongMethod { allow } => {
+                let body = Answer::rejected(format!("use {allow} {}", req.path)).to_json();
+                server.respond(slot, http::response(405, &body, &[("Allow", allow)]));
+            }
+        }
+    }
+
+    /// Carry out one of the core's actions; what it leads to queues as events.
+    fn execute(&mut self, action: Action) {
+        let config = self.config;
+        let devnull = self.ctx.devnull.as_raw_fd();
+        match action {
+            Action::Spawn { slot, generation } => {
+                let req = SpawnRequest {
+                    slot,
+                    generation,
+                    config,
+                    sockets: self.ctx.sockets,
+                    credentials: self.credentials,
+                    sup_pid: self.sup_pid,
+                    devnull,
+                    notify_socket: &self.notify_socket,
+                    einhorn_socket: self.einhorn_socket.as_deref(),
+                };
+                self.pending.push_back(match spawn::spawn(&req) {
+                    Ok(pid) => Event::Spawned { slot, generation, pid },
+                    Err(reason) => Event::SpawnFailed {
+                        slot,
+                        generation,
+                        reason,
+                    },
+                });
+            }
+            Action::RunHook { kind } => {
+                let command = config.on_restart.as_deref().unwrap_or("true");
+                log::info!("running the restart hook: {command}");
+                let req = HelperRequest {
+                    program: Path::new("/bin/sh"),
+                    argv: vec!["sh".into(), "-c".into(), command.into()],
+                    env: vec![
+                        ("SUP_RESTART".into(), kind.as_str().into()),
+                        ("SUP_PID".into(), self.sup_pid.to_string()),
+                    ],
+                    config,
+                    credentials: self.credentials,
+                    devnull,
+                };
+                self.pending.push_back(helper_event(spawn::spawn_helper(&req)));
+            }
+            Action::RunPreflight => {
+                self.pending
+                    .push_back(helper_event(preflight(self.ctx.exe, config, devnull)));
+            }
+            Action::ReExec { generation } => {
+                let reason = self.reexec(generation);
+                self.pending.push_back(Event::ReExecFailed { reason });
+            }
+            Action::Signal { pid, signal } => send(pid, signal),
+            Action::KillGroup { pgid } => send(-pgid, Signal::SIGKILL as i32),
+            Action::ProbeGroup { pgid } => {
+                if matches!(kill(Pid::from_raw(-pgid), None), Err(Errno::ESRCH)) {
+                    self.pending.push_back(Event::GroupEmpty { pgid });
+                }
+            }
+            Action::ReopenLogs => reopen_log(config.log_file.as_deref()),
+            Action::Upward(what) => {
+                if let Some(n) = &self.res.upward {
+                    n.send(&what);
+                }
+            }
+            Action::Reply { conn, intent, reply } => {
+                if let Some(server) = &mut self.res.control {
+                    let answer = Answer::from_reply(intent, reply);
+                    server.respond(conn, http::response(answer.status(500), &answer.to_json(), &[]));
+                }
+            }
+            Action::Log { level, message } => log::log!(level, "{message}"),
+            Action::Exit(code) => self.exit = Some(code),
+        }
+    }
+
+    /// Hand everything over and re-execute sup; returns only on failure.
+    fn reexec(&mut self, generation: u64) -> String {
+        let Context {
+            sockets, exe, origin, ..
+        } = &self.ctx;
+        let record = self.core.restart_record();
+        let mut handoff = Handoff::new(generation, exe.to_string(), origin.to_path_buf());
+        handoff.restart_id = record.as_ref().map_or(0, |r| r.id);
+        handoff.started_ms = wall_ms(record.map(|r| r.started_at));
+        handoff.sockets = sockets.iter().map(BoundSocket::handed).collect();
+        self.res.own.hand_over(&mut handoff);
+        let mut fds: Vec<i32> = sockets.iter().map(BoundSocket::raw_fd).collect();
+        fds.extend(self.res.own.fds());
+        log::info!("hot restart: re-executing {exe} to start gen {generation}");
+        hot_restart::reexec(&handoff, &fds, self.config.directory.as_deref())
     }
 }
 

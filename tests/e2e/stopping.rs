@@ -215,8 +215,9 @@ fn a_group_member_that_exits_by_itself_after_its_worker_is_not_waited_for() {
     // graceful deadline whenever any member was still there at the moment
     // the worker was reaped (and a hot restart waited with it).
     let dir = TestDir::new();
-    let script =
-        format!("p=$$; (while kill -0 $p 2>/dev/null; do sleep 0.05; done; sleep 0.3) & exec {WORKER} --serve");
+    let script = format!(
+        "p=$$; (while kill -0 $p 2>/dev/null; do sleep 0.05; done; sleep 0.3) & exec {WORKER} --serve --ready-after 0"
+    );
     let mut sup = Sup::start(
         &dir,
         &[
@@ -224,8 +225,9 @@ fn a_group_member_that_exits_by_itself_after_its_worker_is_not_waited_for() {
             "127.0.0.1:0",
             "--graceful-timeout",
             "600s",
+            // Ready once the worker itself runs: the subshell exists by then.
             "--ready",
-            "delay:0s",
+            "notify",
             "--",
             "sh",
             "-c",
