@@ -280,9 +280,13 @@ pub struct Load {
 }
 
 impl Load {
+    /// Start the client and return once it has made its first request
+    /// (answered or failed), so that the loop spans whatever comes next
+    /// even on a loaded machine.
     pub fn start(addr: SocketAddr) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+        let made = Arc::new(AtomicUsize::new(0));
+        let (flag, count) = (stop.clone(), made.clone());
         let handle = std::thread::spawn(move || {
             let (mut ok, mut failed) = (0, Vec::new());
             while !flag.load(Ordering::SeqCst) {
@@ -290,8 +294,12 @@ impl Load {
                     Ok(_) => ok += 1,
                     Err(e) => failed.push(e.to_string()),
                 }
+                count.fetch_add(1, Ordering::SeqCst);
             }
             (ok, failed)
+        });
+        wait_until("the client's first request", secs(30), || {
+            (made.load(Ordering::SeqCst) > 0).then_some(())
         });
         Load { stop, handle }
     }
