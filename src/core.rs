@@ -315,8 +315,8 @@ pub struct Core {
     exited: bool,
 }
 
-const SIGKILL: i32 = 9;
-const SIGCONT: i32 = 18;
+const SIGKILL: i32 = libc::SIGKILL;
+const SIGCONT: i32 = libc::SIGCONT;
 
 impl Core {
     pub fn new(settings: Settings) -> Core {
@@ -560,7 +560,7 @@ impl Core {
                     boot_deadline,
                 } => [ready_at, Some(boot_deadline)].into_iter().flatten().min(),
                 WorkerState::Stopping { kill_at, killed: false } => Some(kill_at),
-                _ => None,
+                WorkerState::Ready { .. } | WorkerState::Stopping { killed: true, .. } => None,
             };
             let watchdog = if w.is_stopping() { None } else { w.watchdog_deadline };
             [state, watchdog].into_iter().flatten()
@@ -573,16 +573,13 @@ impl Core {
             .filter(|_| self.shutdown.is_none())
             .filter(|(i, s)| *i < self.target && !s.spawning && !self.slot_occupied(*i))
             .filter_map(|(_, s)| s.not_before);
-        let hook = match self.restart {
-            Some(Restart {
-                phase: Phase::Hook { deadline, .. } | Phase::Preflight { deadline, .. },
-                ..
-            }) => Some(deadline),
-            _ => None,
-        };
+        let hook = self.restart.and_then(|r| match r.phase {
+            Phase::Hook { deadline, .. } | Phase::Preflight { deadline, .. } => Some(deadline),
+            Phase::Rolling { .. } | Phase::Draining | Phase::Exec | Phase::Starting { .. } => None,
+        });
         let exit = match self.shutdown {
             Some(Shutdown::Immediate { exit_by }) => Some(exit_by),
-            _ => None,
+            Some(Shutdown::Graceful) | None => None,
         };
         let upward = self.next_upward_watchdog.filter(|_| self.shutdown.is_none());
         workers
@@ -771,7 +768,10 @@ impl Core {
     fn helper_name(&self) -> &'static str {
         match self.restart.map(|r| r.phase) {
             Some(Phase::Preflight { .. }) => "preflight check",
-            _ => "restart hook",
+            Some(
+                Phase::Hook { .. } | Phase::Rolling { .. } | Phase::Draining | Phase::Exec | Phase::Starting { .. },
+            )
+            | None => "restart hook",
         }
     }
 
@@ -784,7 +784,7 @@ impl Core {
             out.push(Action::Upward(Upward::Ready));
             let generation = match r.phase {
                 Phase::Rolling { generation } | Phase::Starting { generation } => Some(generation),
-                _ => None,
+                Phase::Hook { .. } | Phase::Preflight { .. } | Phase::Draining | Phase::Exec => None,
             };
             self.last_restart = Some(RestartRecord {
                 id: r.id,
@@ -898,13 +898,10 @@ impl Core {
     }
 
     fn helper_pid(&self) -> Option<i32> {
-        match self.restart {
-            Some(Restart {
-                phase: Phase::Hook { pid, .. } | Phase::Preflight { pid, .. },
-                ..
-            }) => pid,
-            _ => None,
-        }
+        self.restart.and_then(|r| match r.phase {
+            Phase::Hook { pid, .. } | Phase::Preflight { pid, .. } => pid,
+            Phase::Rolling { .. } | Phase::Draining | Phase::Exec | Phase::Starting { .. } => None,
+        })
     }
 
     fn on_helper_exited(&mut self, status: ExitStatus, now: Instant, out: &mut Vec<Action>) {
@@ -1001,7 +998,11 @@ impl Core {
                 phase: Phase::Rolling { generation } | Phase::Starting { generation },
                 ..
             }) => Some(generation),
-            _ => None,
+            Some(Restart {
+                phase: Phase::Hook { .. } | Phase::Preflight { .. } | Phase::Draining | Phase::Exec,
+                ..
+            })
+            | None => None,
         }
     }
 
@@ -1323,7 +1324,8 @@ impl Core {
                     out.push(Action::KillGroup { pgid: w.pid });
                     w.state = WorkerState::Stopping { kill_at, killed: true };
                 }
-                _ => {}
+                // Not due yet, or nothing to wait for.
+                WorkerState::Booting { .. } | WorkerState::Ready { .. } | WorkerState::Stopping { .. } => {}
             }
         }
         for (i, reason) in failed {

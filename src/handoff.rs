@@ -115,10 +115,10 @@ impl Handoff {
     }
 }
 
-/// Check that a handed or inherited fd is what it is said to be: open, a
-/// socket, of type `ty`, of one of `domains`. The one validator for every fd
-/// sup did not open itself (hot-restart handoff, socket activation).
-pub fn check_socket(fd: RawFd, ty: SockType, domains: &[i32], what: &str) -> Result<(), String> {
+/// What an fd sup did not open itself is, after checking that it is an
+/// open socket: its type and address family. The one place every inherited
+/// fd is looked at (hot-restart handoff, socket activation).
+pub fn inspect_socket(fd: RawFd, what: &str) -> Result<(SockType, i32), String> {
     use nix::sys::socket::{getsockopt, sockopt};
     // SAFETY: fstat on a number; an invalid fd is reported as EBADF.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
@@ -131,7 +131,7 @@ pub fn check_socket(fd: RawFd, ty: SockType, domains: &[i32], what: &str) -> Res
     }
     // SAFETY: the fd is open (fstat succeeded) and stays open for this call.
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    let got_ty = getsockopt(&borrowed, sockopt::SockType).map_err(|e| format!("fd {fd}: {e}"))?;
+    let ty = getsockopt(&borrowed, sockopt::SockType).map_err(|e| format!("fd {fd}: {e}"))?;
     let mut domain: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: reading an int-sized option into `domain`.
@@ -147,6 +147,13 @@ pub fn check_socket(fd: RawFd, ty: SockType, domains: &[i32], what: &str) -> Res
     {
         return Err(format!("fd {fd}: cannot read its address family"));
     }
+    Ok((ty, domain))
+}
+
+/// Check that a handed or inherited fd is an open socket of type `ty` and
+/// one of `domains`.
+pub fn check_socket(fd: RawFd, ty: SockType, domains: &[i32], what: &str) -> Result<(), String> {
+    let (got_ty, domain) = inspect_socket(fd, what)?;
     if got_ty != ty || !domains.contains(&domain) {
         return Err(format!("fd {fd} is not a socket of the kind {what} needs"));
     }

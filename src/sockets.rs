@@ -149,15 +149,25 @@ pub fn activation_from_env() -> Vec<(RawFd, Option<String>)> {
         .collect()
 }
 
-/// Take ownership of activated fds after checking each is a socket.
+/// Take ownership of activated fds after checking, as for a hot restart's
+/// handoff, that each is a stream or datagram socket of a family sup can
+/// pass on (IPv4, IPv6, unix); anything else is closed and ignored.
 pub fn take_activated(fds: Vec<(RawFd, Option<String>)>) -> Vec<Activated> {
     let mut out = Vec::new();
     for (fd, name) in fds {
-        // SAFETY: fstat on a number; an fd that is not open fails with EBADF.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: st is valid for writes.
-        if unsafe { libc::fstat(fd, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
-            log::warn!("socket activation: fd {fd} is not a socket; ignored");
+        let what = format!("activated fd {fd}");
+        let usable = crate::handoff::inspect_socket(fd, &what).and_then(|(ty, domain)| {
+            let kinds = matches!(ty, SockType::Stream | SockType::Datagram)
+                && [libc::AF_INET, libc::AF_INET6, libc::AF_UNIX].contains(&domain);
+            if kinds {
+                Ok(())
+            } else {
+                Err(format!("fd {fd} is not a TCP, UDP or unix socket"))
+            }
+        });
+        if let Err(why) = usable {
+            log::warn!("socket activation: {why}; ignored");
+            crate::handoff::close(fd);
             continue;
         }
         // SAFETY: systemd handed this fd to sup and nothing else owns it.
