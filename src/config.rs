@@ -352,7 +352,7 @@ impl Config {
         trusted_uids.extend(credentials.map(|c| c.uid));
         crate::core::Settings {
             workers: self.workers,
-            stop_signal: self.stop_signal as i32,
+            stop_signal: self.stop_signal,
             graceful_timeout: self.graceful_timeout,
             ready_delay: match self.ready {
                 Readiness::Notify => None,

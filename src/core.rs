@@ -24,7 +24,9 @@ use std::time::{Duration, Instant};
 use log::Level;
 
 use crate::message::{Message, Sender};
-use crate::worker::{Backoff, ExitStatus, Lingering, SlotState, Worker, WorkerState};
+use nix::sys::signal::Signal;
+
+use crate::worker::{Backoff, ExitStatus, Lingering, Pgid, SlotState, Worker, WorkerState};
 
 /// What the signal handlers (and later the control server) ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,7 +131,7 @@ pub enum Event {
     /// The process group the core asked about ([`Action::ProbeGroup`]) has
     /// no member left, not even a zombie.
     GroupEmpty {
-        pgid: i32,
+        pgid: Pgid,
     },
     /// An sd_notify datagram (or an Einhorn ack, as `READY=1` + `MAINPID`).
     Notify {
@@ -163,16 +165,16 @@ pub enum Action {
     /// Send `signal` to one live worker's pid.
     Signal {
         pid: i32,
-        signal: i32,
+        signal: Signal,
     },
     /// SIGKILL a whole process group.
     KillGroup {
-        pgid: i32,
+        pgid: Pgid,
     },
     /// Find out whether a lingering process group still has members; answer
     /// with [`Event::GroupEmpty`] if it has none.
     ProbeGroup {
-        pgid: i32,
+        pgid: Pgid,
     },
     /// Start the `--on-restart` hook for this kind of restart.
     RunHook {
@@ -239,7 +241,7 @@ pub enum Upward {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub workers: usize,
-    pub stop_signal: i32,
+    pub stop_signal: Signal,
     pub graceful_timeout: Duration,
     /// `Some(d)`: ready after `d` up (or READY=1); `None`: only on READY=1.
     pub ready_delay: Option<Duration>,
@@ -314,9 +316,6 @@ pub struct Core {
     started: bool,
     exited: bool,
 }
-
-const SIGKILL: i32 = libc::SIGKILL;
-const SIGCONT: i32 = libc::SIGCONT;
 
 impl Core {
     pub fn new(settings: Settings) -> Core {
@@ -925,7 +924,9 @@ impl Core {
     fn abandon(&mut self, reason: String, now: Instant, out: &mut Vec<Action>) {
         let Some(r) = self.restart else { return };
         if let Phase::Hook { pid: Some(pid), .. } | Phase::Preflight { pid: Some(pid), .. } = r.phase {
-            out.push(Action::KillGroup { pgid: pid });
+            out.push(Action::KillGroup {
+                pgid: Pgid::led_by(pid),
+            });
         }
         if self.shutdown.is_some() {
             log(
@@ -1038,7 +1039,9 @@ impl Core {
         });
         self.stop_restart(now, out);
         for w in &mut self.workers {
-            out.push(Action::KillGroup { pgid: w.pid });
+            out.push(Action::KillGroup {
+                pgid: Pgid::led_by(w.pid),
+            });
             w.state = WorkerState::Stopping {
                 kill_at: now,
                 killed: true,
@@ -1067,7 +1070,7 @@ impl Core {
         // A stopped (SIGSTOP) process cannot act on the stop signal until continued.
         out.push(Action::Signal {
             pid: w.pid,
-            signal: SIGCONT,
+            signal: Signal::SIGCONT,
         });
         w.state = WorkerState::Stopping {
             kill_at: now + self.settings.graceful_timeout,
@@ -1078,7 +1081,9 @@ impl Core {
     /// Kill worker `i`'s group now (it failed a deadline).
     fn kill_worker(&mut self, i: usize, now: Instant, out: &mut Vec<Action>) {
         let w = &mut self.workers[i];
-        out.push(Action::KillGroup { pgid: w.pid });
+        out.push(Action::KillGroup {
+            pgid: Pgid::led_by(w.pid),
+        });
         w.state = WorkerState::Stopping {
             kill_at: now,
             killed: true,
@@ -1158,19 +1163,21 @@ impl Core {
         let label = w.label();
         if let WorkerState::Stopping { kill_at, .. } = w.state {
             let clean = matches!(status, ExitStatus::Code(0))
-                || status == ExitStatus::Signaled(self.settings.stop_signal)
-                || status == ExitStatus::Signaled(SIGKILL);
+                || status == ExitStatus::Signaled(self.settings.stop_signal as i32)
+                || status == ExitStatus::Signaled(Signal::SIGKILL as i32);
             let level = if clean { Level::Info } else { Level::Warn };
             log(out, level, format!("{label} stopped ({status})"));
             if group_alive {
-                self.linger(w.pid, w.slot, kill_at, &label, out);
+                self.linger(Pgid::led_by(w.pid), w.slot, kill_at, &label, out);
             }
             return;
         }
         // An unexpected exit: whatever else is left of its group is an orphan
         // of a dead worker and would hold the sockets; kill it now.
         if group_alive {
-            out.push(Action::KillGroup { pgid: w.pid });
+            out.push(Action::KillGroup {
+                pgid: Pgid::led_by(w.pid),
+            });
         }
         let booting = matches!(w.state, WorkerState::Booting { .. });
         let healthy = now.saturating_duration_since(w.spawned_at) >= self.settings.backoff.reset_after;
@@ -1194,7 +1201,7 @@ impl Core {
         }
     }
 
-    fn linger(&mut self, pgid: i32, slot: usize, kill_at: Instant, label: &str, out: &mut Vec<Action>) {
+    fn linger(&mut self, pgid: Pgid, slot: usize, kill_at: Instant, label: &str, out: &mut Vec<Action>) {
         if matches!(self.shutdown, Some(Shutdown::Immediate { .. })) {
             out.push(Action::KillGroup { pgid });
             return;
@@ -1214,7 +1221,7 @@ impl Core {
 
     /// A lingering group emptied by itself: nothing is left to wait for or
     /// to kill (a hot restart's drain or a stop goes on at once).
-    fn on_group_empty(&mut self, pgid: i32, out: &mut Vec<Action>) {
+    fn on_group_empty(&mut self, pgid: Pgid, out: &mut Vec<Action>) {
         if let Some(i) = self.lingering.iter().position(|l| l.pgid == pgid) {
             let l = self.lingering.remove(i);
             log(
@@ -1321,7 +1328,9 @@ impl Core {
                             w.label()
                         ),
                     );
-                    out.push(Action::KillGroup { pgid: w.pid });
+                    out.push(Action::KillGroup {
+                        pgid: Pgid::led_by(w.pid),
+                    });
                     w.state = WorkerState::Stopping { kill_at, killed: true };
                 }
                 // Not due yet, or nothing to wait for.
@@ -1529,12 +1538,13 @@ mod tests {
     use super::*;
     use crate::message::{Message, Sender};
 
-    const TERM: i32 = 15;
+    const TERM: i32 = libc::SIGTERM;
+    const SIGCONT: i32 = libc::SIGCONT;
 
     fn settings(workers: usize) -> Settings {
         Settings {
             workers,
-            stop_signal: TERM,
+            stop_signal: Signal::SIGTERM,
             graceful_timeout: Duration::from_secs(30),
             ready_delay: Some(Duration::from_secs(1)),
             boot_timeout: Duration::from_secs(60),
@@ -1627,9 +1637,9 @@ mod tests {
                                 self.next_pid += 1;
                             }
                         }
-                        Action::Signal { pid, signal } => self.signals.push((pid, signal)),
-                        Action::KillGroup { pgid } => self.killed_groups.push(pgid),
-                        Action::ProbeGroup { pgid } => self.probed_groups.push(pgid),
+                        Action::Signal { pid, signal } => self.signals.push((pid, signal as i32)),
+                        Action::KillGroup { pgid } => self.killed_groups.push(pgid.raw()),
+                        Action::ProbeGroup { pgid } => self.probed_groups.push(pgid.raw()),
                         Action::RunHook { kind } => self.hooks.push(kind),
                         Action::RunPreflight => self.preflights += 1,
                         Action::ReExec { generation } => self.reexec = Some(generation),
@@ -1872,7 +1882,12 @@ mod tests {
         };
         h.send(orphan, 120);
         assert_eq!(h.probed_groups, [100, 100]);
-        h.send(Event::GroupEmpty { pgid: 100 }, 121);
+        h.send(
+            Event::GroupEmpty {
+                pgid: Pgid::led_by(100),
+            },
+            121,
+        );
         assert_eq!(h.exit, Some(0), "stopped without waiting for the deadline");
         assert!(h.killed_groups.is_empty(), "nothing left to kill");
     }
@@ -1900,7 +1915,12 @@ mod tests {
             1_100,
         );
         assert_eq!(h.reexec, None, "waits for the group");
-        h.send(Event::GroupEmpty { pgid: pid }, 1_150);
+        h.send(
+            Event::GroupEmpty {
+                pgid: Pgid::led_by(pid),
+            },
+            1_150,
+        );
         assert_eq!(h.reexec, Some(1), "re-executes as soon as nothing is left");
     }
 

@@ -34,7 +34,7 @@ use crate::signals::{self, SignalEvent};
 use crate::sockets::BoundSocket;
 use crate::spawn::{self, HelperRequest, SpawnRequest};
 use crate::upward::Notifier;
-use crate::worker::ExitStatus;
+use crate::worker::{ExitStatus, Pgid};
 
 // Tokens: 0-3 are the fixed sources; connections get a range each, indexed
 // by their slot in a bounded table (64 at most), so a token maps back to its
@@ -361,9 +361,11 @@ impl Shell<'_> {
                 self.pending.push_back(Event::ReExecFailed { reason });
             }
             Action::Signal { pid, signal } => send(pid, signal),
-            Action::KillGroup { pgid } => send(-pgid, Signal::SIGKILL as i32),
+            Action::KillGroup { pgid } => {
+                let _ = send_group(pgid, Some(Signal::SIGKILL));
+            }
             Action::ProbeGroup { pgid } => {
-                if matches!(kill(Pid::from_raw(-pgid), None), Err(Errno::ESRCH)) {
+                if send_group(pgid, None) == Err(Errno::ESRCH) {
                     self.pending.push_back(Event::GroupEmpty { pgid });
                 }
             }
@@ -489,7 +491,7 @@ fn reap_all(pending: &mut VecDeque<Event>) {
         };
         // Does anything of its process group remain (a wrapper's children)?
         // Only meaningful for workers, which lead their own group.
-        let group_alive = !matches!(kill(Pid::from_raw(-pid.as_raw()), None), Err(Errno::ESRCH));
+        let group_alive = send_group(Pgid::led_by(pid.as_raw()), None) != Err(Errno::ESRCH);
         pending.push_back(Event::Exited {
             pid: pid.as_raw(),
             status,
@@ -498,19 +500,22 @@ fn reap_all(pending: &mut VecDeque<Event>) {
     }
 }
 
-/// Send a signal; a target that is already gone is not an error.
-fn send(target: i32, signal: i32) {
-    let Ok(sig) = Signal::try_from(signal) else { return };
-    match kill(Pid::from_raw(target), sig) {
+/// Send a signal to one process; one that is already gone is not an error.
+fn send(pid: i32, signal: Signal) {
+    match kill(Pid::from_raw(pid), signal) {
         Ok(()) | Err(Errno::ESRCH) => {}
-        Err(e) => log::warn!("cannot send {sig} to {}: {e}", describe_target(target)),
+        Err(e) => log::warn!("cannot send {signal} to pid {pid}: {e}"),
     }
 }
 
-fn describe_target(target: i32) -> String {
-    if target < 0 {
-        format!("process group {}", -target)
-    } else {
-        format!("pid {target}")
+/// Send a signal to a whole process group, or with `None` only ask whether
+/// it has members (ESRCH: none). The only place a kill goes to `-pgid`.
+fn send_group(pgid: Pgid, signal: Option<Signal>) -> Result<(), Errno> {
+    let result = kill(Pid::from_raw(-pgid.raw()), signal);
+    if let (Some(sig), Err(e)) = (signal, result)
+        && e != Errno::ESRCH
+    {
+        log::warn!("cannot send {sig} to process group {pgid}: {e}");
     }
+    result
 }

@@ -71,11 +71,35 @@ impl Worker {
     }
 }
 
+/// A process group sup may signal as a whole. Made only from the pid of a
+/// process sup started as the leader of its own group (every worker and
+/// helper is), so a group kill reaches that group and nothing else — and
+/// can never be mistaken for a signal to one pid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Pgid(i32);
+
+impl Pgid {
+    /// The group led by `pid` (the pid of a process sup started).
+    pub fn led_by(pid: i32) -> Pgid {
+        Pgid(pid)
+    }
+
+    pub fn raw(self) -> i32 {
+        self.0
+    }
+}
+
+impl fmt::Display for Pgid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
 /// A process group whose leader has been reaped while other members remain
 /// (a wrapper's children). It gets SIGKILL at `kill_at`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lingering {
-    pub pgid: i32,
+    pub pgid: Pgid,
     pub slot: usize,
     pub kill_at: Instant,
 }
