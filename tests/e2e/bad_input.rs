@@ -53,7 +53,7 @@ fn usage_and_config_errors_exit_2_with_one_line() {
             &["--stop-signal", "SIGNOPE", "--", WORKER],
             "invalid --stop-signal `SIGNOPE`",
         ),
-        (&["--bind", "127.0.0.1:0"], "no command given"),
+        (&["--bind", ANY_PORT], "no command given"),
         (
             &["--", "no-such-command-anywhere"],
             "command `no-such-command-anywhere` not found in PATH",
@@ -64,7 +64,7 @@ fn usage_and_config_errors_exit_2_with_one_line() {
             "--directory /no/such/release: does not resolve",
         ),
         (
-            &["--bind", "127.0.0.1:0", "--", WORKER, "{fd:nope}"],
+            &["--bind", ANY_PORT, "--", WORKER, "{fd:nope}"],
             "no --bind has that name",
         ),
         (&["--env-file", "missing.env", "--", WORKER], "--env-file missing.env"),
@@ -85,7 +85,7 @@ fn usage_and_config_errors_exit_2_with_one_line() {
 #[test]
 fn a_port_in_use_exits_1_and_releases_what_was_bound() {
     let dir = TestDir::new();
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = std::net::TcpListener::bind(ANY_PORT).unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let sock = dir.s("first.sock");
     let first = format!("unix:{sock}");

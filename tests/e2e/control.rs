@@ -88,11 +88,9 @@ fn ctl_phased_restart_wait_passes_a_good_release_and_fails_a_broken_one() {
     point(&dir, &good(&dir, "r1"));
     let control = format!("unix:{}", dir.s("c.sock"));
     let current = dir.s("current");
-    let mut sup = Sup::start(
+    let mut sup = Sup::serving(
         &dir,
         &[
-            "--bind",
-            "127.0.0.1:0",
             "--workers",
             "2",
             "--ready",
@@ -338,11 +336,9 @@ fn the_log_file_is_reopened_on_hup() {
 fn ctl_restart_wait_follows_a_hot_restart_across_the_exec() {
     let dir = TestDir::new();
     let control = format!("unix:{}", dir.s("c.sock"));
-    let sup = Sup::start(
+    let sup = Sup::serving(
         &dir,
         &[
-            "--bind",
-            "127.0.0.1:0",
             "--workers",
             "2",
             "--ready",

@@ -16,6 +16,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub const SUP: &str = env!("CARGO_BIN_EXE_sup");
+/// A TCP address on loopback whose port the kernel picks: tests never
+/// assume a port is free.
+pub const ANY_PORT: &str = "127.0.0.1:0";
 pub const WORKER: &str = env!("CARGO_BIN_EXE_sup-test-worker");
 
 /// Liveness bounds, never speed assertions. `SUP_TEST_TIME_SCALE` stretches
@@ -102,6 +105,14 @@ impl Sup {
     /// Start sup with `args`, output to `dir/sup.log`.
     pub fn start(dir: &TestDir, args: &[&str]) -> Sup {
         Sup::start_with(dir, args, |_| {})
+    }
+
+    /// Start sup serving a fresh TCP port (`--bind 127.0.0.1:0`, read back
+    /// with [`Sup::tcp_addr`]), then `args`.
+    pub fn serving(dir: &TestDir, args: &[&str]) -> Sup {
+        let mut all = vec!["--bind", ANY_PORT];
+        all.extend_from_slice(args);
+        Sup::start(dir, &all)
     }
 
     pub fn start_with(dir: &TestDir, args: &[&str], tweak: impl FnOnce(&mut Command)) -> Sup {

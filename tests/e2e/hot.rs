@@ -32,11 +32,9 @@ fn zombies_of(pid: i32) -> Vec<i32> {
 fn three_hot_restarts_of_four_workers_refuse_no_connection() {
     let dir = TestDir::new();
     let pidfile = dir.s("sup.pid");
-    let mut sup = Sup::start(
+    let mut sup = Sup::serving(
         &dir,
         &[
-            "--bind",
-            "127.0.0.1:0",
             "--workers",
             "4",
             "--ready",
@@ -75,11 +73,9 @@ fn twenty_hot_restarts_leak_nothing() {
     std::fs::create_dir(dir.join("reports")).unwrap();
     let reports = dir.s("reports");
     let unix = format!("unix:{}", dir.s("s.sock"));
-    let sup = Sup::start(
+    let sup = Sup::serving(
         &dir,
         &[
-            "--bind",
-            "127.0.0.1:0",
             "--bind",
             &unix,
             "--workers",
@@ -129,11 +125,9 @@ fn a_release_that_fails_the_preflight_is_not_started_and_the_old_workers_serve()
     let dir = TestDir::new();
     point(&dir, &good(&dir, "r1"));
     let current = dir.s("current");
-    let mut sup = Sup::start(
+    let mut sup = Sup::serving(
         &dir,
         &[
-            "--bind",
-            "127.0.0.1:0",
             "--workers",
             "2",
             "--ready",
@@ -174,7 +168,7 @@ fn an_upgraded_binary_at_the_same_path_takes_over() {
     let mut cmd = std::process::Command::new(&installed);
     cmd.args([
         "--bind",
-        "127.0.0.1:0",
+        ANY_PORT,
         "--ready",
         "notify",
         "--",
@@ -206,11 +200,9 @@ fn an_upgraded_binary_at_the_same_path_takes_over() {
 #[test]
 fn a_usr2_storm_and_a_term_during_the_exec_never_kill_sup() {
     let dir = TestDir::new();
-    let mut sup = Sup::start(
+    let mut sup = Sup::serving(
         &dir,
         &[
-            "--bind",
-            "127.0.0.1:0",
             "--workers",
             "2",
             "--ready",
@@ -252,7 +244,7 @@ fn a_usr2_storm_and_a_term_during_the_exec_never_kill_sup() {
 #[test]
 fn check_validates_without_binding_or_starting() {
     let dir = TestDir::new();
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = std::net::TcpListener::bind(ANY_PORT).unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let run = |args: &[&str]| {
         std::process::Command::new(SUP)

@@ -97,10 +97,7 @@ fn a_worker_holds_exactly_its_fds_and_the_protocol_env() {
 #[test]
 fn four_workers_accept_from_one_socket() {
     let dir = TestDir::new();
-    let sup = Sup::start(
-        &dir,
-        &["--bind", "127.0.0.1:0", "--workers", "4", "--", WORKER, "--serve"],
-    );
+    let sup = Sup::serving(&dir, &["--workers", "4", "--", WORKER, "--serve"]);
     let addr = sup.tcp_addr(0);
     let mut pids = HashSet::new();
     let mut slots = HashSet::new();
@@ -174,7 +171,7 @@ fn udp_sockets_are_passed_too() {
         .unwrap()
         .parse()
         .unwrap();
-    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let sock = std::net::UdpSocket::bind(ANY_PORT).unwrap();
     sock.set_read_timeout(Some(std::time::Duration::from_millis(200)))
         .unwrap();
     let answer = wait_until("a udp answer", secs(10), || {
@@ -223,11 +220,9 @@ fn workers_run_as_user_and_group_while_sup_binds_as_root() {
     std::fs::set_permissions(&dir.path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&reports, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
     let reports = dir.s("reports");
-    let sup = Sup::start(
+    let sup = Sup::serving(
         &dir,
         &[
-            "--bind",
-            "127.0.0.1:0",
             "--user",
             "nobody",
             "--group",

@@ -50,11 +50,9 @@ fn notify_socket_is_a_private_path_kept_across_a_hot_restart_and_removed_at_stop
     let dir = TestDir::new();
     std::fs::create_dir(dir.join("reports")).unwrap();
     let reports = dir.s("reports");
-    let mut sup = Sup::start(
+    let mut sup = Sup::serving(
         &dir,
         &[
-            "--bind",
-            "127.0.0.1:0",
             "--workers",
             "2",
             "--ready",
@@ -254,7 +252,7 @@ fn the_private_directory_goes_after_a_crash_loop_and_after_a_failed_start() {
     assert_eq!(entries(&tmp), Vec::<String>::new());
 
     // The port is taken: sup exits 1, after it made its notify socket.
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = std::net::TcpListener::bind(ANY_PORT).unwrap();
     let port = taken.local_addr().unwrap().to_string();
     let dir = TestDir::new();
     let tmp = dir.join("tmp");

@@ -43,11 +43,9 @@ fn gunicorn_serves_the_socket_sup_passes() {
     // gunicorn uses the inherited socket only when LISTEN_PID equals its own
     // pid; otherwise it would bind 127.0.0.1:8000 and this port would never
     // answer.
-    let mut sup = Sup::start(
+    let mut sup = Sup::serving(
         &dir,
         &[
-            "--bind",
-            "127.0.0.1:0",
             "--workers",
             "2",
             "--",
@@ -83,19 +81,9 @@ fn the_python_example_from_the_readme_serves_and_stops_gracefully() {
     }
     let dir = TestDir::new();
     let app = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/python/hello.py");
-    let mut sup = Sup::start(
+    let mut sup = Sup::serving(
         &dir,
-        &[
-            "--bind",
-            "127.0.0.1:0",
-            "--workers",
-            "4",
-            "--graceful-timeout",
-            "10s",
-            "--",
-            "python3",
-            app,
-        ],
+        &["--workers", "4", "--graceful-timeout", "10s", "--", "python3", app],
     );
     let addr = sup.tcp_addr(0);
     let fetch = || {
@@ -130,11 +118,9 @@ fn gunicorn_becomes_readiness_aware_under_ready_notify_and_rolls() {
     std::fs::write(dir.join("wsgi.py"), WSGI_APP).unwrap();
     let chdir = dir.s("");
     // gunicorn sends READY=1 to NOTIFY_SOCKET on its own: no change needed.
-    let mut sup = Sup::start(
+    let mut sup = Sup::serving(
         &dir,
         &[
-            "--bind",
-            "127.0.0.1:0",
             "--workers",
             "2",
             "--ready",

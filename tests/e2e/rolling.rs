@@ -8,11 +8,9 @@ use crate::harness::*;
 
 fn roll_under_load(workers: &str, n: usize) {
     let dir = TestDir::new();
-    let mut sup = Sup::start(
+    let mut sup = Sup::serving(
         &dir,
         &[
-            "--bind",
-            "127.0.0.1:0",
             "--workers",
             workers,
             "--ready",
@@ -58,11 +56,9 @@ fn a_broken_release_stops_the_rollout_and_the_old_workers_keep_serving() {
     point(&dir, &good(&dir, "r1"));
     let broken = release(&dir, "r2", "echo 'release 2 cannot boot' >&2; exit 1");
     let current = dir.s("current");
-    let mut sup = Sup::start(
+    let mut sup = Sup::serving(
         &dir,
         &[
-            "--bind",
-            "127.0.0.1:0",
             "--workers",
             "3",
             "--ready",
@@ -106,11 +102,9 @@ fn a_replacement_that_never_sends_ready_times_out_and_the_rollout_stops() {
     point(&dir, &good(&dir, "r1"));
     let silent = release(&dir, "r2", &format!("exec {WORKER} --serve"));
     let current = dir.s("current");
-    let sup = Sup::start(
+    let sup = Sup::serving(
         &dir,
         &[
-            "--bind",
-            "127.0.0.1:0",
             "--workers",
             "2",
             "--ready",
@@ -197,11 +191,9 @@ fn a_failing_hook_vetoes_and_a_passing_one_runs_in_the_release() {
         "echo \"$SUP_RESTART $(pwd)\" > {seen}; test -e {} || {{ echo 'migrations pending' >&2; exit 3; }}",
         flag.display()
     );
-    let sup = Sup::start(
+    let sup = Sup::serving(
         &dir,
         &[
-            "--bind",
-            "127.0.0.1:0",
             "--workers",
             "2",
             "--ready",
@@ -240,11 +232,9 @@ fn a_failing_hook_vetoes_and_a_passing_one_runs_in_the_release() {
 #[test]
 fn a_storm_of_usr1_ends_with_n_ready_workers_of_one_generation() {
     let dir = TestDir::new();
-    let mut sup = Sup::start(
+    let mut sup = Sup::serving(
         &dir,
         &[
-            "--bind",
-            "127.0.0.1:0",
             "--workers",
             "3",
             "--ready",

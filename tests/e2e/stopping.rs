@@ -8,11 +8,9 @@ fn a_graceful_stop_lets_an_in_flight_request_finish() {
     let pidfile = dir.s("sup.pid");
     let sock = dir.s("s.sock");
     let unix_bind = format!("unix:{sock}");
-    let mut sup = Sup::start(
+    let mut sup = Sup::serving(
         &dir,
         &[
-            "--bind",
-            "127.0.0.1:0",
             "--bind",
             &unix_bind,
             "--pidfile",
@@ -46,11 +44,9 @@ fn a_term_ignoring_worker_and_its_grandchild_are_killed_after_the_timeout() {
     let dir = TestDir::new();
     std::fs::create_dir(dir.join("reports")).unwrap();
     let reports = dir.s("reports");
-    let mut sup = Sup::start(
+    let mut sup = Sup::serving(
         &dir,
         &[
-            "--bind",
-            "127.0.0.1:0",
             "--graceful-timeout",
             "1s",
             "--",
@@ -153,10 +149,7 @@ fn quit_stops_at_once() {
 #[test]
 fn sigkill_of_sup_takes_its_workers_down() {
     let dir = TestDir::new();
-    let mut sup = Sup::start(
-        &dir,
-        &["--bind", "127.0.0.1:0", "--workers", "3", "--", WORKER, "--serve"],
-    );
+    let mut sup = Sup::serving(&dir, &["--workers", "3", "--", WORKER, "--serve"]);
     let pids = wait_until("three workers", secs(10), || {
         let p = sup.started_pids();
         (p.len() == 3).then_some(p)
@@ -218,11 +211,9 @@ fn a_group_member_that_exits_by_itself_after_its_worker_is_not_waited_for() {
     let script = format!(
         "p=$$; (while kill -0 $p 2>/dev/null; do sleep 0.05; done; sleep 0.3) & exec {WORKER} --serve --ready-after 0"
     );
-    let mut sup = Sup::start(
+    let mut sup = Sup::serving(
         &dir,
         &[
-            "--bind",
-            "127.0.0.1:0",
             "--graceful-timeout",
             "600s",
             // Ready once the worker itself runs: the subshell exists by then.

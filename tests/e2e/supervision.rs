@@ -9,10 +9,7 @@ use crate::harness::*;
 #[test]
 fn a_killed_worker_is_replaced_in_its_slot() {
     let dir = TestDir::new();
-    let sup = Sup::start(
-        &dir,
-        &["--bind", "127.0.0.1:0", "--workers", "2", "--", WORKER, "--serve"],
-    );
+    let sup = Sup::serving(&dir, &["--workers", "2", "--", WORKER, "--serve"]);
     let addr = sup.tcp_addr(0);
     wait_until("two workers", secs(10), || {
         (sup.started_pids().len() == 2).then_some(())
@@ -42,7 +39,7 @@ fn a_killed_worker_is_replaced_in_its_slot() {
 #[test]
 fn a_crash_looping_command_backs_off_and_sup_survives() {
     let dir = TestDir::new();
-    let mut sup = Sup::start(&dir, &["--bind", "127.0.0.1:0", "--", WORKER, "--exit", "1"]);
+    let mut sup = Sup::serving(&dir, &["--", WORKER, "--exit", "1"]);
     let window = Duration::from_secs(10);
     let start = Instant::now();
     // Observe for a fixed window: this measures a rate, it does not wait for
@@ -63,10 +60,7 @@ fn a_crash_looping_command_backs_off_and_sup_survives() {
 #[test]
 fn ttin_and_ttou_change_the_worker_count() {
     let dir = TestDir::new();
-    let sup = Sup::start(
-        &dir,
-        &["--bind", "127.0.0.1:0", "--workers", "2", "--", WORKER, "--serve"],
-    );
+    let sup = Sup::serving(&dir, &["--workers", "2", "--", WORKER, "--serve"]);
     wait_until("two workers", secs(10), || {
         (sup.started_pids().len() == 2).then_some(())
     });
@@ -97,11 +91,9 @@ fn the_directory_is_resolved_at_every_spawn() {
     point(&dir, &r1);
     let current = dir.s("current");
     let reports = dir.s("reports");
-    let sup = Sup::start(
+    let sup = Sup::serving(
         &dir,
         &[
-            "--bind",
-            "127.0.0.1:0",
             "--directory",
             &current,
             "--",
@@ -142,19 +134,9 @@ fn a_dangling_release_is_a_failed_boot_and_running_workers_keep_serving() {
     let r1 = release_of(&dir, "r1");
     point(&dir, &r1);
     let current = dir.s("current");
-    let sup = Sup::start(
+    let sup = Sup::serving(
         &dir,
-        &[
-            "--bind",
-            "127.0.0.1:0",
-            "--workers",
-            "2",
-            "--directory",
-            &current,
-            "--",
-            "./run",
-            "--serve",
-        ],
+        &["--workers", "2", "--directory", &current, "--", "./run", "--serve"],
     );
     let addr = sup.tcp_addr(0);
     wait_until("two workers", secs(10), || {
