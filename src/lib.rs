@@ -164,7 +164,7 @@ fn start() -> Result<u8, StartupError> {
         Some(h) => {
             let (sockets, errors) = sockets::adopt_and_bind(&config.binds, h.sockets.clone());
             for e in errors {
-                log::error!("hot restart: {e}; serving without it");
+                log::error!("hot restart: {}; serving without it", chain(&e));
             }
             sockets
         }

@@ -60,8 +60,12 @@ impl BoundSocket {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SocketError {
-    #[error("cannot bind {addr}: {why}")]
-    Bind { addr: String, why: String },
+    #[error("cannot bind {addr}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl BoundSocket {
@@ -90,7 +94,7 @@ pub fn adopt_and_bind(specs: &[BindSpec], handed: Vec<HandedSocket>) -> (Vec<Bou
         let result = match handed.iter().position(|h| h.addr == addr) {
             Some(i) => {
                 let h = handed.remove(i);
-                crate::handoff::adopt(&h).and_then(|fd| {
+                crate::handoff::adopt(&h).map_err(other).and_then(|fd| {
                     let local = local_of(&fd, &spec.addr)?;
                     Ok(BoundSocket {
                         spec: spec.clone(),
@@ -104,7 +108,7 @@ pub fn adopt_and_bind(specs: &[BindSpec], handed: Vec<HandedSocket>) -> (Vec<Bou
         };
         match result {
             Ok(s) => bound.push(s),
-            Err(why) => errors.push(SocketError::Bind { addr, why }),
+            Err(source) => errors.push(SocketError::Bind { addr, source }),
         }
     }
     for h in handed {
@@ -115,11 +119,11 @@ pub fn adopt_and_bind(specs: &[BindSpec], handed: Vec<HandedSocket>) -> (Vec<Bou
     (bound, errors)
 }
 
-fn local_of(fd: &OwnedFd, addr: &BindAddr) -> Result<LocalAddr, String> {
+fn local_of(fd: &OwnedFd, addr: &BindAddr) -> Result<LocalAddr, std::io::Error> {
     Ok(match addr {
         BindAddr::Tcp(_) => LocalAddr::Tcp(local_inet(fd)?),
         BindAddr::Udp(_) => LocalAddr::Udp(local_inet(fd)?),
-        BindAddr::Unix(p) => LocalAddr::Unix(std::path::absolute(p).map_err(|e| e.to_string())?),
+        BindAddr::Unix(p) => LocalAddr::Unix(std::path::absolute(p)?),
     })
 }
 
@@ -179,7 +183,7 @@ pub fn take_activated(fds: Vec<(RawFd, Option<String>)>) -> Vec<Activated> {
 }
 
 /// Where an activated socket listens, read from the socket itself.
-fn activated_addr(fd: &OwnedFd) -> Result<BindAddr, String> {
+fn activated_addr(fd: &OwnedFd) -> Result<BindAddr, std::io::Error> {
     let ty = socket::getsockopt(fd, sockopt::SockType).map_err(err)?;
     let addr: SockaddrStorage = socket::getsockname(fd.as_raw_fd()).map_err(err)?;
     if let Some(path) = addr.as_unix_addr().and_then(|u| u.path()) {
@@ -201,19 +205,22 @@ pub fn adopt_activated(specs: &[BindSpec], activated: Vec<Activated>) -> Result<
     for a in activated {
         match activated_addr(&a.fd) {
             Ok(addr) => pool.push((a, addr)),
-            Err(e) => log::warn!("socket activation: cannot read an activated socket's address ({e}); ignored"),
+            Err(e) => log::warn!(
+                "socket activation: cannot read an activated socket's address ({}); ignored",
+                crate::command::os_error(&e)
+            ),
         }
     }
     let mut bound = Vec::new();
     if specs.is_empty() {
         for (a, addr) in pool {
-            let local = local_of(&a.fd, &addr).map_err(|why| SocketError::Bind {
+            let local = local_of(&a.fd, &addr).map_err(|source| SocketError::Bind {
                 addr: addr.to_string(),
-                why,
+                source,
             })?;
             let mut spec = BindSpec::parse(&addr.to_string()).map_err(|e| SocketError::Bind {
                 addr: addr.to_string(),
-                why: e.to_string(),
+                source: other(e.to_string()),
             })?;
             if let Some(name) = a.name {
                 spec.name = name;
@@ -235,9 +242,9 @@ pub fn adopt_activated(specs: &[BindSpec], activated: Vec<Activated>) -> Result<
         match found {
             Some(i) => {
                 let (a, addr) = pool.remove(i);
-                let local = local_of(&a.fd, &addr).map_err(|why| SocketError::Bind {
+                let local = local_of(&a.fd, &addr).map_err(|source| SocketError::Bind {
                     addr: addr.to_string(),
-                    why,
+                    source,
                 })?;
                 log::info!("socket activation: {} is the activated {local}", spec.raw);
                 bound.push(BoundSocket {
@@ -249,11 +256,11 @@ pub fn adopt_activated(specs: &[BindSpec], activated: Vec<Activated>) -> Result<
             }
             None => match bind_one(spec) {
                 Ok(s) => bound.push(s),
-                Err(why) => {
+                Err(source) => {
                     remove_files(&bound);
                     return Err(SocketError::Bind {
                         addr: spec.addr.to_string(),
-                        why,
+                        source,
                     });
                 }
             },
@@ -272,11 +279,11 @@ pub fn bind_all(specs: &[BindSpec]) -> Result<Vec<BoundSocket>, SocketError> {
     for spec in specs {
         match bind_one(spec) {
             Ok(s) => bound.push(s),
-            Err(why) => {
+            Err(source) => {
                 remove_files(&bound);
                 return Err(SocketError::Bind {
                     addr: spec.addr.to_string(),
-                    why,
+                    source,
                 });
             }
         }
@@ -310,11 +317,18 @@ fn default_backlog() -> i32 {
     somaxconn.clamp(1, 1024)
 }
 
-fn err(e: Errno) -> String {
-    errno_text(e as i32)
+/// An errno from nix as the `io::Error` it is (rendered `address already
+/// in use` by `exit::chain`).
+fn err(e: Errno) -> std::io::Error {
+    std::io::Error::from_raw_os_error(e as i32)
 }
 
-fn bind_one(spec: &BindSpec) -> Result<BoundSocket, String> {
+/// A cause that is not an OS error, with its message.
+fn other(message: impl Into<String>) -> std::io::Error {
+    std::io::Error::other(message.into())
+}
+
+fn bind_one(spec: &BindSpec) -> Result<BoundSocket, std::io::Error> {
     let backlog = Backlog::new(spec.backlog.unwrap_or_else(default_backlog)).map_err(err)?;
     match &spec.addr {
         BindAddr::Tcp(addr) | BindAddr::Udp(addr) => {
@@ -356,13 +370,13 @@ fn bind_one(spec: &BindSpec) -> Result<BoundSocket, String> {
             })
         }
         BindAddr::Unix(path) => {
-            let path = std::path::absolute(path).map_err(|e| e.to_string())?;
+            let path = std::path::absolute(path)?;
             clear_stale(&path)?;
             let fd =
                 socket::socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).map_err(err)?;
-            let addr = UnixAddr::new(&path).map_err(|_| "path too long for a unix socket (108 bytes)".to_string())?;
+            let addr = UnixAddr::new(&path).map_err(|_| other("path too long for a unix socket (108 bytes)"))?;
             socket::bind(fd.as_raw_fd(), &addr).map_err(err)?;
-            let meta = std::fs::symlink_metadata(&path).map_err(|e| e.to_string())?;
+            let meta = std::fs::symlink_metadata(&path)?;
             let created = Some((path.clone(), meta.dev(), meta.ino()));
             let result = finish_unix(spec, &path, &fd, backlog);
             let sock = BoundSocket {
@@ -380,7 +394,7 @@ fn bind_one(spec: &BindSpec) -> Result<BoundSocket, String> {
     }
 }
 
-fn finish_unix(spec: &BindSpec, path: &Path, fd: &OwnedFd, backlog: Backlog) -> Result<(), String> {
+fn finish_unix(spec: &BindSpec, path: &Path, fd: &OwnedFd, backlog: Backlog) -> Result<(), std::io::Error> {
     use nix::sys::stat::{FchmodatFlags, Mode, fchmodat};
     use nix::unistd::{Group, User, chown};
     if let Some(mode) = spec.mode {
@@ -390,7 +404,7 @@ fn finish_unix(spec: &BindSpec, path: &Path, fd: &OwnedFd, backlog: Backlog) -> 
             Mode::from_bits_truncate(mode),
             FchmodatFlags::FollowSymlink,
         )
-        .map_err(|e| format!("cannot set mode {mode:o}: {}", err(e)))?;
+        .map_err(|e| other(format!("cannot set mode {mode:o}: {}", errno_text(e as i32))))?;
     }
     if spec.owner.is_some() || spec.group.is_some() {
         let uid = match &spec.owner {
@@ -398,7 +412,7 @@ fn finish_unix(spec: &BindSpec, path: &Path, fd: &OwnedFd, backlog: Backlog) -> 
                 User::from_name(name)
                     .ok()
                     .flatten()
-                    .ok_or_else(|| format!("owner `{name}`: no such user"))?
+                    .ok_or_else(|| other(format!("owner `{name}`: no such user")))?
                     .uid,
             ),
             None => None,
@@ -408,44 +422,47 @@ fn finish_unix(spec: &BindSpec, path: &Path, fd: &OwnedFd, backlog: Backlog) -> 
                 Group::from_name(name)
                     .ok()
                     .flatten()
-                    .ok_or_else(|| format!("group `{name}`: no such group"))?
+                    .ok_or_else(|| other(format!("group `{name}`: no such group")))?
                     .gid,
             ),
             None => None,
         };
-        chown(path, uid, gid).map_err(|e| format!("cannot change owner: {}", err(e)))?;
+        chown(path, uid, gid).map_err(|e| other(format!("cannot change owner: {}", errno_text(e as i32))))?;
     }
     socket::listen(&fd.as_fd(), backlog).map_err(err)
 }
 
 /// A socket file left by a dead server is removed; one a live server
 /// answers on is an error; anything that is not a socket is never touched.
-pub fn clear_stale(path: &Path) -> Result<(), String> {
+pub fn clear_stale(path: &Path) -> Result<(), std::io::Error> {
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(e),
     };
     if !meta.file_type().is_socket() {
-        return Err(format!("{} exists and is not a socket", path.display()));
+        return Err(other(format!("{} exists and is not a socket", path.display())));
     }
     match std::os::unix::net::UnixStream::connect(path) {
-        Ok(_) => Err(format!("{} is in use by a running server", path.display())),
-        Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
-            std::fs::remove_file(path).map_err(|e| format!("cannot remove stale socket: {e}"))
-        }
-        Err(e) => Err(format!("cannot check existing socket {}: {e}", path.display())),
+        Ok(_) => Err(other(format!("{} is in use by a running server", path.display()))),
+        Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => std::fs::remove_file(path)
+            .map_err(|e| other(format!("cannot remove stale socket: {}", crate::command::os_error(&e)))),
+        Err(e) => Err(other(format!(
+            "cannot check existing socket {}: {}",
+            path.display(),
+            crate::command::os_error(&e)
+        ))),
     }
 }
 
-fn local_inet(fd: &OwnedFd) -> Result<SocketAddr, String> {
+fn local_inet(fd: &OwnedFd) -> Result<SocketAddr, std::io::Error> {
     let addr: SockaddrStorage = socket::getsockname(fd.as_raw_fd()).map_err(err)?;
     if let Some(v4) = addr.as_sockaddr_in() {
         Ok(SocketAddr::V4((*v4).into()))
     } else if let Some(v6) = addr.as_sockaddr_in6() {
         Ok(SocketAddr::V6((*v6).into()))
     } else {
-        Err("unexpected address family".into())
+        Err(other("unexpected address family"))
     }
 }
 
@@ -475,7 +492,7 @@ mod tests {
     fn a_port_in_use_is_one_clear_error() {
         let first = bind_all(&[spec("127.0.0.1:0")]).unwrap();
         let LocalAddr::Tcp(a) = first[0].local else { panic!() };
-        let e = bind_all(&[spec(&a.to_string())]).unwrap_err().to_string();
+        let e = crate::exit::chain(&bind_all(&[spec(&a.to_string())]).unwrap_err());
         assert_eq!(e, format!("cannot bind tcp://{a}: address already in use"));
     }
 
@@ -489,18 +506,14 @@ mod tests {
         let s = bind_all(&[spec(&format!("unix:{}?mode=600", path.display()))]).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
         // A live one is an error, and the live file is left alone.
-        let e = bind_all(&[spec(&format!("unix:{}", path.display()))])
-            .unwrap_err()
-            .to_string();
+        let e = crate::exit::chain(&bind_all(&[spec(&format!("unix:{}", path.display()))]).unwrap_err());
         assert!(e.contains("in use by a running server"), "{e}");
         assert!(path.exists());
         remove_files(&s);
         assert!(!path.exists());
         // A regular file is never removed.
         std::fs::write(&path, "x").unwrap();
-        let e = bind_all(&[spec(&format!("unix:{}", path.display()))])
-            .unwrap_err()
-            .to_string();
+        let e = crate::exit::chain(&bind_all(&[spec(&format!("unix:{}", path.display()))]).unwrap_err());
         assert!(e.contains("is not a socket"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

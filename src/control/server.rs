@@ -90,7 +90,7 @@ impl ControlServer {
         let (listener, created, actual) = match addr {
             ControlAddr::Unix(path) => {
                 let path = std::path::absolute(path).map_err(|e| e.to_string())?;
-                crate::sockets::clear_stale(&path)?;
+                crate::sockets::clear_stale(&path).map_err(|e| crate::command::os_error(&e))?;
                 let l = UnixListener::bind(&path).map_err(|e| crate::command::os_error(&e))?;
                 std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
                     .map_err(|e| e.to_string())?;
