@@ -289,8 +289,11 @@ fn serve(opts: &Opts) {
         }
     }
     if !opts.ignore_term {
-        std::thread::spawn(|| {
-            let mut signals = signal_hook::iterator::Signals::new([libc::SIGTERM]).unwrap_or_else(|_| die("signals"));
+        // Registered here, before any request can be taken: registered in
+        // the thread, a TERM that came before the thread ran (a loaded
+        // machine) killed the worker with an answer in hand.
+        let mut signals = signal_hook::iterator::Signals::new([libc::SIGTERM]).unwrap_or_else(|_| die("signals"));
+        std::thread::spawn(move || {
             if signals.forever().next().is_some() {
                 TERMINATING.store(true, Ordering::SeqCst);
                 // Every accept loop has stopped, having counted what it took.
