@@ -472,6 +472,12 @@ impl Core {
         out
     }
 
+    /// Whether the re-exec the core asked for ([`Action::ReExec`]) is still
+    /// what it wants (nothing since has ended the restart).
+    pub fn exec_due(&self) -> bool {
+        matches!(self.restart.map(|r| r.phase), Some(Phase::Exec))
+    }
+
     /// The number of the restart in progress, or else of the last one.
     pub fn restart_id(&self) -> u64 {
         self.restarts_begun

@@ -95,17 +95,38 @@ impl EventLoop {
                 .register(e.listener(), EINHORN, Interest::READABLE)
                 .map_err(LoopError::Setup)?;
         }
+        // After a hot restart the control listener is the one handed over,
+        // if the configuration still names it: no gap for `sup ctl`.
+        let handed = handoff.and_then(|h| h.control.as_ref());
         let control = match &config.control {
             Some(addr) => {
-                let mut server =
-                    ControlServer::bind(addr, CONTROL_CONN).map_err(|why| LoopError::Control(addr.to_string(), why))?;
+                let adopted = match handed {
+                    Some(h) if h.configured == addr.to_string() => ControlServer::adopt(h, CONTROL_CONN)
+                        .inspect_err(|why| log::error!("hot restart: not adopting the control socket: {why}"))
+                        .ok(),
+                    Some(h) => {
+                        crate::control::server::discard(h);
+                        None
+                    }
+                    None => None,
+                };
+                let mut server = match adopted {
+                    Some(s) => s,
+                    None => ControlServer::bind(addr, CONTROL_CONN)
+                        .map_err(|why| LoopError::Control(addr.to_string(), why))?,
+                };
                 server
                     .register(poll.registry(), CONTROL)
                     .map_err(|e| LoopError::Control(addr.to_string(), e.to_string()))?;
                 log::info!("control server on {}", server.addr);
                 Some(server)
             }
-            None => None,
+            None => {
+                if let Some(h) = handed {
+                    crate::control::server::discard(h);
+                }
+                None
+            }
         };
         Ok(EventLoop {
             poll,
@@ -138,6 +159,7 @@ impl EventLoop {
             started: Instant::now(),
             sup_pid: std::process::id() as i32,
             exit: None,
+            exec_due: None,
         };
         let status = shell.run();
         if let Some(c) = &shell.res.control {
@@ -176,7 +198,13 @@ struct Shell<'a> {
     einhorn_socket: Option<String>,
     /// Set by [`Action::Exit`].
     exit: Option<i32>,
+    /// Set by [`Action::ReExec`]: the generation the next image starts.
+    exec_due: Option<u64>,
 }
+
+/// How long a re-exec waits for control requests already accepted to be
+/// complete, so that they are answered rather than cut off.
+const QUIESCE: Duration = Duration::from_millis(50);
 
 impl Shell<'_> {
     /// The loop. Within one wake-up the order is fixed:
@@ -184,6 +212,8 @@ impl Shell<'_> {
     ///    is carried out at once; events those actions cause (a spawn's pid,
     ///    a control reply's follow-ups) queue behind and are handled in the
     ///    same pass, so a control request is answered before the next poll;
+    ///    a re-exec the core asked for runs only then, once nothing is left
+    ///    queued, and only if the core still wants it;
     /// 2. sleep in `poll` until readiness or the earliest deadline (the
     ///    core's, a control connection's); none means sleep indefinitely;
     /// 3. readiness becomes events in the order epoll reports it
@@ -201,6 +231,15 @@ impl Shell<'_> {
             }
             if let Some(code) = self.exit {
                 return Ok(code);
+            }
+            // The core may have changed its mind since it asked (a TERM in
+            // the same wake-up ends the restart): it is asked again.
+            if let Some(generation) = self.exec_due.take()
+                && self.core.exec_due()
+            {
+                let reason = self.reexec(generation);
+                self.pending.push_back(Event::ReExecFailed { reason });
+                continue;
             }
             let deadline = [
                 self.core.next_deadline(),
@@ -310,6 +349,36 @@ impl Shell<'_> {
         }
     }
 
+    /// Answer what the control server has accepted before the exec closes
+    /// it: `/stats` as usual; a command the core has not seen is refused
+    /// (nothing was done), and its client asks the next image again.
+    fn quiesce_control(&mut self) {
+        let Some(server) = &mut self.res.control else { return };
+        let token = self.config.control_token.as_deref();
+        let (core, sockets, usage, started) = (&self.core, self.ctx.sockets, &mut self.usage, self.started);
+        server.quiesce(QUIESCE, |req| {
+            let refused = |command| {
+                let answer = Answer::Refused {
+                    command,
+                    reason: "sup is re-executing itself; ask again".to_string(),
+                };
+                http::response(409, &answer.to_json(), &[])
+            };
+            match control::route(req, token) {
+                Route::Stats => {
+                    let body = stats::build(core, sockets, usage, started, Instant::now());
+                    http::response(200, &serde_json::to_string(&body).unwrap_or_default(), &[])
+                }
+                Route::Intent(intent) => refused(crate::control::protocol::Command::of(intent)),
+                Route::Refuse(status, why) => http::response(status, &Answer::rejected(why).to_json(), &[]),
+                Route::WrongMethod { allow } => {
+                    let body = Answer::rejected(format!("use {allow} {}", req.path)).to_json();
+                    http::response(405, &body, &[("Allow", allow)])
+                }
+            }
+        });
+    }
+
     /// Carry out one of the core's actions; what it leads to queues as events.
     fn execute(&mut self, action: Action) {
         let config = self.config;
@@ -356,10 +425,9 @@ impl Shell<'_> {
                 self.pending
                     .push_back(helper_event(preflight(self.ctx.exe, config, devnull)));
             }
-            Action::ReExec { generation } => {
-                let reason = self.reexec(generation);
-                self.pending.push_back(Event::ReExecFailed { reason });
-            }
+            // Carried out once every event already queued has reached the
+            // core (a READY=1 read with it must not be lost), in `run`.
+            Action::ReExec { generation } => self.exec_due = Some(generation),
             Action::Signal { pid, signal } => send(pid, signal),
             Action::KillGroup { pgid } => {
                 let _ = send_group(pgid, Some(Signal::SIGKILL));
@@ -388,6 +456,7 @@ impl Shell<'_> {
 
     /// Hand everything over and re-execute sup; returns only on failure.
     fn reexec(&mut self, generation: u64) -> String {
+        self.quiesce_control();
         let Context {
             sockets, exe, origin, ..
         } = &self.ctx;
@@ -397,8 +466,10 @@ impl Shell<'_> {
         handoff.started_ms = wall_ms(record.map(|r| r.started_at));
         handoff.sockets = sockets.iter().map(BoundSocket::handed).collect();
         self.res.own.hand_over(&mut handoff);
-        let mut fds: Vec<i32> = sockets.iter().map(BoundSocket::raw_fd).collect();
-        fds.extend(self.res.own.fds());
+        if let (Some(server), Some(configured)) = (&self.res.control, &self.config.control) {
+            handoff.control = Some(server.handed(configured));
+        }
+        let fds = handoff.fds();
         log::info!("hot restart: re-executing {exe} to start gen {generation}");
         hot_restart::reexec(&handoff, &fds, self.config.directory.as_deref())
     }

@@ -39,6 +39,16 @@ pub struct HandedUnix {
     pub addr: String,
 }
 
+/// The control server's listener handed across.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandedControl {
+    pub fd: RawFd,
+    /// `--control` as configured (matched against the new configuration).
+    pub configured: String,
+    /// The unix socket file sup created: (path, device, inode).
+    pub created: Option<(PathBuf, u64, u64)>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Handoff {
     pub version: u64,
@@ -62,6 +72,8 @@ pub struct Handoff {
     pub notify: Option<HandedUnix>,
     #[serde(default)]
     pub einhorn: Option<HandedUnix>,
+    #[serde(default)]
+    pub control: Option<HandedControl>,
 }
 
 impl Handoff {
@@ -77,6 +89,7 @@ impl Handoff {
             runtime_dir: None,
             notify: None,
             einhorn: None,
+            control: None,
         }
     }
 
@@ -111,6 +124,7 @@ impl Handoff {
     pub fn fds(&self) -> Vec<RawFd> {
         let mut fds: Vec<RawFd> = self.sockets.iter().map(|s| s.fd).collect();
         fds.extend(self.notify.iter().chain(&self.einhorn).map(|u| u.fd));
+        fds.extend(self.control.iter().map(|c| c.fd));
         fds
     }
 }
@@ -228,6 +242,11 @@ mod tests {
                 addr: "/run/sup.x1y2z3/notify".into(),
             }),
             einhorn: None,
+            control: Some(HandedControl {
+                fd: 8,
+                configured: "unix:/run/app/sup.sock".into(),
+                created: Some(("/run/app/sup.sock".into(), 64769, 99)),
+            }),
             sockets: vec![
                 HandedSocket {
                     fd: 5,
@@ -244,7 +263,7 @@ mod tests {
             ],
         };
         assert_eq!(Handoff::decode(&h.encode()).unwrap(), h);
-        assert_eq!(h.fds(), vec![5, 6, 7]);
+        assert_eq!(h.fds(), vec![5, 6, 7, 8]);
     }
 
     #[test]

@@ -9,15 +9,18 @@
 //! means is `route`'s business, and the answer to a command the core's.
 
 use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use mio::{Interest, Registry, Token};
+use nix::sys::socket::SockType;
 
 use super::ControlAddr;
 use super::http::{self, Parsed};
+use crate::handoff::HandedControl;
 use crate::slots::Slots;
 
 pub const MAX_CONNECTIONS: usize = 64;
@@ -259,14 +262,117 @@ impl ControlServer {
         }
     }
 
+    /// Before a re-exec, which closes every accepted connection: give each
+    /// connection still waiting for its answer up to `grace` to complete its
+    /// request, answer it with `answer`, and flush. A request whose bytes
+    /// never come in time is closed unanswered. The listener itself is
+    /// handed over, so connections not yet accepted wait for the next image.
+    pub fn quiesce(&mut self, grace: Duration, mut answer: impl FnMut(&http::Request) -> Vec<u8>) {
+        let deadline = Instant::now() + grace;
+        loop {
+            let mut waiting = false;
+            for slot in 0..self.conns.bound() {
+                let Some(conn) = self.conns.get_mut(slot) else { continue };
+                if conn.out.is_some() {
+                    self.flush(slot);
+                    continue;
+                }
+                if conn.taken {
+                    // Handed on, but its answer will not come before the exec.
+                    if let Parsed::Request(req) = http::parse(&conn.buf) {
+                        let reply = answer(&req);
+                        self.respond(slot, reply);
+                    }
+                    continue;
+                }
+                match self.read(slot) {
+                    Some(Parsed::Request(req)) => {
+                        let reply = answer(&req);
+                        self.respond(slot, reply);
+                    }
+                    Some(Parsed::Error(status, why)) => {
+                        let body = super::protocol::Answer::rejected(why).to_json();
+                        self.respond(slot, http::response(status, &body, &[]));
+                    }
+                    Some(Parsed::Incomplete) | None => waiting |= self.conns.get_mut(slot).is_some(),
+                }
+            }
+            if !waiting || Instant::now() >= deadline {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     /// Remove the unix socket file, if it is still the one sup created.
     pub fn remove_file(&self) {
-        if let Some((path, dev, ino)) = &self.created
-            && let Ok(meta) = std::fs::symlink_metadata(path)
-            && meta.dev() == *dev
-            && meta.ino() == *ino
-        {
-            let _ = std::fs::remove_file(path);
+        remove_created(self.created.as_ref());
+    }
+
+    /// What the next image needs to adopt it (`configured` is `--control`
+    /// as given, which the next configuration is matched against).
+    pub fn handed(&self, configured: &ControlAddr) -> HandedControl {
+        let fd = match &self.listener {
+            Listener::Unix(l) => l.as_raw_fd(),
+            Listener::Tcp(l) => l.as_raw_fd(),
+        };
+        HandedControl {
+            fd,
+            configured: configured.to_string(),
+            created: self.created.clone(),
         }
+    }
+
+    /// Take over the listener a previous sup image handed across its exec:
+    /// connections queued in its backlog meanwhile are answered now, and a
+    /// client never finds the socket missing.
+    pub fn adopt(h: &HandedControl, base: usize) -> Result<ControlServer, String> {
+        let configured = ControlAddr::parse(&h.configured)?;
+        let (ty, domains): (SockType, &[i32]) = match configured {
+            ControlAddr::Unix(_) => (SockType::Stream, &[libc::AF_UNIX]),
+            ControlAddr::Tcp(_) => (SockType::Stream, &[libc::AF_INET, libc::AF_INET6]),
+        };
+        crate::handoff::check_socket(h.fd, ty, domains, &h.configured).inspect_err(|_| crate::handoff::close(h.fd))?;
+        // SAFETY: checked open just above; handed to this image for sup alone.
+        let fd = unsafe { OwnedFd::from_raw_fd(h.fd) };
+        nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
+            .map_err(|e| format!("fd {}: {e}", h.fd))?;
+        let (listener, addr) = match configured {
+            ControlAddr::Unix(path) => {
+                let l = std::os::unix::net::UnixListener::from(fd);
+                l.set_nonblocking(true).map_err(|e| e.to_string())?;
+                (Listener::Unix(UnixListener::from_std(l)), ControlAddr::Unix(path))
+            }
+            ControlAddr::Tcp(_) => {
+                let l = std::net::TcpListener::from(fd);
+                l.set_nonblocking(true).map_err(|e| e.to_string())?;
+                let actual = l.local_addr().map_err(|e| e.to_string())?;
+                (Listener::Tcp(TcpListener::from_std(l)), ControlAddr::Tcp(actual))
+            }
+        };
+        Ok(ControlServer {
+            listener,
+            conns: Slots::new(MAX_CONNECTIONS),
+            created: h.created.clone(),
+            addr,
+            base,
+        })
+    }
+}
+
+/// Close a handed control listener the new configuration does not use, and
+/// remove its file if it is still the one sup created.
+pub fn discard(h: &HandedControl) {
+    crate::handoff::close(h.fd);
+    remove_created(h.created.as_ref());
+}
+
+fn remove_created(created: Option<&(PathBuf, u64, u64)>) {
+    if let Some((path, dev, ino)) = created
+        && let Ok(meta) = std::fs::symlink_metadata(path)
+        && meta.dev() == *dev
+        && meta.ino() == *ino
+    {
+        let _ = std::fs::remove_file(path);
     }
 }

@@ -477,3 +477,68 @@ fn pipelined_requests_get_the_first_answered_and_the_connection_closed() {
     let s = stats(&sock);
     assert_eq!(s.target_workers, 1, "the pipelined POST /incr was not acted on");
 }
+
+#[test]
+fn the_control_socket_is_handed_over_and_answers_throughout_hot_restarts() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = TestDir::new();
+    let (sup, sock) = with_control(
+        &dir,
+        &[
+            "--bind",
+            ANY_PORT,
+            "--workers",
+            "2",
+            "--ready",
+            "notify",
+            "--",
+            WORKER,
+            "--serve",
+            "--ready-after",
+            "300",
+        ],
+    );
+    sup.wait_ready(2);
+    let inode = std::fs::metadata(&sock).unwrap().ino();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let path = sock.clone();
+    let client = std::thread::spawn(move || {
+        let (mut ok, mut failed) = (0, Vec::new());
+        while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+            let answer = UnixStream::connect(&path).and_then(|mut s| {
+                s.set_read_timeout(Some(Duration::from_secs(10)))?;
+                s.write_all(b"GET /stats HTTP/1.0\r\n\r\n")?;
+                let mut out = String::new();
+                s.read_to_string(&mut out)?;
+                Ok(out)
+            });
+            match answer {
+                Ok(text) if text.starts_with("HTTP/1.1 200") => ok += 1,
+                Ok(text) => failed.push(format!("answer {text:?}")),
+                Err(e) => failed.push(e.to_string()),
+            }
+        }
+        (ok, failed)
+    });
+    for n in 1..=2 {
+        sup.signal(libc::SIGUSR2);
+        sup.wait_log(&format!("hot restart to gen {n} complete"), secs(60));
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failed) = client.join().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {} /stats failed: {:?}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok > 0);
+    assert_eq!(
+        std::fs::metadata(&sock).unwrap().ino(),
+        inode,
+        "the same socket, not a new one"
+    );
+    assert_eq!(stats(&sock).generation, 2);
+}
