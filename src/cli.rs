@@ -175,6 +175,16 @@ pub struct Cli {
     #[arg(long, value_name = "MODE", env = "SUP_NOTIFY_SOCKET")]
     pub notify_socket: Option<String>,
 
+    /// How a hot restart (USR2) replaces the workers: stop or overlap [default: stop]
+    ///
+    /// stop: every worker stops before sup re-executes and new ones start after, so two
+    /// versions never serve at once (for deploys that migrate a database); connections wait
+    /// in the backlog for the whole boot. overlap: sup re-executes with the workers still
+    /// serving, adopts them, then rolls them make-before-break like USR1: no pause, but old
+    /// and new code serve side by side for a while.
+    #[arg(long, value_name = "MODE", env = "SUP_HOT_RESTART")]
+    pub hot_restart: Option<String>,
+
     /// Check the configuration, the directory and the command, then exit
     ///
     /// Exits 0 when sup could start with these arguments, or 2 after listing every problem.
@@ -290,6 +300,11 @@ pub enum CtlCommand {
     },
     /// Reopen the log file (like SIGHUP)
     ReopenLogs,
+    /// Re-execute sup itself and adopt every worker, touching none
+    ///
+    /// For upgrading the sup binary or its own settings (log level, control token, …). The
+    /// new sup is checked with --check first; the workers keep serving throughout.
+    Reexec,
 }
 
 #[cfg(test)]

@@ -67,6 +67,8 @@ pub struct Config {
     pub hook_timeout: Duration,
     pub einhorn_ack: bool,
     pub notify_socket: SocketPlace,
+    /// `--hot-restart overlap`: hot restarts keep the workers serving.
+    pub hot_overlap: bool,
     /// `-v` count minus `-q` count; `None` when neither was given.
     pub verbosity: Option<i8>,
     /// `--check`: validate and exit.
@@ -89,6 +91,8 @@ pub enum ConfigError {
     Ready(String),
     #[error("invalid --notify-socket `{0}`: expected path or abstract")]
     NotifySocket(String),
+    #[error("invalid --hot-restart `{0}`: expected stop or overlap")]
+    HotRestart(String),
     #[error("--on-restart is empty")]
     EmptyHook,
     #[error("invalid --{flag} `{value}`: {why}")]
@@ -232,6 +236,14 @@ impl Config {
                 SocketPlace::Path
             }
         };
+        let hot_overlap = match cli.hot_restart.as_deref() {
+            None | Some("stop") => false,
+            Some("overlap") => true,
+            Some(s) => {
+                errors.push(ConfigError::HotRestart(s.to_string()));
+                false
+            }
+        };
         if cli.on_restart.as_deref().is_some_and(|h| h.trim().is_empty()) {
             errors.push(ConfigError::EmptyHook);
         }
@@ -281,6 +293,7 @@ impl Config {
             hook_timeout,
             einhorn_ack: cli.einhorn_ack,
             notify_socket,
+            hot_overlap,
             verbosity,
             check: cli.check,
             control,
@@ -362,6 +375,7 @@ impl Config {
             watchdog: self.watchdog,
             max_surge: self.max_surge,
             hook: self.on_restart.is_some(),
+            hot_overlap: self.hot_overlap,
             hook_timeout: self.hook_timeout,
             trusted_uids,
             backoff: crate::worker::Backoff::default(),
@@ -435,6 +449,7 @@ fn merge_file(cli: &mut Cli, file: FileConfig) {
     fill(&mut cli.hook_timeout, file.hook_timeout);
     cli.einhorn_ack |= file.einhorn_ack.unwrap_or(false);
     fill(&mut cli.notify_socket, file.notify_socket);
+    fill(&mut cli.hot_restart, file.hot_restart);
     fill(&mut cli.control, file.control);
     fill(&mut cli.control_token, file.control_token);
     fill(&mut cli.log_file, file.log_file);

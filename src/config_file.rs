@@ -41,6 +41,7 @@ pub struct FileConfig {
     pub hook_timeout: Option<String>,
     pub einhorn_ack: Option<bool>,
     pub notify_socket: Option<String>,
+    pub hot_restart: Option<String>,
     pub control: Option<String>,
     pub control_token: Option<String>,
     pub log_file: Option<PathBuf>,

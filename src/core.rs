@@ -47,6 +47,8 @@ pub enum Intent {
     Rolling,
     /// USR2: hot restart.
     Hot,
+    /// Re-execute sup and adopt every worker, touching none (`sup ctl reexec`).
+    Reexec,
     /// Set the worker count (control server); never below one.
     Scale(usize),
 }
@@ -57,6 +59,8 @@ pub enum Intent {
 pub enum RestartKind {
     Rolling,
     Hot,
+    /// sup re-executes itself and adopts its workers; no worker changes.
+    Reexec,
 }
 
 impl RestartKind {
@@ -64,6 +68,7 @@ impl RestartKind {
         match self {
             RestartKind::Rolling => "rolling",
             RestartKind::Hot => "hot",
+            RestartKind::Reexec => "reexec",
         }
     }
 }
@@ -182,9 +187,12 @@ pub enum Action {
     },
     /// Start the new sup with `--check` (hot restart preflight).
     RunPreflight,
-    /// Re-execute sup in place; the new image starts `generation`.
+    /// Re-execute sup in place. `adopt`: the workers keep running and the
+    /// new image adopts them (overlap, reexec), at `generation`; otherwise
+    /// they are all gone and the new image starts `generation`.
     ReExec {
         generation: u64,
+        adopt: bool,
     },
     ReopenLogs,
     Log {
@@ -250,6 +258,9 @@ pub struct Settings {
     pub max_surge: usize,
     /// Whether an `--on-restart` hook runs before each restart.
     pub hook: bool,
+    /// `--hot-restart overlap`: a hot restart re-executes with the workers
+    /// still serving and then rolls them, instead of stopping them first.
+    pub hot_overlap: bool,
     pub hook_timeout: Duration,
     /// Senders whose `MAINPID=` naming a worker is believed (root, sup's
     /// user, the workers' user).
@@ -342,6 +353,10 @@ impl Core {
 
     pub fn workers(&self) -> &[Worker] {
         &self.workers
+    }
+
+    pub fn lingering(&self) -> &[Lingering] {
+        &self.lingering
     }
 
     pub fn target(&self) -> usize {
@@ -619,6 +634,7 @@ impl Core {
             Intent::ReopenLogs => out.push(Action::ReopenLogs),
             Intent::Rolling => self.request_restart(RestartKind::Rolling, now, out),
             Intent::Hot => self.request_restart(RestartKind::Hot, now, out),
+            Intent::Reexec => self.request_restart(RestartKind::Reexec, now, out),
         }
     }
 
@@ -634,13 +650,22 @@ impl Core {
             target_workers: 0,
         };
         match intent {
-            Intent::Rolling | Intent::Hot => {
-                let kind = if intent == Intent::Hot {
-                    RestartKind::Hot
-                } else {
-                    RestartKind::Rolling
+            Intent::Rolling | Intent::Hot | Intent::Reexec => {
+                let kind = match intent {
+                    Intent::Hot => RestartKind::Hot,
+                    Intent::Reexec => RestartKind::Reexec,
+                    _ => RestartKind::Rolling,
                 };
-                if let Some(reason) = self.restart_refusal() {
+                let busy = match (kind, self.restart) {
+                    // A rollout in progress cannot be handed over half done.
+                    (RestartKind::Reexec, Some(r)) => Some(format!(
+                        "{} restart {} is running; re-execute when it has finished",
+                        r.kind.as_str(),
+                        r.id
+                    )),
+                    _ => None,
+                };
+                if let Some(reason) = self.restart_refusal().or(busy) {
                     log(out, Level::Info, format!("{} restart refused: {reason}", kind.as_str()));
                     return refused(reason);
                 }
@@ -814,7 +839,8 @@ impl Core {
                 deadline: now + self.settings.hook_timeout,
             },
         });
-        if self.settings.hook {
+        // The hook is for new code; a reexec starts none.
+        if self.settings.hook && kind != RestartKind::Reexec {
             out.push(Action::RunHook { kind });
         } else {
             self.after_hook(now, out);
@@ -834,7 +860,7 @@ impl Core {
         let Some(r) = &mut self.restart else { return };
         match r.kind {
             RestartKind::Rolling => self.start_rollout(now, out),
-            RestartKind::Hot => {
+            RestartKind::Hot | RestartKind::Reexec => {
                 r.phase = Phase::Preflight {
                     pid: None,
                     deadline: now + self.settings.hook_timeout,
@@ -864,6 +890,16 @@ impl Core {
     }
 
     fn on_reexec_failed(&mut self, reason: String, now: Instant, out: &mut Vec<Action>) {
+        if self.adopts() {
+            let kind = self.restart.map_or("hot", |r| r.kind.as_str());
+            log(
+                out,
+                Level::Error,
+                format!("{kind} restart failed: {reason}; the workers were not touched and keep serving"),
+            );
+            self.finish(Outcome::Abandoned { reason }, now, out);
+            return;
+        }
         log(
             out,
             Level::Error,
@@ -874,17 +910,108 @@ impl Core {
         self.generation += 1;
     }
 
+    /// Whether the restart in progress hands its workers to the next image
+    /// (a reexec, or a hot restart in overlap mode) rather than stopping them.
+    fn adopts(&self) -> bool {
+        match self.restart.map(|r| r.kind) {
+            Some(RestartKind::Reexec) => true,
+            Some(RestartKind::Hot) => self.settings.hot_overlap,
+            Some(RestartKind::Rolling) | None => false,
+        }
+    }
+
+    /// Overlap or reexec: the new sup checked out; re-execute with every
+    /// worker still serving. The new image adopts them (they stay sup's
+    /// children: the pid does not change) and, for a hot restart, rolls them.
+    fn begin_handover(&mut self, out: &mut Vec<Action>) {
+        let Some(r) = &mut self.restart else { return };
+        r.phase = Phase::Exec;
+        let kind = r.kind.as_str();
+        let live = self.workers.iter().filter(|w| !w.is_stopping()).count();
+        log(
+            out,
+            Level::Info,
+            format!("{kind} restart: the new sup checked out; re-executing with {live} worker(s) serving"),
+        );
+        out.push(Action::ReExec {
+            generation: self.generation,
+            adopt: true,
+        });
+    }
+
+    /// The new image after a handover: take the workers (and lingering
+    /// groups) the old image ran as this core's own. Workers in slots the
+    /// configuration no longer has are stopped. Returns what to do now.
+    pub fn adopt(
+        &mut self,
+        generation: u64,
+        workers: Vec<Worker>,
+        lingering: Vec<Lingering>,
+        now: Instant,
+    ) -> Vec<Action> {
+        let mut out = Vec::new();
+        self.generation = generation;
+        let highest = workers.iter().map(|w| w.slot + 1).max().unwrap_or(0);
+        if highest > self.slots.len() {
+            self.slots.resize(highest, SlotState::default());
+        }
+        self.workers = workers;
+        self.lingering = lingering;
+        for i in 0..self.workers.len() {
+            log(&mut out, Level::Info, format!("adopted {}", self.workers[i].label()));
+            if self.workers[i].slot >= self.target && !self.workers[i].is_stopping() {
+                self.stop_worker(i, now, &mut out);
+            }
+        }
+        out
+    }
+
+    /// The new image after a handover: carry on with restart `id` of `kind`
+    /// begun `elapsed` ago. A reexec is complete at once; a hot restart in
+    /// overlap mode now rolls the adopted workers to a new generation.
+    pub fn resume_handover(&mut self, id: u64, kind: RestartKind, elapsed: Duration, now: Instant) -> Vec<Action> {
+        let mut out = Vec::new();
+        self.restarts_begun = id;
+        let started_at = now.checked_sub(elapsed).unwrap_or(now);
+        self.restart = Some(Restart {
+            id,
+            kind,
+            started_at,
+            phase: Phase::Exec,
+        });
+        match kind {
+            RestartKind::Hot => self.start_rollout(now, &mut out),
+            RestartKind::Reexec | RestartKind::Rolling => {
+                let took = now.saturating_duration_since(started_at);
+                log(
+                    &mut out,
+                    Level::Info,
+                    format!(
+                        "reexec complete in {took:.1?}: {} worker(s) adopted",
+                        self.workers.len()
+                    ),
+                );
+                self.finish(Outcome::Completed, now, &mut out);
+            }
+        }
+        out
+    }
+
     fn start_rollout(&mut self, now: Instant, out: &mut Vec<Action>) {
         self.generation += 1;
         let generation = self.generation;
+        let mut kind = "rolling";
         if let Some(r) = &mut self.restart {
             r.phase = Phase::Rolling { generation };
+            kind = r.kind.as_str();
         }
+        // A hot restart in overlap mode rolls like this too, in the new image.
+        let how = if kind == "rolling" { "" } else { ", rolling" };
         log(
             out,
             Level::Info,
             format!(
-                "rolling restart to gen {generation}: {} worker(s), {} at a time",
+                "{kind} restart to gen {generation}{how}: {} worker(s), {} at a time",
                 self.target,
                 self.settings.max_surge.min(self.target)
             ),
@@ -917,6 +1044,7 @@ impl Core {
                 self.after_hook(now, out);
             }
             (false, false) => self.abandon(format!("the restart hook exited with {status}"), now, out),
+            (true, true) if self.adopts() => self.begin_handover(out),
             (true, true) => self.begin_drain(now, out),
             (true, false) => self.abandon(
                 format!("the new sup failed its check ({status}; its errors are logged above)"),
@@ -1482,6 +1610,7 @@ impl Core {
             r.phase = Phase::Exec;
             out.push(Action::ReExec {
                 generation: self.generation + 1,
+                adopt: false,
             });
         }
     }
@@ -1557,6 +1686,7 @@ mod tests {
             watchdog: None,
             max_surge: 1,
             hook: false,
+            hot_overlap: false,
             hook_timeout: Duration::from_secs(60),
             trusted_uids: vec![0],
             backoff: Backoff::default(),
@@ -1582,6 +1712,7 @@ mod tests {
         logs: Vec<String>,
         spawns: usize,
         replies: Vec<(usize, Intent, Reply)>,
+        adopting: bool,
     }
 
     impl Harness {
@@ -1613,6 +1744,7 @@ mod tests {
                 logs: vec![],
                 spawns: 0,
                 replies: vec![],
+                adopting: false,
             }
         }
 
@@ -1648,7 +1780,10 @@ mod tests {
                         Action::ProbeGroup { pgid } => self.probed_groups.push(pgid.raw()),
                         Action::RunHook { kind } => self.hooks.push(kind),
                         Action::RunPreflight => self.preflights += 1,
-                        Action::ReExec { generation } => self.reexec = Some(generation),
+                        Action::ReExec { generation, adopt } => {
+                            self.reexec = Some(generation);
+                            self.adopting = adopt;
+                        }
                         Action::ReopenLogs => {}
                         Action::Log { message, .. } => self.logs.push(message),
                         Action::Upward(u) => self.upward.push(u),
@@ -2130,6 +2265,7 @@ mod tests {
         let requests = [
             Intent::Hot,
             Intent::Rolling,
+            Intent::Reexec,
             Intent::Stop,
             Intent::Halt,
             Intent::Incr,
@@ -2143,7 +2279,7 @@ mod tests {
                 let begun = h.core.restart_id();
                 let reply = h.control(intent, 1_100);
                 let ctx = format!("{intent:?} in {state:?}: {reply:?}");
-                let restart = matches!(intent, Intent::Hot | Intent::Rolling);
+                let restart = matches!(intent, Intent::Hot | Intent::Rolling | Intent::Reexec);
                 let resize = matches!(intent, Intent::Incr | Intent::Decr | Intent::Scale(_));
                 let stopping = matches!(state, State::Stopping | State::Halting);
                 let refusal = match state {
@@ -2154,6 +2290,9 @@ mod tests {
                     State::Draining | State::Exec if restart => {
                         Some("hot restart 1 is stopping the workers to re-execute sup")
                     }
+                    // A rollout cannot be handed over half done.
+                    State::Rolling if intent == Intent::Reexec => Some("rolling restart 1 is running"),
+                    State::Starting if intent == Intent::Reexec => Some("hot restart 1 is running"),
                     _ => None,
                 };
                 match (&reply, refusal) {
@@ -2172,10 +2311,10 @@ mod tests {
                             let r = started.unwrap_or_else(|| panic!("a restart id: {ctx}"));
                             assert_eq!(r.id, begun + 1, "the id of the restart it started: {ctx}");
                             assert_eq!(h.core.restart_id(), r.id, "{ctx}");
-                            let kind = if intent == Intent::Hot {
-                                RestartKind::Hot
-                            } else {
-                                RestartKind::Rolling
+                            let kind = match intent {
+                                Intent::Hot => RestartKind::Hot,
+                                Intent::Reexec => RestartKind::Reexec,
+                                _ => RestartKind::Rolling,
                             };
                             assert_eq!(r.kind, kind, "{ctx}");
                         } else {
@@ -2207,6 +2346,148 @@ mod tests {
         assert_eq!(h.core.target(), 1);
         assert!(matches!(h.control(Intent::Stop, 1_100), Reply::Accepted { .. }));
         assert!(matches!(h.control(Intent::Stop, 1_200), Reply::Accepted { .. }));
+    }
+
+    /// Hot restart in overlap mode up to the exec: hook-less, preflight passes.
+    fn overlap_to_exec(h: &mut Harness, intent: Intent) {
+        h.send(Event::Intent(intent), 1_000);
+        assert_eq!(h.preflights, 1, "the new sup is checked first");
+        h.send(Event::HelperSpawned { pid: 900 }, 1_001);
+        h.exit(900, ExitStatus::Code(0), 1_002);
+    }
+
+    #[test]
+    fn an_overlap_hot_restart_re_executes_with_every_worker_serving() {
+        let mut h = ready_harness(2, |s| s.hot_overlap = true);
+        let before = h.pids();
+        overlap_to_exec(&mut h, Intent::Hot);
+        assert_eq!(h.reexec, Some(0), "the workers' own generation crosses");
+        assert!(h.adopting);
+        assert!(h.signals.is_empty(), "no worker was stopped: {:?}", h.signals);
+        assert_eq!(h.pids(), before);
+        assert!(h.core.exec_due());
+        assert_eq!(h.core.workers().iter().filter(|w| w.is_stopping()).count(), 0);
+    }
+
+    #[test]
+    fn a_failed_overlap_exec_leaves_the_workers_untouched() {
+        let mut h = ready_harness(2, |s| s.hot_overlap = true);
+        let before = h.pids();
+        overlap_to_exec(&mut h, Intent::Hot);
+        h.send(Event::ReExecFailed { reason: "gone".into() }, 1_010);
+        assert_eq!(h.pids(), before);
+        assert!(h.signals.is_empty());
+        assert_eq!(h.core.generation(), 0, "nothing new runs");
+        assert!(matches!(
+            h.core.restart_record().map(|r| r.outcome),
+            Some(Outcome::Abandoned { .. })
+        ));
+        assert!(
+            h.logs.iter().any(|l| l.contains("the workers were not touched")),
+            "{:?}",
+            h.logs
+        );
+    }
+
+    #[test]
+    fn the_new_image_adopts_the_workers_then_rolls_them_make_before_break() {
+        // The old image.
+        let mut old = ready_harness(2, |s| s.hot_overlap = true);
+        overlap_to_exec(&mut old, Intent::Hot);
+        let now = old.at(1_003);
+        let handed: Vec<Worker> = old.core.workers().to_vec();
+        let id = old.core.restart_id();
+        // The new image: adopt before Started, as the shell does.
+        let mut h = Harness::before_start(Settings {
+            hot_overlap: true,
+            ..settings(2)
+        });
+        h.next_pid = 200;
+        let actions = h.core.adopt(0, handed, Vec::new(), now);
+        assert!(actions.iter().all(|a| matches!(a, Action::Log { .. })), "{actions:?}");
+        let actions = h
+            .core
+            .resume_handover(id, RestartKind::Hot, Duration::from_millis(3), now);
+        assert!(actions.iter().all(|a| matches!(a, Action::Log { .. })));
+        assert_eq!(h.core.generation(), 1);
+        h.send(Event::Started, 1_003);
+        assert_eq!(
+            h.gens(),
+            [0, 0, 1],
+            "one replacement first, the adopted ones still serving"
+        );
+        h.run_checking_capacity(20_000, 2);
+        assert_eq!(h.gens(), [1, 1]);
+        assert_eq!(h.core.restart_record().map(|r| r.outcome), Some(Outcome::Completed));
+        assert!(
+            h.logs.iter().any(|l| l.contains("hot restart to gen 1 complete")),
+            "{:?}",
+            h.logs
+        );
+    }
+
+    #[test]
+    fn reexec_adopts_everything_and_touches_nothing() {
+        let mut old = ready_harness(3, |_| {});
+        let reply = old.control(Intent::Reexec, 1_000);
+        assert!(matches!(
+            reply,
+            Reply::Accepted {
+                restart: Some(RestartRef {
+                    kind: RestartKind::Reexec,
+                    ..
+                }),
+                ..
+            }
+        ));
+        assert!(old.hooks.is_empty());
+        old.send(Event::HelperSpawned { pid: 900 }, 1_001);
+        old.exit(900, ExitStatus::Code(0), 1_002);
+        assert_eq!((old.reexec, old.adopting), (Some(0), true));
+        let handed = old.core.workers().to_vec();
+        let pids = old.pids();
+        let mut h = Harness::before_start(settings(3));
+        h.core.adopt(0, handed, Vec::new(), old.at(1_003));
+        h.core.resume_handover(
+            old.core.restart_id(),
+            RestartKind::Reexec,
+            Duration::ZERO,
+            old.at(1_003),
+        );
+        h.send(Event::Started, 1_003);
+        assert_eq!(h.pids(), pids, "the same workers");
+        assert_eq!(h.spawns, 0, "nothing started");
+        assert_eq!(h.core.restart_record().map(|r| r.outcome), Some(Outcome::Completed));
+        // They are its own now: a crash is replaced, a stop stops them.
+        h.exit(pids[0], ExitStatus::Code(1), 2_000);
+        assert_eq!(h.spawns, 1);
+        h.send(Event::Intent(Intent::Stop), 3_000);
+        assert_eq!(h.signals.len(), 3 * 2, "TERM and CONT to each: {:?}", h.signals);
+    }
+
+    #[test]
+    fn reexec_is_refused_while_a_restart_runs() {
+        let mut h = ready_harness(2, |_| {});
+        h.send(Event::Intent(Intent::Rolling), 1_000);
+        assert!(
+            matches!(h.control(Intent::Reexec, 1_001), Reply::Refused { reason } if reason.contains("rolling restart 1 is running"))
+        );
+    }
+
+    #[test]
+    fn adopted_workers_beyond_the_new_count_are_stopped() {
+        let old = ready_harness(3, |_| {});
+        let handed = old.core.workers().to_vec();
+        let mut h = Harness::before_start(settings(2));
+        let actions = h.core.adopt(0, handed, Vec::new(), old.at(1_000));
+        let stopped: Vec<_> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Signal { pid, .. } => Some(*pid),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(stopped, [102, 102], "slot 2's worker gets TERM and CONT");
     }
 
     #[test]

@@ -141,8 +141,37 @@ impl EventLoop {
     pub fn run(self, config: &Config, credentials: Option<&Credentials>, ctx: Context<'_>) -> Result<i32, LoopError> {
         let upward_watchdog = self.upward.as_ref().and_then(|_| crate::upward::watchdog_interval());
         let mut core = Core::new(config.core_settings(credentials, upward_watchdog));
+        let mut first = Vec::new();
         if let Some(r) = &ctx.resume {
-            core.resume_hot(r.restart_id, r.generation, r.elapsed, Instant::now());
+            let now = Instant::now();
+            match &r.adopted {
+                Some(a) => {
+                    let workers = a
+                        .workers
+                        .iter()
+                        .filter(|w| {
+                            let valid = our_worker(w.pid).and_then(|()| {
+                                if w.generation > r.generation {
+                                    Err(format!(
+                                        "gen {} is from the future (now {})",
+                                        w.generation, r.generation
+                                    ))
+                                } else {
+                                    Ok(())
+                                }
+                            });
+                            valid
+                                .inspect_err(|why| log::error!("not adopting worker {} (pid {}): {why}", w.slot, w.pid))
+                                .is_ok()
+                        })
+                        .map(|w| w.to_worker(now))
+                        .collect();
+                    let lingering = a.lingering.iter().map(|l| l.to_lingering(now)).collect();
+                    first.extend(core.adopt(r.generation, workers, lingering, now));
+                    first.extend(core.resume_handover(r.restart_id, a.kind, r.elapsed, now));
+                }
+                None => core.resume_hot(r.restart_id, r.generation, r.elapsed, now),
+            }
         }
         let notify_socket = self.own.notify.name.to_string();
         log::info!("notify socket for workers: {notify_socket}");
@@ -161,6 +190,9 @@ impl EventLoop {
             exit: None,
             exec_due: None,
         };
+        for action in first {
+            shell.execute(action);
+        }
         let status = shell.run();
         if let Some(c) = &shell.res.control {
             c.remove_file();
@@ -198,8 +230,9 @@ struct Shell<'a> {
     einhorn_socket: Option<String>,
     /// Set by [`Action::Exit`].
     exit: Option<i32>,
-    /// Set by [`Action::ReExec`]: the generation the next image starts.
-    exec_due: Option<u64>,
+    /// Set by [`Action::ReExec`]: the generation, and whether the workers
+    /// are handed over.
+    exec_due: Option<(u64, bool)>,
 }
 
 /// How long a re-exec waits for control requests already accepted to be
@@ -234,10 +267,10 @@ impl Shell<'_> {
             }
             // The core may have changed its mind since it asked (a TERM in
             // the same wake-up ends the restart): it is asked again.
-            if let Some(generation) = self.exec_due.take()
+            if let Some((generation, adopt)) = self.exec_due.take()
                 && self.core.exec_due()
             {
-                let reason = self.reexec(generation);
+                let reason = self.reexec(generation, adopt);
                 self.pending.push_back(Event::ReExecFailed { reason });
                 continue;
             }
@@ -427,7 +460,7 @@ impl Shell<'_> {
             }
             // Carried out once every event already queued has reached the
             // core (a READY=1 read with it must not be lost), in `run`.
-            Action::ReExec { generation } => self.exec_due = Some(generation),
+            Action::ReExec { generation, adopt } => self.exec_due = Some((generation, adopt)),
             Action::Signal { pid, signal } => send(pid, signal),
             Action::KillGroup { pgid } => {
                 let _ = send_group(pgid, Some(Signal::SIGKILL));
@@ -455,7 +488,7 @@ impl Shell<'_> {
     }
 
     /// Hand everything over and re-execute sup; returns only on failure.
-    fn reexec(&mut self, generation: u64) -> String {
+    fn reexec(&mut self, generation: u64, adopt: bool) -> String {
         self.quiesce_control();
         let Context {
             sockets, exe, origin, ..
@@ -463,14 +496,34 @@ impl Shell<'_> {
         let record = self.core.restart_record();
         let mut handoff = Handoff::new(generation, exe.to_string(), origin.to_path_buf());
         handoff.restart_id = record.as_ref().map_or(0, |r| r.id);
-        handoff.started_ms = wall_ms(record.map(|r| r.started_at));
+        handoff.started_ms = wall_ms(record.as_ref().map(|r| r.started_at));
         handoff.sockets = sockets.iter().map(BoundSocket::handed).collect();
         self.res.own.hand_over(&mut handoff);
+        if adopt {
+            let now = Instant::now();
+            handoff.kind = record.as_ref().map(|r| r.kind);
+            handoff.workers = Some(
+                self.core
+                    .workers()
+                    .iter()
+                    .map(|w| crate::handoff::HandedWorker::from_worker(w, now))
+                    .collect(),
+            );
+            handoff.lingering = self
+                .core
+                .lingering()
+                .iter()
+                .map(|l| crate::handoff::HandedLingering::from_lingering(l, now))
+                .collect();
+        }
         if let (Some(server), Some(configured)) = (&self.res.control, &self.config.control) {
             handoff.control = Some(server.handed(configured));
         }
         let fds = handoff.fds();
-        log::info!("hot restart: re-executing {exe} to start gen {generation}");
+        match &handoff.workers {
+            Some(w) => log::info!("re-executing {exe}, handing over {} worker(s)", w.len()),
+            None => log::info!("hot restart: re-executing {exe} to start gen {generation}"),
+        }
         hot_restart::reexec(&handoff, &fds, self.config.directory.as_deref())
     }
 }
@@ -509,6 +562,34 @@ pub struct Resume {
     pub generation: u64,
     /// How long ago the restart began, in the old image.
     pub elapsed: Duration,
+    /// Overlap and reexec: the restart's kind, and the workers and
+    /// lingering groups to adopt (deadlines relative to the handoff).
+    pub adopted: Option<Adopted>,
+}
+
+pub struct Adopted {
+    pub kind: crate::core::RestartKind,
+    pub workers: Vec<crate::handoff::HandedWorker>,
+    pub lingering: Vec<crate::handoff::HandedLingering>,
+}
+
+/// Whether `pid` is a worker this sup may take over: still its child (a
+/// zombie too: it is reaped, with its status, once adopted) and the leader of
+/// its own process group, as every worker sup starts is. sup never signals a
+/// process it did not start.
+fn our_worker(pid: i32) -> Result<(), String> {
+    let stat =
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|_| format!("pid {pid} no longer exists"))?;
+    let mut fields = stat.rsplit(')').next().unwrap_or_default().split_whitespace().skip(1);
+    let ppid: i32 = fields.next().and_then(|f| f.parse().ok()).unwrap_or(0);
+    let pgrp: i32 = fields.next().and_then(|f| f.parse().ok()).unwrap_or(0);
+    if ppid != std::process::id() as i32 {
+        return Err(format!("pid {pid} is not sup's child (its parent is {ppid})"));
+    }
+    if pgrp != pid {
+        return Err(format!("pid {pid} does not lead its own process group"));
+    }
+    Ok(())
 }
 
 fn helper_event(result: Result<i32, String>) -> Event {
@@ -522,7 +603,7 @@ fn helper_event(result: Result<i32, String>) -> Event {
 /// sup's own arguments, in the resolved directory, as sup's user.
 fn preflight(exe: &str, config: &Config, devnull: std::os::fd::RawFd) -> Result<i32, String> {
     let program = hot_restart::resolve_exe(exe)?;
-    log::info!("hot restart: checking the new sup: {} --check", program.display());
+    log::info!("checking the new sup: {} --check", program.display());
     let mut argv = vec![program.clone().into_os_string(), "--check".into()];
     argv.extend(hot_restart::own_args());
     spawn::spawn_helper(&HelperRequest {

@@ -10,9 +10,12 @@
 
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use nix::sys::socket::SockType;
 use serde::{Deserialize, Serialize};
+
+use crate::worker::{Lingering, Pgid, Worker, WorkerState};
 
 pub const VAR: &str = "SUP_HANDOFF";
 /// Fields added since version 1 are optional, so a newer sup still adopts
@@ -74,6 +77,142 @@ pub struct Handoff {
     pub einhorn: Option<HandedUnix>,
     #[serde(default)]
     pub control: Option<HandedControl>,
+    /// Overlap and reexec: the restart's kind and the workers the next image
+    /// adopts (they keep running across the exec). None: stop mode, where
+    /// every worker is gone before the exec.
+    #[serde(default)]
+    pub kind: Option<crate::core::RestartKind>,
+    #[serde(default)]
+    pub workers: Option<Vec<HandedWorker>>,
+    #[serde(default)]
+    pub lingering: Vec<HandedLingering>,
+}
+
+/// A worker handed across the exec. Instants do not cross an exec: every
+/// time is in milliseconds relative to the moment of the handoff (negative
+/// in the past).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandedWorker {
+    pub pid: i32,
+    pub slot: usize,
+    pub generation: u64,
+    pub spawned_ms: i64,
+    pub state: HandedState,
+    pub status: Option<String>,
+    pub watchdog_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum HandedState {
+    Booting {
+        ready_at_ms: Option<i64>,
+        boot_deadline_ms: i64,
+    },
+    Ready {
+        since_ms: i64,
+    },
+    Stopping {
+        kill_at_ms: i64,
+        killed: bool,
+    },
+}
+
+/// A process group whose leader is gone and whose members are awaited.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandedLingering {
+    pub pgid: i32,
+    pub slot: usize,
+    pub kill_at_ms: i64,
+}
+
+fn rel(at: Instant, now: Instant) -> i64 {
+    match at.checked_duration_since(now) {
+        Some(ahead) => ahead.as_millis() as i64,
+        None => -(now.saturating_duration_since(at).as_millis() as i64),
+    }
+}
+
+fn abs(ms: i64, now: Instant) -> Instant {
+    if ms >= 0 {
+        now + Duration::from_millis(ms as u64)
+    } else {
+        now.checked_sub(Duration::from_millis(ms.unsigned_abs())).unwrap_or(now)
+    }
+}
+
+impl HandedWorker {
+    pub fn from_worker(w: &Worker, now: Instant) -> HandedWorker {
+        HandedWorker {
+            pid: w.pid,
+            slot: w.slot,
+            generation: w.generation,
+            spawned_ms: rel(w.spawned_at, now),
+            state: match w.state {
+                WorkerState::Booting {
+                    ready_at,
+                    boot_deadline,
+                } => HandedState::Booting {
+                    ready_at_ms: ready_at.map(|r| rel(r, now)),
+                    boot_deadline_ms: rel(boot_deadline, now),
+                },
+                WorkerState::Ready { since } => HandedState::Ready {
+                    since_ms: rel(since, now),
+                },
+                WorkerState::Stopping { kill_at, killed } => HandedState::Stopping {
+                    kill_at_ms: rel(kill_at, now),
+                    killed,
+                },
+            },
+            status: w.status.clone(),
+            watchdog_ms: w.watchdog_deadline.map(|d| rel(d, now)),
+        }
+    }
+
+    pub fn to_worker(&self, now: Instant) -> Worker {
+        Worker {
+            slot: self.slot,
+            generation: self.generation,
+            pid: self.pid,
+            spawned_at: abs(self.spawned_ms, now),
+            state: match self.state {
+                HandedState::Booting {
+                    ready_at_ms,
+                    boot_deadline_ms,
+                } => WorkerState::Booting {
+                    ready_at: ready_at_ms.map(|r| abs(r, now)),
+                    boot_deadline: abs(boot_deadline_ms, now),
+                },
+                HandedState::Ready { since_ms } => WorkerState::Ready {
+                    since: abs(since_ms, now),
+                },
+                HandedState::Stopping { kill_at_ms, killed } => WorkerState::Stopping {
+                    kill_at: abs(kill_at_ms, now),
+                    killed,
+                },
+            },
+            status: self.status.clone(),
+            watchdog_deadline: self.watchdog_ms.map(|d| abs(d, now)),
+        }
+    }
+}
+
+impl HandedLingering {
+    pub fn from_lingering(l: &Lingering, now: Instant) -> HandedLingering {
+        HandedLingering {
+            pgid: l.pgid.raw(),
+            slot: l.slot,
+            kill_at_ms: rel(l.kill_at, now),
+        }
+    }
+
+    pub fn to_lingering(&self, now: Instant) -> Lingering {
+        Lingering {
+            pgid: Pgid::led_by(self.pgid),
+            slot: self.slot,
+            kill_at: abs(self.kill_at_ms, now),
+        }
+    }
 }
 
 impl Handoff {
@@ -90,6 +229,9 @@ impl Handoff {
             notify: None,
             einhorn: None,
             control: None,
+            kind: None,
+            workers: None,
+            lingering: Vec::new(),
         }
     }
 
@@ -247,6 +389,24 @@ mod tests {
                 configured: "unix:/run/app/sup.sock".into(),
                 created: Some(("/run/app/sup.sock".into(), 64769, 99)),
             }),
+            kind: Some(crate::core::RestartKind::Hot),
+            workers: Some(vec![HandedWorker {
+                pid: 4121,
+                slot: 0,
+                generation: 6,
+                spawned_ms: -5_000,
+                state: HandedState::Booting {
+                    ready_at_ms: Some(250),
+                    boot_deadline_ms: 55_000,
+                },
+                status: Some("booting".into()),
+                watchdog_ms: None,
+            }]),
+            lingering: vec![HandedLingering {
+                pgid: 4000,
+                slot: 1,
+                kill_at_ms: 12_000,
+            }],
             sockets: vec![
                 HandedSocket {
                     fd: 5,
@@ -264,6 +424,39 @@ mod tests {
         };
         assert_eq!(Handoff::decode(&h.encode()).unwrap(), h);
         assert_eq!(h.fds(), vec![5, 6, 7, 8]);
+    }
+
+    #[test]
+    fn a_worker_crosses_with_its_deadlines_as_time_left() {
+        let now = Instant::now();
+        let w = Worker {
+            slot: 2,
+            generation: 3,
+            pid: 77,
+            spawned_at: now.checked_sub(Duration::from_secs(4)).unwrap(),
+            state: WorkerState::Stopping {
+                kill_at: now + Duration::from_secs(9),
+                killed: false,
+            },
+            status: Some("draining".into()),
+            watchdog_deadline: Some(now + Duration::from_millis(1500)),
+        };
+        let handed = HandedWorker::from_worker(&w, now);
+        assert_eq!((handed.spawned_ms, handed.watchdog_ms), (-4_000, Some(1_500)));
+        let later = now + Duration::from_secs(1);
+        let back = handed.to_worker(later);
+        assert_eq!(
+            back.state,
+            WorkerState::Stopping {
+                kill_at: later + Duration::from_secs(9),
+                killed: false
+            }
+        );
+        assert_eq!(back.spawned_at, later.checked_sub(Duration::from_secs(4)).unwrap());
+        assert_eq!(
+            (back.pid, back.slot, back.generation, back.status),
+            (77, 2, 3, w.status)
+        );
     }
 
     #[test]

@@ -212,13 +212,19 @@ fn start() -> Result<u8, StartupError> {
             .map_or(0, |d| d.as_millis() as u64);
         let elapsed = std::time::Duration::from_millis(now_ms.saturating_sub(h.started_ms));
         log::info!(
-            "hot restart: this is the new sup, adopting {} socket(s)",
-            h.sockets.len()
+            "this is the new sup: adopting {} socket(s) and {} worker(s)",
+            h.sockets.len(),
+            h.workers.as_ref().map_or(0, Vec::len)
         );
         event_loop::Resume {
             restart_id: h.restart_id,
             generation: h.generation,
             elapsed,
+            adopted: h.workers.clone().map(|workers| event_loop::Adopted {
+                kind: h.kind.unwrap_or(core::RestartKind::Hot),
+                workers,
+                lingering: h.lingering.clone(),
+            }),
         }
     });
     let ctx = event_loop::Context {

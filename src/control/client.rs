@@ -85,10 +85,14 @@ fn execute(args: &CtlArgs) -> Result<u8, Failure> {
         CtlCommand::Decr => ("POST", "/decr".into()),
         CtlCommand::Workers { count } => ("POST", format!("/workers?count={count}")),
         CtlCommand::ReopenLogs => ("POST", "/reopen-logs".into()),
+        CtlCommand::Reexec => ("POST", "/reexec".into()),
     };
-    let waits = matches!(args.command, CtlCommand::Restart | CtlCommand::PhasedRestart);
+    let waits = matches!(
+        args.command,
+        CtlCommand::Restart | CtlCommand::PhasedRestart | CtlCommand::Reexec
+    );
     if args.wait && !waits {
-        return Err(usage("--wait goes with restart and phased-restart"));
+        return Err(usage("--wait goes with restart, phased-restart and reexec"));
     }
     let timeout = crate::config::parse_duration(&args.timeout).map_err(|e| usage(format!("--timeout: {e}")))?;
     let (status, body) = request(control, token, method, &path).map_err(|e| runtime(format!("{control}: {e}")))?;
@@ -115,6 +119,9 @@ fn execute(args: &CtlArgs) -> Result<u8, Failure> {
         } => {
             let name = serde_json::to_string(&command).unwrap_or_default();
             match restart {
+                Some(r) if r.kind == crate::core::RestartKind::Reexec => {
+                    out(&format!("sup: reexec {} started", r.id));
+                }
                 Some(r) => out(&format!("sup: {} restart {} started", r.kind.as_str(), r.id)),
                 None => out(&format!(
                     "sup: {} accepted ({target_workers} worker(s), gen {generation})",
@@ -191,6 +198,10 @@ fn wait(control: &ControlAddr, token: Option<&str>, mut id: u64, deadline: Insta
         let kind = restart.kind.as_str();
         let error = restart.error.unwrap_or_default();
         return match restart.outcome {
+            RestartOutcome::Completed if restart.kind == crate::core::RestartKind::Reexec => {
+                out(&format!("sup: reexec complete, every worker adopted (restart {id})"));
+                Ok(0)
+            }
             RestartOutcome::Completed => {
                 out(&format!(
                     "sup: {kind} restart to gen {} complete (restart {id})",
@@ -263,7 +274,7 @@ fn by_signal(args: &CtlArgs, pidfile: Option<&Path>) -> Result<u8, Failure> {
         CtlCommand::Incr => Signal::SIGTTIN,
         CtlCommand::Decr => Signal::SIGTTOU,
         CtlCommand::ReopenLogs => Signal::SIGHUP,
-        CtlCommand::Status | CtlCommand::Stats | CtlCommand::Workers { .. } => {
+        CtlCommand::Status | CtlCommand::Stats | CtlCommand::Workers { .. } | CtlCommand::Reexec => {
             return Err(usage(
                 "this command needs a control server: give --control (or a --config with control:)",
             ));

@@ -29,10 +29,12 @@ pub enum Command {
     /// Set the worker count (`?count=N`).
     Workers,
     ReopenLogs,
+    /// Re-execute sup and adopt every worker.
+    Reexec,
 }
 
 impl Command {
-    pub const ALL: [Command; 8] = [
+    pub const ALL: [Command; 9] = [
         Command::Restart,
         Command::PhasedRestart,
         Command::Stop,
@@ -41,6 +43,7 @@ impl Command {
         Command::Decr,
         Command::Workers,
         Command::ReopenLogs,
+        Command::Reexec,
     ];
 
     pub fn path(self) -> &'static str {
@@ -53,6 +56,7 @@ impl Command {
             Command::Decr => "/decr",
             Command::Workers => "/workers",
             Command::ReopenLogs => "/reopen-logs",
+            Command::Reexec => "/reexec",
         }
     }
 
@@ -71,6 +75,7 @@ impl Command {
             Command::Decr => Intent::Decr,
             Command::Workers => Intent::Scale(count),
             Command::ReopenLogs => Intent::ReopenLogs,
+            Command::Reexec => Intent::Reexec,
         }
     }
 
@@ -85,6 +90,7 @@ impl Command {
             Intent::Decr => Command::Decr,
             Intent::Scale(_) => Command::Workers,
             Intent::ReopenLogs => Command::ReopenLogs,
+            Intent::Reexec => Command::Reexec,
         }
     }
 }

@@ -14,6 +14,7 @@ mod control;
 mod hot;
 mod inheritance;
 mod notify_socket;
+mod overlap;
 mod real_servers;
 mod rolling;
 mod stopping;

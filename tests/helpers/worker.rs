@@ -14,6 +14,8 @@
 //!   --grandchild          start a child of its own in the same process
 //!                         group that ignores TERM and sleeps (a wrapper's
 //!                         child); its pid goes in the report
+//!   --boot MS             take MS to boot, like an app loading its code:
+//!                         nothing is served and nothing sent before
 //!   --ready-after MS      send READY=1 to NOTIFY_SOCKET after MS
 //!   --watchdog-once       send WATCHDOG=1 once (with READY=1), then never again
 //!   --einhorn-ack-after MS  send {"command":"worker:ack","pid":PID} to
@@ -47,6 +49,7 @@ struct Opts {
     grandchild: bool,
     sleep_forever: bool,
     ready_after: Option<u64>,
+    boot: u64,
     watchdog_once: bool,
     einhorn_ack_after: Option<u64>,
 }
@@ -65,6 +68,7 @@ fn parse() -> Opts {
             "--ignore-term" => o.ignore_term = true,
             "--grandchild" => o.grandchild = true,
             "--sleep-forever" => o.sleep_forever = true,
+            "--boot" => o.boot = value("--boot").parse().unwrap_or_else(|_| die("ms")),
             "--ready-after" => o.ready_after = Some(value("--ready-after").parse().unwrap_or_else(|_| die("ms"))),
             "--watchdog-once" => o.watchdog_once = true,
             "--einhorn-ack-after" => {
@@ -109,6 +113,7 @@ fn main() {
     if let Some(dir) = &opts.report_dir {
         write_report(dir, &fds, &status, grandchild);
     }
+    std::thread::sleep(Duration::from_millis(opts.boot));
     if let Some(ms) = opts.ready_after {
         let watchdog = opts.watchdog_once;
         std::thread::spawn(move || {
