@@ -480,11 +480,22 @@ fn pipelined_requests_get_the_first_answered_and_the_connection_closed() {
 
 #[test]
 fn the_control_socket_is_handed_over_and_answers_throughout_hot_restarts() {
+    control_answers_throughout_hot_restarts("stop");
+}
+
+#[test]
+fn the_control_socket_answers_throughout_overlap_hot_restarts() {
+    control_answers_throughout_hot_restarts("overlap");
+}
+
+fn control_answers_throughout_hot_restarts(mode: &str) {
     use std::os::unix::fs::MetadataExt;
     let dir = TestDir::new();
     let (sup, sock) = with_control(
         &dir,
         &[
+            "--hot-restart",
+            mode,
             "--bind",
             ANY_PORT,
             "--workers",
