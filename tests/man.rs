@@ -78,7 +78,10 @@ fn sup_page() -> String {
          the path sup was started as runs with --check and the same arguments in the resolved --directory), every \
          worker is stopped, then sup changes into the resolved directory and re-executes itself in place: same pid, \
          listening sockets kept open (connections wait in the backlog), configuration read again. Two versions \
-         never serve at once. A failed hook or preflight abandons the restart and the old workers keep serving.",
+         never serve at once. With --hot-restart overlap, sup re-executes with the workers still serving, adopts \
+         them and rolls them to the new generation like SIGUSR1: no pause, but old and new code overlap. sup ctl \
+         reexec re-executes and adopts every worker, touching none. A failed hook or preflight abandons the \
+         restart and the old workers keep serving.",
     );
     section(&mut r, "SIGNALS");
     for (sig, what) in [

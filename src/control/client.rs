@@ -4,9 +4,10 @@
 //! `--wait` follows a restart to its end — printing a line as each new
 //! worker comes up — and exits non-zero if it failed or was abandoned: what
 //! a deploy task needs to fail a deploy. A refusal (sup is stopping, a hook
-//! or a hot restart is in flight) exits non-zero with sup's reason. During a
-//! hot restart the control socket is briefly re-created; the client retries
-//! until its deadline.
+//! or a hot restart is in flight) exits non-zero with sup's reason. The
+//! control socket is handed over across a hot restart, so a request waits in
+//! its backlog during the exec; `--wait` still retries until its deadline if
+//! a connection fails.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -161,7 +162,8 @@ fn wait(control: &ControlAddr, token: Option<&str>, mut id: u64, deadline: Insta
             )));
         }
         std::thread::sleep(Duration::from_millis(100));
-        // The control socket is re-created during a hot restart: retry.
+        // A connection can still fail (sup killed and restarted by systemd,
+        // a request cut at the exec): retry until the deadline.
         let stats = match request(control, token, "GET", "/stats").and_then(|(st, body)| parse_stats(st, &body)) {
             Ok(stats) => stats,
             Err(e) => {
