@@ -298,7 +298,9 @@ pub fn remove_files(sockets: &[BoundSocket]) {
     }
 }
 
-fn remove_created(created: Option<&(PathBuf, u64, u64)>) {
+/// Remove a unix socket file sup created, if it is still that file (same
+/// device and inode): never someone else's.
+pub fn remove_created(created: Option<&(PathBuf, u64, u64)>) {
     if let Some((path, dev, ino)) = created
         && let Ok(meta) = std::fs::symlink_metadata(path)
         && meta.dev() == *dev

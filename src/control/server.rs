@@ -306,7 +306,7 @@ impl ControlServer {
 
     /// Remove the unix socket file, if it is still the one sup created.
     pub fn remove_file(&self) {
-        remove_created(self.created.as_ref());
+        crate::sockets::remove_created(self.created.as_ref());
     }
 
     /// What the next image needs to adopt it (`configured` is `--control`
@@ -364,15 +364,5 @@ impl ControlServer {
 /// remove its file if it is still the one sup created.
 pub fn discard(h: &HandedControl) {
     crate::handoff::close(h.fd);
-    remove_created(h.created.as_ref());
-}
-
-fn remove_created(created: Option<&(PathBuf, u64, u64)>) {
-    if let Some((path, dev, ino)) = created
-        && let Ok(meta) = std::fs::symlink_metadata(path)
-        && meta.dev() == *dev
-        && meta.ino() == *ino
-    {
-        let _ = std::fs::remove_file(path);
-    }
+    crate::sockets::remove_created(h.created.as_ref());
 }

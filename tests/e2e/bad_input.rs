@@ -55,6 +55,14 @@ fn usage_and_config_errors_exit_2_with_one_line() {
         ),
         (&["--bind", ANY_PORT], "no command given"),
         (
+            &["--notify-socket", "somewhere", "--", WORKER],
+            "invalid --notify-socket `somewhere`: expected path or abstract",
+        ),
+        (
+            &["--hot-restart", "sometimes", "--", WORKER],
+            "invalid --hot-restart `sometimes`: expected stop or overlap",
+        ),
+        (
             &["--", "no-such-command-anywhere"],
             "command `no-such-command-anywhere` not found in PATH",
         ),

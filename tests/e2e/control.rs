@@ -29,15 +29,6 @@ fn stats(path: &Path) -> Stats {
     serde_json::from_str(text.split_once("\r\n\r\n").unwrap().1).unwrap()
 }
 
-fn ctl(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = std::process::Command::new(SUP).arg("ctl").args(args).output().unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn stats_reports_the_real_port_and_the_workers_answering_on_it() {
     let dir = TestDir::new();

@@ -397,3 +397,41 @@ pub fn live_workers(log: &str) -> Vec<(i64, String)> {
     }
     live.into_iter().collect()
 }
+
+/// Run `sup ctl ARGS`: exit code, stdout, stderr.
+pub fn ctl(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(SUP).arg("ctl").args(args).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// How many fds `pid` holds.
+pub fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+}
+
+/// The children of `pid`: the live ones, and the zombies.
+pub fn children_of(pid: i32) -> (std::collections::BTreeSet<i32>, Vec<i32>) {
+    let (mut live, mut zombies) = (std::collections::BTreeSet::new(), Vec::new());
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        let mut fields = stat.rsplit(')').next().unwrap_or("").split_whitespace();
+        let (state, parent) = (fields.next(), fields.next().and_then(|p| p.parse::<i32>().ok()));
+        if parent == Some(pid) {
+            if state == Some("Z") {
+                zombies.push(child);
+            } else {
+                live.insert(child);
+            }
+        }
+    }
+    (live, zombies)
+}

@@ -5,29 +5,6 @@ use std::collections::HashSet;
 
 use crate::harness::*;
 
-fn fd_count(pid: i32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
-}
-
-/// Children of `pid` that are zombies.
-fn zombies_of(pid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(child) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
-            continue;
-        };
-        let mut fields = stat.rsplit(')').next().unwrap_or("").split_whitespace();
-        let (state, parent) = (fields.next(), fields.next().and_then(|p| p.parse::<i32>().ok()));
-        if parent == Some(pid) && state == Some("Z") {
-            out.push(child);
-        }
-    }
-    out
-}
-
 #[test]
 fn three_hot_restarts_of_four_workers_refuse_no_connection() {
     let dir = TestDir::new();
@@ -102,7 +79,7 @@ fn twenty_hot_restarts_leak_nothing() {
         sup.wait_log(&format!("hot restart to gen {n} complete"), secs(60));
     }
     assert_eq!(fd_count(sup.pid()), fds_before, "sup holds as many fds as before");
-    assert_eq!(zombies_of(sup.pid()), Vec::<i32>::new());
+    assert_eq!(children_of(sup.pid()).1, Vec::<i32>::new());
     let gen20: Vec<serde_json::Value> = dir
         .reports("reports")
         .into_iter()

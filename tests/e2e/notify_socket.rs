@@ -260,16 +260,3 @@ fn the_private_directory_goes_after_a_crash_loop_and_after_a_failed_start() {
     assert_eq!(sup.wait_exit(secs(30)).code(), Some(1), "{}", sup.log());
     assert_eq!(entries(&tmp), Vec::<String>::new(), "{}", sup.log());
 }
-
-#[test]
-fn a_bad_notify_socket_choice_is_one_line_and_exit_2() {
-    let dir = TestDir::new();
-    let mut sup = Sup::start(&dir, &["--notify-socket", "somewhere", "--", WORKER]);
-    assert_eq!(sup.wait_exit(secs(10)).code(), Some(2));
-    let log = sup.log();
-    assert_eq!(log.lines().count(), 1, "{log}");
-    assert!(
-        log.contains("invalid --notify-socket `somewhere`: expected path or abstract"),
-        "{log}"
-    );
-}

@@ -4,36 +4,10 @@
 //! make-before-break, a reexec touches none.
 
 use std::collections::{BTreeSet, HashSet};
+
 use std::os::unix::fs::MetadataExt;
 
 use crate::harness::*;
-
-/// Live children of `pid`, and which of them are zombies.
-fn children_of(pid: i32) -> (BTreeSet<i32>, Vec<i32>) {
-    let (mut live, mut zombies) = (BTreeSet::new(), Vec::new());
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(child) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
-            continue;
-        };
-        let mut fields = stat.rsplit(')').next().unwrap_or("").split_whitespace();
-        let (state, parent) = (fields.next(), fields.next().and_then(|p| p.parse::<i32>().ok()));
-        if parent == Some(pid) {
-            if state == Some("Z") {
-                zombies.push(child);
-            } else {
-                live.insert(child);
-            }
-        }
-    }
-    (live, zombies)
-}
-
-fn fd_count(pid: i32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
-}
 
 /// The inode of the socket sup holds at `fd`.
 fn socket_inode(pid: i32, fd: i32) -> String {
@@ -41,15 +15,6 @@ fn socket_inode(pid: i32, fd: i32) -> String {
         .unwrap()
         .to_string_lossy()
         .into_owned()
-}
-
-fn ctl(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = std::process::Command::new(SUP).arg("ctl").args(args).output().unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]
@@ -211,17 +176,4 @@ fn twenty_overlap_restarts_leak_nothing_and_orphan_nothing() {
     assert!(answers.iter().all(|(_, g)| *g == 20), "{answers:?}");
     let answering: BTreeSet<i32> = answers.iter().map(|(p, _)| *p as i32).collect();
     assert_eq!(children, answering, "no orphaned worker besides the two serving");
-}
-
-#[test]
-fn a_bad_hot_restart_mode_is_one_line_and_exit_2() {
-    let dir = TestDir::new();
-    let mut sup = Sup::start(&dir, &["--hot-restart", "sometimes", "--", WORKER]);
-    assert_eq!(sup.wait_exit(secs(10)).code(), Some(2));
-    let log = sup.log();
-    assert_eq!(log.lines().count(), 1, "{log}");
-    assert!(
-        log.contains("invalid --hot-restart `sometimes`: expected stop or overlap"),
-        "{log}"
-    );
 }
