@@ -59,6 +59,8 @@ pub enum StartupError {
     Sockets(#[from] sockets::SocketError),
     #[error("cannot write pidfile {}", .0.display())]
     Pidfile(PathBuf, #[source] std::io::Error),
+    #[error("pidfile {} belongs to a running sup (pid {pid}); stop it first, or give this one another --pidfile", path.display())]
+    PidfileTaken { path: PathBuf, pid: i32 },
 }
 
 impl StartupError {
@@ -152,6 +154,12 @@ fn start() -> Result<u8, StartupError> {
         logging::redirect_to(path).map_err(|e| StartupError::LogFile(path.clone(), e))?;
     }
     let devnull = open_devnull().map_err(StartupError::DevNull)?;
+    // Claimed before anything is bound: a second sup on the same pidfile
+    // stops here, and an unwritable one is found before a socket exists.
+    let _pidfile = match &config.pidfile {
+        Some(path) => Some(PidFile::claim(path)?),
+        None => None,
+    };
     // Handlers first: a TERM during startup must not kill sup with its
     // sockets half made.
     let event_loop = event_loop::EventLoop::new(&config, credentials.as_ref(), handoff.as_ref())?;
@@ -178,12 +186,6 @@ fn start() -> Result<u8, StartupError> {
             3 + i,
             s.spec.name
         );
-    }
-    if let Some(path) = &config.pidfile {
-        write_pidfile(path).map_err(|e| {
-            sockets::remove_files(&sockets);
-            StartupError::Pidfile(path.clone(), e)
-        })?;
     }
     become_subreaper();
     log::info!(
@@ -243,9 +245,6 @@ fn start() -> Result<u8, StartupError> {
         }
     };
     sockets::remove_files(&sockets);
-    if let Some(path) = &config.pidfile {
-        remove_pidfile(path);
-    }
     log::info!("sup stopped");
     Ok(status)
 }
@@ -343,6 +342,59 @@ fn become_subreaper() {
             log::debug!("cannot become a child subreaper: {}", std::io::Error::last_os_error());
         }
     }
+}
+
+/// sup's pidfile, held from before anything is bound until sup stops (it
+/// stays across a hot restart: the pid does not change, and an `execve` runs
+/// no destructor). Dropping it removes the file if it still holds our pid.
+struct PidFile {
+    path: PathBuf,
+}
+
+impl PidFile {
+    /// Take `path`: refused if it names another sup that is running; a
+    /// stale file (its process gone, or a pid now reused by something that
+    /// is not sup) is replaced.
+    fn claim(path: &Path) -> Result<PidFile, StartupError> {
+        let me = std::process::id() as i32;
+        if let Ok(text) = std::fs::read_to_string(path)
+            && let Ok(pid) = text.trim().parse::<i32>()
+            && pid != me
+            && pid > 0
+            && is_running_sup(pid)
+        {
+            return Err(StartupError::PidfileTaken {
+                path: path.to_path_buf(),
+                pid,
+            });
+        }
+        write_pidfile(path).map_err(|e| StartupError::Pidfile(path.to_path_buf(), e))?;
+        Ok(PidFile {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        remove_pidfile(&self.path);
+    }
+}
+
+/// Whether `pid` is alive and is a sup: the same program as this one, or a
+/// process named `sup`.
+fn is_running_sup(pid: i32) -> bool {
+    use nix::sys::signal::kill;
+    match kill(nix::unistd::Pid::from_raw(pid), None) {
+        Ok(()) | Err(nix::errno::Errno::EPERM) => {}
+        Err(_) => return false,
+    }
+    let same_exe = match (std::fs::read_link(format!("/proc/{pid}/exe")), std::env::current_exe()) {
+        (Ok(theirs), Ok(ours)) => theirs == ours,
+        _ => false,
+    };
+    let named_sup = std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sup");
+    same_exe || named_sup
 }
 
 fn write_pidfile(path: &Path) -> std::io::Result<()> {

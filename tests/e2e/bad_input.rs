@@ -161,3 +161,62 @@ fn a_command_that_cannot_exec_is_a_failed_boot_with_its_path_and_error() {
     assert!(line.contains(&expected), "{line}\nexpected: {expected}");
     assert!(sup.is_running());
 }
+
+#[test]
+fn a_second_sup_on_the_same_pidfile_stops_before_binding_anything() {
+    let dir = TestDir::new();
+    let pidfile = dir.s("sup.pid");
+    let mut first = Sup::serving(&dir, &["--pidfile", &pidfile, "--", WORKER, "--serve"]);
+    wait_until("the first sup's pidfile", secs(10), || {
+        let text = std::fs::read_to_string(&pidfile).ok()?;
+        (text.trim() == first.pid().to_string()).then_some(())
+    });
+    let sock = dir.s("second.sock");
+    let o = run(
+        &dir,
+        &["--bind", &format!("unix:{sock}"), "--pidfile", &pidfile, "--", WORKER],
+    );
+    assert_one_line(
+        &o,
+        1,
+        &format!("pidfile {pidfile} belongs to a running sup (pid {})", first.pid()),
+    );
+    assert!(!std::path::Path::new(&sock).exists(), "nothing was bound");
+    assert_eq!(
+        std::fs::read_to_string(&pidfile).unwrap().trim(),
+        first.pid().to_string(),
+        "the first sup's pidfile is left as it was"
+    );
+    assert!(first.is_running());
+    first.signal(libc::SIGTERM);
+    assert_eq!(first.wait_exit(secs(30)).code(), Some(0));
+    assert!(!std::path::Path::new(&pidfile).exists());
+
+    // A stale pidfile — its pid now some other program (this test) — is replaced.
+    std::fs::write(&pidfile, format!("{}\n", std::process::id())).unwrap();
+    let mut third = Sup::serving(&dir, &["--pidfile", &pidfile, "--", WORKER, "--serve"]);
+    wait_until("the pidfile taken over", secs(10), || {
+        let text = std::fs::read_to_string(&pidfile).ok()?;
+        (text.trim() == third.pid().to_string()).then_some(())
+    });
+    third.signal(libc::SIGTERM);
+    assert_eq!(third.wait_exit(secs(30)).code(), Some(0));
+}
+
+#[test]
+fn an_unwritable_pidfile_is_one_line_before_anything_is_bound() {
+    // The port is taken too: the pidfile is what is reported, since it is
+    // looked at before any socket is bound (it used to be found only after).
+    let dir = TestDir::new();
+    let taken = std::net::TcpListener::bind(ANY_PORT).unwrap();
+    let port = taken.local_addr().unwrap().to_string();
+    let o = run(
+        &dir,
+        &["--bind", &port, "--pidfile", "/no/such/dir/sup.pid", "--", WORKER],
+    );
+    assert_one_line(
+        &o,
+        1,
+        "cannot write pidfile /no/such/dir/sup.pid: no such file or directory",
+    );
+}
