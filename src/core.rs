@@ -756,6 +756,18 @@ impl Core {
             return;
         };
         let name = kind.as_str();
+        // A reexec changes no worker: joining it would deliver nothing.
+        if current.kind == RestartKind::Reexec {
+            log(
+                out,
+                Level::Warn,
+                format!(
+                    "{name} restart ignored: sup is re-executing itself (reexec {}); ask again once it has finished",
+                    current.id
+                ),
+            );
+            return;
+        }
         match current.phase {
             Phase::Hook { .. } | Phase::Preflight { .. } => {
                 // Served once the hook (or check) is done: a hot request
@@ -770,14 +782,24 @@ impl Core {
                 log(
                     out,
                     Level::Info,
-                    format!("{name} restart requested while the {helper} runs: it will follow"),
+                    format!(
+                        "{name} restart requested while the {helper} of {} restart {} runs: it joins that restart, \
+                         which starts every worker from the code as it is after the {helper} (or, if that restart \
+                         is abandoned, it runs on its own)",
+                        current.kind.as_str(),
+                        current.id
+                    ),
                 );
             }
             Phase::Draining | Phase::Exec => {
                 log(
                     out,
                     Level::Info,
-                    format!("{name} restart requested during a hot restart: the new image starts fresh"),
+                    format!(
+                        "{name} restart requested during hot restart {}: it joins it, the new sup starts every \
+                         worker from the newest code",
+                        current.id
+                    ),
                 );
             }
             Phase::Rolling { generation } | Phase::Starting { generation } => {
@@ -2463,6 +2485,39 @@ mod tests {
         assert_eq!(h.spawns, 1);
         h.send(Event::Intent(Intent::Stop), 3_000);
         assert_eq!(h.signals.len(), 3 * 2, "TERM and CONT to each: {:?}", h.signals);
+    }
+
+    #[test]
+    fn a_rolling_signal_during_a_hot_preflight_joins_the_hot_restart_and_says_so() {
+        let mut h = ready_harness(2, |_| {});
+        h.send(Event::Intent(Intent::Hot), 1_000);
+        h.send(Event::Intent(Intent::Rolling), 1_001);
+        assert!(
+            h.logs.iter().any(|l| l.contains(
+                "rolling restart requested while the preflight check of hot restart 1 runs: it joins that restart"
+            )),
+            "{:?}",
+            h.logs
+        );
+        assert!(!h.logs.iter().any(|l| l.contains("will follow")));
+        assert_eq!(h.core.restart_id(), 1, "no second restart is announced");
+    }
+
+    #[test]
+    fn a_restart_signal_during_a_reexec_is_ignored_out_loud() {
+        let mut h = ready_harness(2, |_| {});
+        h.send(Event::Intent(Intent::Reexec), 1_000);
+        h.send(Event::Intent(Intent::Rolling), 1_001);
+        assert!(
+            h.logs
+                .iter()
+                .any(|l| l.contains("rolling restart ignored: sup is re-executing itself (reexec 1)")),
+            "{:?}",
+            h.logs
+        );
+        h.send(Event::HelperSpawned { pid: 900 }, 1_002);
+        h.exit(900, ExitStatus::Code(0), 1_003);
+        assert_eq!((h.reexec, h.adopting), (Some(0), true), "the reexec goes on, unchanged");
     }
 
     #[test]
