@@ -962,8 +962,11 @@ impl Core {
     }
 
     /// The new image after a handover: take the workers (and lingering
-    /// groups) the old image ran as this core's own. Workers in slots the
-    /// configuration no longer has are stopped. Returns what to do now.
+    /// groups) the old image ran as this core's own — the shell has checked
+    /// that each is still sup's child. One whose generation is newer than
+    /// `generation` cannot be sup's and is left alone (never signalled).
+    /// Workers in slots the configuration no longer has are stopped.
+    /// Returns what to do now.
     pub fn adopt(
         &mut self,
         generation: u64,
@@ -973,6 +976,18 @@ impl Core {
     ) -> Vec<Action> {
         let mut out = Vec::new();
         self.generation = generation;
+        let (workers, future): (Vec<Worker>, Vec<Worker>) =
+            workers.into_iter().partition(|w| w.generation <= generation);
+        for w in future {
+            log(
+                &mut out,
+                Level::Error,
+                format!(
+                    "not adopting {}: its generation is from the future (now {generation})",
+                    w.label()
+                ),
+            );
+        }
         let highest = workers.iter().map(|w| w.slot + 1).max().unwrap_or(0);
         if highest > self.slots.len() {
             self.slots.resize(highest, SlotState::default());
@@ -2526,6 +2541,22 @@ mod tests {
         h.send(Event::Intent(Intent::Rolling), 1_000);
         assert!(
             matches!(h.control(Intent::Reexec, 1_001), Reply::Refused { reason } if reason.contains("rolling restart 1 is running"))
+        );
+    }
+
+    #[test]
+    fn a_handed_worker_from_a_future_generation_is_not_adopted_nor_signalled() {
+        let old = ready_harness(2, |_| {});
+        let mut handed = old.core.workers().to_vec();
+        handed[1].generation = 7;
+        let mut h = Harness::before_start(settings(2));
+        let actions = h.core.adopt(0, handed, Vec::new(), old.at(1_000));
+        assert_eq!(h.pids(), [100]);
+        assert!(actions.iter().all(|a| matches!(a, Action::Log { .. })), "{actions:?}");
+        assert!(
+            actions
+                .iter()
+                .any(|a| matches!(a, Action::Log { message, .. } if message.contains("generation is from the future")))
         );
     }
 

@@ -150,17 +150,7 @@ impl EventLoop {
                         .workers
                         .iter()
                         .filter(|w| {
-                            let valid = our_worker(w.pid).and_then(|()| {
-                                if w.generation > r.generation {
-                                    Err(format!(
-                                        "gen {} is from the future (now {})",
-                                        w.generation, r.generation
-                                    ))
-                                } else {
-                                    Ok(())
-                                }
-                            });
-                            valid
+                            our_worker(w.pid)
                                 .inspect_err(|why| log::error!("not adopting worker {} (pid {}): {why}", w.slot, w.pid))
                                 .is_ok()
                         })
