@@ -424,8 +424,8 @@ impl Core {
             Event::Started => self.started = true,
             Event::Intent(intent) => self.on_intent(intent, now, &mut out),
             Event::Control { conn, intent } => {
-                let reply = self.on_control(intent, now, &mut out);
-                replies.push((conn, intent, reply));
+                let decided = self.on_control(intent, now, &mut out);
+                replies.push((conn, intent, decided));
             }
             Event::Spawned { slot, generation, pid } => self.on_spawned(slot, generation, pid, now, &mut out),
             Event::SpawnFailed {
@@ -473,14 +473,14 @@ impl Core {
         self.check_drained(&mut out);
         self.check_done(now, &mut out);
         self.report_upward(now, &mut out);
-        for (conn, intent, reply) in replies {
-            let reply = match reply {
-                Reply::Accepted { restart, .. } => Reply::Accepted {
+        for (conn, intent, decided) in replies {
+            let reply = match decided {
+                Ok(restart) => Reply::Accepted {
                     restart,
                     generation: self.generation,
                     target_workers: self.target,
                 },
-                refused => refused,
+                Err(reason) => Reply::Refused { reason },
             };
             out.push(Action::Reply { conn, intent, reply });
         }
@@ -642,13 +642,15 @@ impl Core {
     /// was done. A restart is refused when it could not start now (rather
     /// than queued behind a hook or a hot restart, where the id it would
     /// get is not known yet), so that a deploy tool acts on a plain answer.
-    fn on_control(&mut self, intent: Intent, now: Instant, out: &mut Vec<Action>) -> Reply {
-        let refused = |reason: String| Reply::Refused { reason };
-        let accepted = |restart| Reply::Accepted {
-            restart,
-            generation: 0,
-            target_workers: 0,
-        };
+    ///
+    /// Returns the restart a request started (`Ok(None)` for the others),
+    /// or why it was refused; `handle` turns it into the [`Reply`].
+    fn on_control(
+        &mut self,
+        intent: Intent,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) -> Result<Option<RestartRef>, String> {
         match intent {
             Intent::Rolling | Intent::Hot | Intent::Reexec => {
                 let kind = match intent {
@@ -667,18 +669,18 @@ impl Core {
                 };
                 if let Some(reason) = self.restart_refusal().or(busy) {
                     log(out, Level::Info, format!("{} restart refused: {reason}", kind.as_str()));
-                    return refused(reason);
+                    return Err(reason);
                 }
                 self.request_restart(kind, now, out);
-                accepted(Some(RestartRef {
+                Ok(Some(RestartRef {
                     id: self.restarts_begun,
                     kind,
                 }))
             }
             Intent::Incr | Intent::Decr | Intent::Scale(_) if self.shutdown.is_some() => {
-                refused("sup is stopping".to_string())
+                Err("sup is stopping".to_string())
             }
-            Intent::Decr if self.target <= 1 => refused("already at 1 worker, the fewest there can be".to_string()),
+            Intent::Decr if self.target <= 1 => Err("already at 1 worker, the fewest there can be".to_string()),
             Intent::Stop
             | Intent::Interrupt
             | Intent::Halt
@@ -687,7 +689,7 @@ impl Core {
             | Intent::Scale(_)
             | Intent::ReopenLogs => {
                 self.on_intent(intent, now, out);
-                accepted(None)
+                Ok(None)
             }
         }
     }
