@@ -127,19 +127,14 @@ impl OwnSockets {
         Ok(OwnSockets { notify, einhorn, dir })
     }
 
-    /// Record them in the handoff for the next image.
+    /// Record them in the handoff for the next image (whose `fds()` are
+    /// the ones that survive the exec).
     pub fn hand_over(&self, h: &mut Handoff) {
         h.runtime_dir = self.dir.as_ref().map(|d| d.path().to_path_buf());
         h.notify = Some(self.notify.handed());
         h.einhorn = self.einhorn.as_ref().map(EinhornSocket::handed);
     }
 
-    /// The fds that must survive the exec.
-    pub fn fds(&self) -> Vec<RawFd> {
-        let mut fds = vec![self.notify.raw_fd()];
-        fds.extend(self.einhorn.as_ref().map(|e| e.handed().fd));
-        fds
-    }
 }
 
 /// The sockets' file names in the runtime directory.
