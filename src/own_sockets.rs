@@ -134,7 +134,6 @@ impl OwnSockets {
         h.notify = Some(self.notify.handed());
         h.einhorn = self.einhorn.as_ref().map(EinhornSocket::handed);
     }
-
 }
 
 /// The sockets' file names in the runtime directory.
