@@ -19,6 +19,8 @@
 //!
 //! Idle means no deadline: a steady sup sets no timer at all.
 
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
 
 use log::Level;
@@ -26,7 +28,7 @@ use log::Level;
 use crate::message::{Message, Sender};
 use nix::sys::signal::Signal;
 
-use crate::worker::{Backoff, ExitStatus, Lingering, Pgid, SlotState, Worker, WorkerState};
+use crate::worker::{Backoff, ExitStatus, Lingering, Pgid, Replacement, Slot, SlotState, Worker, WorkerState};
 
 /// What the signal handlers (and later the control server) ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -310,9 +312,15 @@ pub struct Core {
     settings: Settings,
     target: usize,
     generation: u64,
+    /// Every live process running the user's command, in no useful order.
     workers: Vec<Worker>,
+    /// Where each worker is in `workers`, by pid: reaping and notify
+    /// attribution are lookups, not scans.
+    index: HashMap<i32, usize, PidHash>,
     lingering: Vec<Lingering>,
-    slots: Vec<SlotState>,
+    /// The slot table: at least `target` entries (more after a scale-down,
+    /// until what was under way there has come back).
+    slots: Vec<Slot>,
     shutdown: Option<Shutdown>,
     restart: Option<Restart>,
     /// A restart asked for while a hook or preflight ran; it is not lost.
@@ -336,8 +344,9 @@ impl Core {
             target,
             generation: 0,
             workers: Vec::new(),
+            index: HashMap::default(),
             lingering: Vec::new(),
-            slots: vec![SlotState::default(); target],
+            slots: vec![Slot::default(); target],
             shutdown: None,
             restart: None,
             pending: None,
@@ -367,8 +376,53 @@ impl Core {
         self.generation
     }
 
-    pub fn slot(&self, slot: usize) -> Option<&SlotState> {
+    pub fn slot(&self, slot: usize) -> Option<&Slot> {
         self.slots.get(slot)
+    }
+
+    fn find(&self, pid: i32) -> Option<usize> {
+        self.index.get(&pid).copied()
+    }
+
+    fn worker(&self, pid: i32) -> Option<&Worker> {
+        self.find(pid).map(|i| &self.workers[i])
+    }
+
+    fn is_ready(&self, pid: i32) -> bool {
+        self.worker(pid)
+            .is_some_and(|w| matches!(w.state, WorkerState::Ready { .. }))
+    }
+
+    fn push_worker(&mut self, worker: Worker) -> usize {
+        let i = self.workers.len();
+        self.index.insert(worker.pid, i);
+        self.workers.push(worker);
+        i
+    }
+
+    /// Take worker `i` out of the table (it was reaped) and out of its slot.
+    fn remove_worker(&mut self, i: usize) -> Worker {
+        let w = self.workers.swap_remove(i);
+        self.index.remove(&w.pid);
+        if let Some(moved) = self.workers.get(i) {
+            self.index.insert(moved.pid, i);
+        }
+        if let Some(s) = self.slots.get_mut(w.slot) {
+            s.release(w.pid);
+        }
+        w
+    }
+
+    /// The slots workers are counted in: `0..target`.
+    fn target_slots(&self) -> impl Iterator<Item = (usize, &Slot)> {
+        self.slots.iter().enumerate().take(self.target)
+    }
+
+    /// Slots whose live worker (or one of the two) is ready.
+    fn ready_slots(&self) -> usize {
+        self.target_slots()
+            .filter(|(_, s)| s.live().any(|pid| self.is_ready(pid)))
+            .count()
     }
 
     /// The new image after a hot restart: carry on from `generation`, and
@@ -401,6 +455,42 @@ impl Core {
             }),
             None => self.last_restart.clone(),
         }
+    }
+
+    /// What must hold between any two events; `Err` names the first
+    /// breach. Checked by the core's property test after every event.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        if self.slots.len() < self.target {
+            return Err(format!("{} slots for {} workers", self.slots.len(), self.target));
+        }
+        if self.index.len() != self.workers.len() {
+            return Err("the pid index and the worker table differ in size".to_string());
+        }
+        for (i, w) in self.workers.iter().enumerate() {
+            if self.find(w.pid) != Some(i) {
+                return Err(format!("pid {} is not indexed at {i}", w.pid));
+            }
+            let in_slot = self.slots.get(w.slot).is_some_and(|s| s.live().any(|p| p == w.pid));
+            if in_slot == w.is_stopping() {
+                return Err(format!("{} ({:?}) and its slot's state disagree", w.label(), w.state));
+            }
+        }
+        for (k, s) in self.slots.iter().enumerate() {
+            for pid in s.live() {
+                if self.worker(pid).is_none_or(|w| w.slot != k) {
+                    return Err(format!("slot {k} names pid {pid}, not a worker of that slot"));
+                }
+            }
+        }
+        let live = self.workers.iter().filter(|w| !w.is_stopping()).count();
+        let limit = self.target + self.settings.max_surge;
+        if live > limit {
+            return Err(format!(
+                "{live} live workers, more than {} + {} surge",
+                self.target, self.settings.max_surge
+            ));
+        }
+        Ok(())
     }
 
     /// Decide what to do about `event` at `now`.
@@ -465,6 +555,16 @@ impl Core {
             Event::ReExecFailed { reason } => self.on_reexec_failed(reason, now, &mut out),
             Event::Tick => {}
         }
+        // The passes, in this order, each at most O(workers + slots) with
+        // O(1) questions per slot (the slot table) and per pid (the index):
+        // 1. deadlines: readiness by delay, boot and watchdog failures, kills;
+        // 2. hand over: a ready replacement stops the worker it replaces —
+        //    before `roll`, so that the room it frees is used at once;
+        // 3. roll: replacements into slots still running older code;
+        // 4. fill: empty slots past their backoff (after `roll`, which
+        //    leaves empty slots to it);
+        // 5. whether the rollout, the hot restart's drain, or sup is done;
+        // 6. what sup's own supervisor should hear about all that.
         self.on_deadlines(now, &mut out);
         self.hand_over(now, &mut out);
         self.roll(&mut out);
@@ -505,13 +605,7 @@ impl Core {
 
     /// Puma's `phase` and a one-line summary: `gen 7: 3/4 ready, rolling slot 2`.
     pub fn status_line(&self) -> String {
-        let ready = (0..self.target)
-            .filter(|slot| {
-                self.workers
-                    .iter()
-                    .any(|w| w.slot == *slot && matches!(w.state, WorkerState::Ready { .. }) && !w.is_stopping())
-            })
-            .count();
+        let ready = self.ready_slots();
         let mut line = format!("gen {}: {ready}/{} ready", self.generation, self.target);
         if self.shutdown.is_some() {
             line.push_str(", stopping");
@@ -563,11 +657,7 @@ impl Core {
     }
 
     fn all_ready(&self) -> bool {
-        (0..self.target).all(|slot| {
-            self.workers
-                .iter()
-                .any(|w| w.slot == slot && matches!(w.state, WorkerState::Ready { .. }))
-        })
+        self.ready_slots() == self.target
     }
 
     /// The earliest instant at which [`Event::Tick`] has something to do;
@@ -587,12 +677,9 @@ impl Core {
         });
         let lingering = self.lingering.iter().map(|l| l.kill_at);
         let backoff = self
-            .slots
-            .iter()
-            .enumerate()
+            .target_slots()
             .filter(|_| self.shutdown.is_none())
-            .filter(|(i, s)| *i < self.target && !s.spawning && !self.slot_occupied(*i))
-            .filter_map(|(_, s)| s.not_before);
+            .filter_map(|(_, s)| s.not_before());
         let hook = self.restart.and_then(|r| match r.phase {
             Phase::Hook { deadline, .. } | Phase::Preflight { deadline, .. } => Some(deadline),
             Phase::Rolling { .. } | Phase::Draining | Phase::Exec | Phase::Starting { .. } => None,
@@ -731,10 +818,10 @@ impl Core {
         }
         log(out, Level::Info, format!("{what}: workers {} → {n}", self.target));
         if n > self.slots.len() {
-            self.slots.resize(n, SlotState::default());
+            self.slots.resize(n, Slot::default());
         }
         for slot in n..self.target {
-            self.slots[slot] = SlotState::default();
+            self.slots[slot].forget();
         }
         self.target = n;
         for i in 0..self.workers.len() {
@@ -990,15 +1077,30 @@ impl Core {
                 ),
             );
         }
+        let mut workers = workers;
+        // Older first within a slot: the slot table holds the serving one
+        // and then its replacement.
+        workers.sort_by_key(|w| (w.slot, w.generation, w.spawned_at));
         let highest = workers.iter().map(|w| w.slot + 1).max().unwrap_or(0);
         if highest > self.slots.len() {
-            self.slots.resize(highest, SlotState::default());
+            self.slots.resize(highest, Slot::default());
         }
-        self.workers = workers;
         self.lingering = lingering;
-        for i in 0..self.workers.len() {
-            log(&mut out, Level::Info, format!("adopted {}", self.workers[i].label()));
-            if self.workers[i].slot >= self.target && !self.workers[i].is_stopping() {
+        for w in workers {
+            log(&mut out, Level::Info, format!("adopted {}", w.label()));
+            let (slot, pid, live) = (w.slot, w.pid, !w.is_stopping());
+            let i = self.push_worker(w);
+            if !live {
+                continue;
+            }
+            if !self.slots[slot].take(pid) {
+                log(
+                    &mut out,
+                    Level::Warn,
+                    format!("worker {slot} already has two live workers: stopping pid {pid}"),
+                );
+                self.stop_worker(i, now, &mut out);
+            } else if slot >= self.target {
                 self.stop_worker(i, now, &mut out);
             }
         }
@@ -1057,14 +1159,29 @@ impl Core {
         );
         // Replacements still booting from a superseded rollout are not
         // serving yet: stop them, the new rollout replaces their slot.
-        for i in 0..self.workers.len() {
-            let w = &self.workers[i];
-            let superseded = matches!(w.state, WorkerState::Booting { .. })
-                && w.generation < generation
-                && self.live_in_slot(w.slot) > 1;
-            if superseded {
-                self.stop_worker(i, now, out);
-            }
+        self.stop_replacements(|w| w.generation < generation, now, out);
+    }
+
+    /// Stop the booting replacements (an older worker still serves their
+    /// slot) that `which` picks.
+    fn stop_replacements(&mut self, which: impl Fn(&Worker) -> bool, now: Instant, out: &mut Vec<Action>) {
+        let doomed: Vec<usize> = self
+            .slots
+            .iter()
+            .filter_map(|s| match s.state {
+                SlotState::Replacing {
+                    new: Replacement::Started { pid },
+                    ..
+                } => self.find(pid),
+                SlotState::Empty { .. }
+                | SlotState::Spawning { .. }
+                | SlotState::Running { .. }
+                | SlotState::Replacing { .. } => None,
+            })
+            .filter(|&i| matches!(self.workers[i].state, WorkerState::Booting { .. }) && which(&self.workers[i]))
+            .collect();
+        for i in doomed {
+            self.stop_worker(i, now, out);
         }
     }
 
@@ -1154,15 +1271,7 @@ impl Core {
         });
         // Other replacements still booting (max surge > 1) go too, where an
         // older worker still holds their slot.
-        for i in 0..self.workers.len() {
-            let w = &self.workers[i];
-            if w.generation == generation
-                && matches!(w.state, WorkerState::Booting { .. })
-                && self.live_in_slot(w.slot) > 1
-            {
-                self.stop_worker(i, now, out);
-            }
-        }
+        self.stop_replacements(|w| w.generation == generation, now, out);
     }
 
     /// The generation a restart is bringing up, while it does.
@@ -1220,6 +1329,9 @@ impl Core {
                 killed: true,
             };
         }
+        for s in &mut self.slots {
+            s.state = SlotState::default();
+        }
         for l in self.lingering.drain(..) {
             out.push(Action::KillGroup { pgid: l.pgid });
         }
@@ -1249,6 +1361,10 @@ impl Core {
             kill_at: now + self.settings.graceful_timeout,
             killed: false,
         };
+        let (slot, pid) = (w.slot, w.pid);
+        if let Some(s) = self.slots.get_mut(slot) {
+            s.release(pid);
+        }
     }
 
     /// Kill worker `i`'s group now (it failed a deadline).
@@ -1261,12 +1377,21 @@ impl Core {
             kill_at: now,
             killed: true,
         };
+        let (slot, pid) = (w.slot, w.pid);
+        if let Some(s) = self.slots.get_mut(slot) {
+            s.release(pid);
+        }
     }
 
     fn on_spawned(&mut self, slot: usize, generation: u64, pid: i32, now: Instant, out: &mut Vec<Action>) {
-        if let Some(s) = self.slots.get_mut(slot) {
-            s.spawning = false;
+        if slot >= self.slots.len() {
+            self.slots.resize(slot + 1, Slot::default());
         }
+        // A replacement is kept only for the rollout that asked for it (one
+        // that ended or started over in the meantime no longer wants it).
+        let replacement = matches!(self.slots[slot].state, SlotState::Replacing { .. });
+        let wanted = !replacement || self.rolling_generation() == Some(generation);
+        let taken = self.slots[slot].take(pid);
         let worker = Worker {
             slot,
             generation,
@@ -1280,11 +1405,10 @@ impl Core {
             watchdog_deadline: None,
         };
         log(out, Level::Info, format!("{} started", worker.label()));
-        self.workers.push(worker);
+        let i = self.push_worker(worker);
         // A spawn can only be requested while running, but a stop may have
         // been decided in the same batch of events: stop the newcomer too.
-        if self.shutdown.is_some() || slot >= self.target {
-            let i = self.workers.len() - 1;
+        if self.shutdown.is_some() || slot >= self.target || !taken || !wanted {
             self.stop_worker(i, now, out);
         }
     }
@@ -1301,13 +1425,13 @@ impl Core {
             s.last_exit = status;
         }
         let delay = backoff.delay(s.failures);
-        s.not_before = Some(now + delay);
+        s.back_off_until(now + delay);
         delay
     }
 
     fn on_spawn_failed(&mut self, slot: usize, generation: u64, reason: &str, now: Instant, out: &mut Vec<Action>) {
         let Some(s) = self.slots.get_mut(slot) else { return };
-        s.spawning = false;
+        s.spawn_failed();
         let delay = self.record_failure(slot, false, None, now);
         let failures = self.slots[slot].failures;
         log(
@@ -1324,7 +1448,7 @@ impl Core {
     }
 
     fn on_exited(&mut self, pid: i32, status: ExitStatus, group_alive: bool, now: Instant, out: &mut Vec<Action>) {
-        let Some(i) = self.workers.iter().position(|w| w.pid == pid) else {
+        let Some(i) = self.find(pid) else {
             // An orphan that was re-parented to sup (it is a subreaper), a
             // member of a lingering group, or a hook that was killed. It may
             // have been the last of a lingering group: ask.
@@ -1332,7 +1456,7 @@ impl Core {
             out.extend(self.lingering.iter().map(|l| Action::ProbeGroup { pgid: l.pgid }));
             return;
         };
-        let w = self.workers.remove(i);
+        let w = self.remove_worker(i);
         let label = w.label();
         if let WorkerState::Stopping { kill_at, .. } = w.state {
             let clean = matches!(status, ExitStatus::Code(0))
@@ -1356,7 +1480,8 @@ impl Core {
         let healthy = now.saturating_duration_since(w.spawned_at) >= self.settings.backoff.reset_after;
         let delay = self.record_failure(w.slot, healthy, Some(status), now);
         let failures = self.slots.get(w.slot).map_or(0, |s| s.failures);
-        let replaced = self.shutdown.is_none() && w.slot < self.target && !self.slot_occupied(w.slot);
+        let vacant = self.slots.get(w.slot).is_some_and(|s| s.live().next().is_none());
+        let replaced = self.shutdown.is_none() && w.slot < self.target && vacant;
         let when = if replaced {
             retry_text(delay, failures)
         } else {
@@ -1412,7 +1537,7 @@ impl Core {
     /// or a last `STATUS=` after the stop signal.
     fn attribute(&self, sender: Option<Sender>, message: &Message) -> Option<usize> {
         let sender = sender?;
-        let find = |pid: i32| self.workers.iter().position(|w| w.pid == pid);
+        let find = |pid: i32| self.find(pid);
         find(sender.pid).or_else(|| sender.pgid.and_then(find)).or_else(|| {
             let trusted = self.settings.trusted_uids.contains(&sender.uid);
             message.mainpid.filter(|_| trusted).and_then(find)
@@ -1542,36 +1667,27 @@ impl Core {
         }
     }
 
-    fn live_in_slot(&self, slot: usize) -> usize {
-        self.workers
-            .iter()
-            .filter(|w| w.slot == slot && !w.is_stopping())
-            .count()
-    }
-
-    fn slot_occupied(&self, slot: usize) -> bool {
-        self.live_in_slot(slot) > 0
-    }
-
-    /// Hand over: where a slot's newest live worker is ready, stop the older
-    /// live ones (the old generation after its replacement came up).
+    /// Hand over: where a slot's replacement is ready, stop the worker it
+    /// replaces (the old generation after its replacement came up).
     fn hand_over(&mut self, now: Instant, out: &mut Vec<Action>) {
-        for slot in 0..self.slots.len() {
-            let newest = self
-                .workers
-                .iter()
-                .enumerate()
-                .filter(|(_, w)| w.slot == slot && !w.is_stopping())
-                .max_by_key(|(_, w)| (w.generation, w.spawned_at))
-                .map(|(i, w)| (i, matches!(w.state, WorkerState::Ready { .. })));
-            let Some((newest, true)) = newest else { continue };
-            for i in 0..self.workers.len() {
-                if i != newest && self.workers[i].slot == slot && !self.workers[i].is_stopping() {
-                    let (old, new) = (self.workers[i].label(), self.workers[newest].label());
-                    log(out, Level::Info, format!("{new} replaces {old}"));
-                    self.stop_worker(i, now, out);
-                }
-            }
+        let due: Vec<(usize, usize)> = self
+            .slots
+            .iter()
+            .filter_map(|s| match s.state {
+                SlotState::Replacing {
+                    old,
+                    new: Replacement::Started { pid },
+                } if self.is_ready(pid) => Some((self.find(old)?, self.find(pid)?)),
+                SlotState::Empty { .. }
+                | SlotState::Spawning { .. }
+                | SlotState::Running { .. }
+                | SlotState::Replacing { .. } => None,
+            })
+            .collect();
+        for (old, new) in due {
+            let (old_label, new_label) = (self.workers[old].label(), self.workers[new].label());
+            log(out, Level::Info, format!("{new_label} replaces {old_label}"));
+            self.stop_worker(old, now, out);
         }
     }
 
@@ -1588,26 +1704,29 @@ impl Core {
         if self.shutdown.is_some() {
             return;
         }
+        let booting_new = |pid: i32| {
+            self.worker(pid)
+                .is_some_and(|w| w.generation == generation && matches!(w.state, WorkerState::Booting { .. }))
+        };
         let booting = self
-            .workers
+            .slots
             .iter()
-            .filter(|w| w.generation == generation && matches!(w.state, WorkerState::Booting { .. }))
-            .count()
-            + self.slots.iter().filter(|s| s.spawning).count();
+            .filter(|s| s.is_spawning() || s.live().any(booting_new))
+            .count();
         let mut room = self.settings.max_surge.saturating_sub(booting);
         for slot in 0..self.target {
             if room == 0 {
                 break;
             }
-            let has_new = self
-                .workers
-                .iter()
-                .any(|w| w.slot == slot && w.generation == generation && !w.is_stopping());
-            // An empty slot is filled by `fill`, with its backoff.
-            if has_new || self.slots[slot].spawning || !self.slot_occupied(slot) {
+            // Only a slot with one live worker of an older generation gets a
+            // replacement; an empty slot is filled by `fill`, with its backoff.
+            let SlotState::Running { pid } = self.slots[slot].state else {
+                continue;
+            };
+            if self.worker(pid).is_none_or(|w| w.generation >= generation) {
                 continue;
             }
-            self.slots[slot].spawning = true;
+            self.slots[slot].request_spawn(generation);
             out.push(Action::Spawn { slot, generation });
             room -= 1;
         }
@@ -1617,11 +1736,11 @@ impl Core {
         let Some(generation) = self.rolling_generation() else {
             return;
         };
-        let all_new_ready = (0..self.target).all(|slot| {
-            self.workers
-                .iter()
-                .any(|w| w.slot == slot && w.generation == generation && matches!(w.state, WorkerState::Ready { .. }))
-        });
+        let ready_new = |pid: i32| {
+            self.worker(pid)
+                .is_some_and(|w| w.generation == generation && matches!(w.state, WorkerState::Ready { .. }))
+        };
+        let all_new_ready = self.target_slots().all(|(_, s)| s.live().any(ready_new));
         // Finished means the old code is gone, not merely asked to go: a
         // deploy waiting on the restart must not see an old worker answer.
         let old_left = self.workers.iter().any(|w| w.generation < generation);
@@ -1661,18 +1780,16 @@ impl Core {
         if !self.started || self.shutdown.is_some() || draining {
             return;
         }
-        for slot in 0..self.target {
-            let s = &self.slots[slot];
-            let waiting = s.not_before.is_some_and(|t| t > now);
-            if s.spawning || waiting || self.slot_occupied(slot) {
+        let generation = self.generation;
+        for (slot, s) in self.slots.iter_mut().enumerate().take(self.target) {
+            let SlotState::Empty { not_before } = s.state else {
+                continue;
+            };
+            if not_before.is_some_and(|t| t > now) {
                 continue;
             }
-            self.slots[slot].spawning = true;
-            self.slots[slot].not_before = None;
-            out.push(Action::Spawn {
-                slot,
-                generation: self.generation,
-            });
+            s.request_spawn(generation);
+            out.push(Action::Spawn { slot, generation });
         }
     }
 
@@ -1692,6 +1809,30 @@ impl Core {
             self.exited = true;
             out.push(Action::Exit(0));
         }
+    }
+}
+
+/// Pids are small, distinct and chosen by the kernel, not by an attacker:
+/// a multiplicative hash spreads them, at a fraction of SipHash's cost
+/// (the per-event passes look up every slot's workers).
+type PidHash = BuildHasherDefault<PidHasher>;
+
+#[derive(Default)]
+struct PidHasher(u64);
+
+impl Hasher for PidHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8 | u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_i32(&mut self, pid: i32) {
+        self.0 = u64::from(pid as u32).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
 }
 
@@ -3078,5 +3219,250 @@ mod tests {
         h.send(Event::Intent(Intent::Scale(1)), 62_000);
         h.reap_stopping(62_100);
         assert_eq!((h.core.target(), h.pids().len()), (1, 1));
+    }
+
+    fn spawns(actions: &[Action]) -> Vec<(usize, u64)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Spawn { slot, generation } => Some((*slot, *generation)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_slot_scaled_away_and_back_while_its_spawn_is_in_flight_gets_one_worker() {
+        let t0 = Instant::now();
+        let mut core = Core::new(settings(2));
+        assert_eq!(spawns(&core.handle(Event::Started, t0)), [(0, 0), (1, 0)]);
+        // Slot 1's spawn has not come back when TTOU and then TTIN arrive.
+        assert_eq!(
+            core.slot(1).map(|s| s.state),
+            Some(SlotState::Spawning { generation: 0 })
+        );
+        assert!(spawns(&core.handle(Event::Intent(Intent::Decr), t0)).is_empty());
+        assert!(
+            spawns(&core.handle(Event::Intent(Intent::Incr), t0)).is_empty(),
+            "the spawn under way fills the slot: no second one"
+        );
+        for (slot, pid) in [(0, 100), (1, 101)] {
+            let out = core.handle(
+                Event::Spawned {
+                    slot,
+                    generation: 0,
+                    pid,
+                },
+                t0,
+            );
+            assert!(!out.iter().any(|a| matches!(a, Action::Signal { .. })), "{out:?}");
+        }
+        assert_eq!(core.workers().len(), 2);
+        assert_eq!(core.check_invariants(), Ok(()));
+    }
+
+    #[test]
+    fn a_replacement_that_arrives_after_its_rollout_ended_is_stopped() {
+        let t0 = Instant::now();
+        let mut s = settings(1);
+        s.ready_delay = None;
+        let mut core = Core::new(s);
+        core.handle(Event::Started, t0);
+        core.handle(
+            Event::Spawned {
+                slot: 0,
+                generation: 0,
+                pid: 100,
+            },
+            t0,
+        );
+        core.handle(notify(100, "READY=1"), t0);
+        assert_eq!(spawns(&core.handle(Event::Intent(Intent::Rolling), t0)), [(0, 1)]);
+        assert!(matches!(
+            core.slot(0).map(|s| s.state),
+            Some(SlotState::Replacing {
+                old: 100,
+                new: Replacement::Spawning { generation: 1 }
+            })
+        ));
+        // A hot restart supersedes the rollout (its preflight runs now): the
+        // rolling replacement comes back to a sup that no longer wants it.
+        core.handle(Event::Intent(Intent::Hot), t0);
+        let out = core.handle(
+            Event::Spawned {
+                slot: 0,
+                generation: 1,
+                pid: 101,
+            },
+            t0,
+        );
+        assert!(out.contains(&Action::Signal {
+            pid: 101,
+            signal: Signal::SIGTERM
+        }));
+        assert_eq!(core.slot(0).map(|s| s.state), Some(SlotState::Running { pid: 100 }));
+        assert_eq!(core.check_invariants(), Ok(()));
+    }
+
+    /// splitmix64: a deterministic generator for the property tests, so a
+    /// failing sequence is named by its seed and replays exactly.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+
+        fn pick<T: Copy>(&mut self, items: &[T]) -> Option<T> {
+            (!items.is_empty()).then(|| items[self.below(items.len())])
+        }
+    }
+
+    /// Feeds a core random events the way the world could order them: spawn
+    /// outcomes arrive late and in any order, helpers answer late, workers
+    /// crash, get ready, are reaped; signals and control requests interleave.
+    /// After every event the core's invariants must hold: the slot table and
+    /// the worker table agree, and never more than target + max-surge
+    /// workers are live.
+    fn random_run(seed: u64, steps: usize) {
+        let mut rng = Rng(seed);
+        let mut st = settings(1 + rng.below(5));
+        st.max_surge = 1 + rng.below(3);
+        st.hook = rng.below(2) == 0;
+        st.hot_overlap = rng.below(2) == 0;
+        st.ready_delay = match rng.below(3) {
+            0 => None,
+            _ => Some(Duration::from_millis(rng.below(400) as u64)),
+        };
+        st.boot_timeout = Duration::from_millis(500 + rng.below(3000) as u64);
+        st.graceful_timeout = Duration::from_millis(100 + rng.below(2000) as u64);
+        st.watchdog = (rng.below(4) == 0).then_some(Duration::from_millis(700));
+        let mut core = Core::new(st);
+        let t0 = Instant::now();
+        let mut ms: u64 = 0;
+        let mut in_flight: Vec<(usize, u64)> = Vec::new();
+        let mut helper_asked = false;
+        let mut helper: Option<i32> = None;
+        let mut exec_asked = false;
+        let mut next_pid = 100;
+        let mut queue = std::collections::VecDeque::from([Event::Started]);
+        for step in 0..steps {
+            let now = t0 + Duration::from_millis(ms);
+            while let Some(event) = queue.pop_front() {
+                let what = format!("{event:?}");
+                for action in core.handle(event, now) {
+                    match action {
+                        Action::Spawn { slot, generation } => in_flight.push((slot, generation)),
+                        Action::RunHook { .. } | Action::RunPreflight => helper_asked = true,
+                        Action::ReExec { .. } => exec_asked = true,
+                        Action::ProbeGroup { pgid } if rng.below(2) == 0 => {
+                            queue.push_back(Event::GroupEmpty { pgid });
+                        }
+                        Action::Exit(_) => return,
+                        _ => {}
+                    }
+                }
+                if let Err(e) = core.check_invariants() {
+                    panic!("seed {seed}, step {step}, after {what}: {e}");
+                }
+            }
+            let pids: Vec<i32> = core.workers().iter().map(|w| w.pid).collect();
+            let event = match rng.below(14) {
+                0..=2 if !in_flight.is_empty() => {
+                    let (slot, generation) = in_flight.remove(rng.below(in_flight.len()));
+                    if rng.below(6) == 0 {
+                        Event::SpawnFailed {
+                            slot,
+                            generation,
+                            reason: "boom".into(),
+                        }
+                    } else {
+                        next_pid += 1;
+                        Event::Spawned {
+                            slot,
+                            generation,
+                            pid: next_pid,
+                        }
+                    }
+                }
+                3 | 4 => match rng.pick(&pids) {
+                    Some(pid) => Event::Exited {
+                        pid,
+                        status: if rng.below(2) == 0 {
+                            ExitStatus::Code(1)
+                        } else {
+                            ExitStatus::Signaled(TERM)
+                        },
+                        group_alive: rng.below(4) == 0,
+                    },
+                    None => Event::Tick,
+                },
+                5 | 6 => match rng.pick(&pids) {
+                    Some(pid) => notify(pid, if rng.below(3) == 0 { "WATCHDOG=1" } else { "READY=1" }),
+                    None => Event::Tick,
+                },
+                7 => {
+                    ms += rng.below(1500) as u64;
+                    Event::Tick
+                }
+                8 => Event::Intent(match rng.below(3) {
+                    0 => Intent::Incr,
+                    1 => Intent::Decr,
+                    _ => Intent::Scale(1 + rng.below(7)),
+                }),
+                9 => Event::Intent(if rng.below(3) == 0 {
+                    Intent::Hot
+                } else {
+                    Intent::Rolling
+                }),
+                10 => Event::Control {
+                    conn: 1,
+                    intent: [Intent::Rolling, Intent::Hot, Intent::Incr, Intent::Decr, Intent::Reexec][rng.below(5)],
+                },
+                11 if helper_asked => {
+                    helper_asked = false;
+                    next_pid += 1;
+                    helper = Some(next_pid);
+                    Event::HelperSpawned { pid: next_pid }
+                }
+                11 => match helper.take() {
+                    Some(pid) => Event::Exited {
+                        pid,
+                        status: ExitStatus::Code(if rng.below(4) == 0 { 1 } else { 0 }),
+                        group_alive: false,
+                    },
+                    None => Event::Tick,
+                },
+                12 if exec_asked => {
+                    // The old image carries on (the exec failed), which is
+                    // the only way the same core sees what follows.
+                    exec_asked = false;
+                    Event::ReExecFailed {
+                        reason: "ENOEXEC".into(),
+                    }
+                }
+                13 if rng.below(20) == 0 => Event::Intent(if rng.below(2) == 0 { Intent::Stop } else { Intent::Halt }),
+                _ => {
+                    ms += rng.below(200) as u64;
+                    Event::Tick
+                }
+            };
+            queue.push_back(event);
+        }
+    }
+
+    #[test]
+    fn random_event_sequences_keep_the_slot_table_whole_and_the_surge_bounded() {
+        for seed in 0..400 {
+            random_run(seed, 600);
+        }
     }
 }

@@ -104,18 +104,172 @@ pub struct Lingering {
     pub kill_at: Instant,
 }
 
-/// Per-slot history: what survives the replacement of its worker.
+/// One entry of the core's slot table: what the slot holds now, as one
+/// state, and its history (what survives the replacement of its worker).
+/// Every question the core asks about a slot is answered here in O(1).
+/// Workers that are stopping belong to no slot's state: they are on their
+/// way out and the slot is free for another.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SlotState {
+pub struct Slot {
+    pub state: SlotState,
     /// Consecutive failed runs (exits before a healthy run, failed spawns).
     pub failures: u32,
-    /// No spawn into this slot before this instant (crash backoff).
-    pub not_before: Option<Instant>,
-    /// A spawn was requested and its outcome has not come back yet.
-    pub spawning: bool,
     /// How many times a worker of this slot was replaced after an exit.
     pub restarts: u32,
     pub last_exit: Option<ExitStatus>,
+}
+
+/// What a slot holds. At most two live workers share a slot: the one
+/// serving and its replacement; the hand-over rule stops the older once
+/// the newer is ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotState {
+    /// No live worker; the next spawn not before `not_before` (crash backoff).
+    Empty { not_before: Option<Instant> },
+    /// A spawn of `generation` was asked for; its outcome has not come back.
+    Spawning { generation: u64 },
+    /// One live worker (booting or ready).
+    Running { pid: i32 },
+    /// A live worker and its replacement, still spawning or booting.
+    Replacing { old: i32, new: Replacement },
+}
+
+impl Default for SlotState {
+    fn default() -> Self {
+        SlotState::Empty { not_before: None }
+    }
+}
+
+/// The newer worker of a [`SlotState::Replacing`] slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replacement {
+    Spawning { generation: u64 },
+    Started { pid: i32 },
+}
+
+impl Slot {
+    /// The live workers' pids, older first.
+    pub fn live(&self) -> impl Iterator<Item = i32> {
+        let (a, b) = match self.state {
+            SlotState::Empty { .. } | SlotState::Spawning { .. } => (None, None),
+            SlotState::Running { pid } => (Some(pid), None),
+            SlotState::Replacing {
+                old,
+                new: Replacement::Spawning { .. },
+            } => (Some(old), None),
+            SlotState::Replacing {
+                old,
+                new: Replacement::Started { pid },
+            } => (Some(old), Some(pid)),
+        };
+        a.into_iter().chain(b)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        matches!(self.state, SlotState::Empty { .. })
+    }
+
+    /// Whether a spawn into this slot is under way (its outcome not back).
+    pub fn is_spawning(&self) -> bool {
+        matches!(
+            self.state,
+            SlotState::Spawning { .. }
+                | SlotState::Replacing {
+                    new: Replacement::Spawning { .. },
+                    ..
+                }
+        )
+    }
+
+    /// A spawn of `generation` is asked for: into an empty slot, or as the
+    /// replacement of its one live worker. False (and no change) otherwise.
+    pub fn request_spawn(&mut self, generation: u64) -> bool {
+        self.state = match self.state {
+            SlotState::Empty { .. } => SlotState::Spawning { generation },
+            SlotState::Running { pid } => SlotState::Replacing {
+                old: pid,
+                new: Replacement::Spawning { generation },
+            },
+            SlotState::Spawning { .. } | SlotState::Replacing { .. } => return false,
+        };
+        true
+    }
+
+    /// A process `pid` now runs in this slot: the spawn asked for, or an
+    /// adopted worker. False (and no change) when the slot already holds
+    /// two: the caller must stop `pid`.
+    pub fn take(&mut self, pid: i32) -> bool {
+        self.state = match self.state {
+            SlotState::Empty { .. } | SlotState::Spawning { .. } => SlotState::Running { pid },
+            SlotState::Running { pid: old }
+            | SlotState::Replacing {
+                old,
+                new: Replacement::Spawning { .. },
+            } => SlotState::Replacing {
+                old,
+                new: Replacement::Started { pid },
+            },
+            SlotState::Replacing {
+                new: Replacement::Started { .. },
+                ..
+            } => return false,
+        };
+        true
+    }
+
+    /// The spawn asked for failed: the slot is back to what it was.
+    pub fn spawn_failed(&mut self) {
+        self.state = match self.state {
+            SlotState::Spawning { .. } => SlotState::default(),
+            SlotState::Replacing {
+                old,
+                new: Replacement::Spawning { .. },
+            } => SlotState::Running { pid: old },
+            other => other,
+        };
+    }
+
+    /// `pid` is no longer live here (it is stopping, or was reaped).
+    pub fn release(&mut self, pid: i32) {
+        self.state = match self.state {
+            SlotState::Running { pid: p } if p == pid => SlotState::default(),
+            SlotState::Replacing { old, new } if old == pid => match new {
+                Replacement::Spawning { generation } => SlotState::Spawning { generation },
+                Replacement::Started { pid } => SlotState::Running { pid },
+            },
+            SlotState::Replacing {
+                old,
+                new: Replacement::Started { pid: p },
+            } if p == pid => SlotState::Running { pid: old },
+            other => other,
+        };
+    }
+
+    /// An empty slot waits until `at` before its next spawn.
+    pub fn back_off_until(&mut self, at: Instant) {
+        if let SlotState::Empty { not_before } = &mut self.state {
+            *not_before = Some(at);
+        }
+    }
+
+    /// When an empty slot may be filled again, if it must wait.
+    pub fn not_before(&self) -> Option<Instant> {
+        match self.state {
+            SlotState::Empty { not_before } => not_before,
+            SlotState::Spawning { .. } | SlotState::Running { .. } | SlotState::Replacing { .. } => None,
+        }
+    }
+
+    /// Forget the history (the slot was scaled away); what is under way stays.
+    pub fn forget(&mut self) {
+        *self = Slot {
+            state: match self.state {
+                SlotState::Empty { .. } => SlotState::default(),
+                other => other,
+            },
+            ..Slot::default()
+        };
+    }
 }
 
 /// Crash backoff: the first failure after a healthy run restarts at once,
@@ -167,5 +321,107 @@ mod tests {
     fn exit_status_reads_well() {
         assert_eq!(ExitStatus::Code(1).to_string(), "status 1");
         assert_eq!(ExitStatus::Signaled(9).to_string(), "signal KILL");
+    }
+
+    fn slot(state: SlotState) -> Slot {
+        Slot {
+            state,
+            ..Slot::default()
+        }
+    }
+
+    const fn replacing(old: i32, new: Replacement) -> SlotState {
+        SlotState::Replacing { old, new }
+    }
+
+    #[test]
+    fn every_slot_transition() {
+        use Replacement::{Spawning as NewSpawning, Started};
+        use SlotState::{Empty, Running, Spawning};
+        let empty = Empty { not_before: None };
+        // A spawn is asked for: into an empty slot, or as a replacement.
+        let cases_request = [
+            (empty, Some(Spawning { generation: 1 })),
+            (Running { pid: 7 }, Some(replacing(7, NewSpawning { generation: 1 }))),
+            (Spawning { generation: 0 }, None),
+            (replacing(7, NewSpawning { generation: 0 }), None),
+            (replacing(7, Started { pid: 8 }), None),
+        ];
+        for (from, to) in cases_request {
+            let mut s = slot(from);
+            assert_eq!(s.request_spawn(1), to.is_some(), "{from:?}");
+            assert_eq!(s.state, to.unwrap_or(from), "request_spawn from {from:?}");
+        }
+        // A process arrives (a spawn's outcome, or an adopted worker).
+        let cases_take = [
+            (empty, Some(Running { pid: 9 })),
+            (Spawning { generation: 1 }, Some(Running { pid: 9 })),
+            (Running { pid: 7 }, Some(replacing(7, Started { pid: 9 }))),
+            (
+                replacing(7, NewSpawning { generation: 1 }),
+                Some(replacing(7, Started { pid: 9 })),
+            ),
+            (replacing(7, Started { pid: 8 }), None),
+        ];
+        for (from, to) in cases_take {
+            let mut s = slot(from);
+            assert_eq!(s.take(9), to.is_some(), "{from:?}");
+            assert_eq!(s.state, to.unwrap_or(from), "take from {from:?}");
+        }
+        // A spawn fails: back to what the slot was.
+        let cases_failed = [
+            (Spawning { generation: 1 }, empty),
+            (replacing(7, NewSpawning { generation: 1 }), Running { pid: 7 }),
+            (Running { pid: 7 }, Running { pid: 7 }),
+        ];
+        for (from, to) in cases_failed {
+            let mut s = slot(from);
+            s.spawn_failed();
+            assert_eq!(s.state, to, "spawn_failed from {from:?}");
+        }
+        // A worker stops or is reaped.
+        let cases_release = [
+            (Running { pid: 7 }, 7, empty),
+            (Running { pid: 7 }, 8, Running { pid: 7 }),
+            (replacing(7, Started { pid: 8 }), 7, Running { pid: 8 }),
+            (replacing(7, Started { pid: 8 }), 8, Running { pid: 7 }),
+            (
+                replacing(7, NewSpawning { generation: 2 }),
+                7,
+                Spawning { generation: 2 },
+            ),
+            (Spawning { generation: 2 }, 7, Spawning { generation: 2 }),
+        ];
+        for (from, pid, to) in cases_release {
+            let mut s = slot(from);
+            s.release(pid);
+            assert_eq!(s.state, to, "release {pid} from {from:?}");
+        }
+    }
+
+    #[test]
+    fn live_workers_spawning_and_backoff() {
+        let t = Instant::now();
+        let mut s = Slot::default();
+        assert!(s.is_empty() && !s.is_spawning() && s.live().next().is_none());
+        s.back_off_until(t);
+        assert_eq!(s.not_before(), Some(t), "an empty slot waits");
+        assert!(s.request_spawn(3));
+        assert_eq!(s.not_before(), None, "a spawn ends the wait");
+        assert!(s.is_spawning());
+        assert!(s.take(10));
+        s.back_off_until(t);
+        assert_eq!(s.not_before(), None, "an occupied slot has nothing to wait for");
+        assert!(s.request_spawn(4));
+        assert_eq!(
+            s.live().collect::<Vec<_>>(),
+            [10],
+            "a spawning replacement is not live yet"
+        );
+        assert!(s.take(11));
+        assert_eq!(s.live().collect::<Vec<_>>(), [10, 11], "older first");
+        s.failures = 3;
+        s.forget();
+        assert_eq!((s.failures, s.live().count()), (0, 2), "forgetting keeps what runs");
     }
 }
