@@ -327,6 +327,12 @@ pub struct Core {
     /// The slot table: at least `target` entries (more after a scale-down,
     /// until what was under way there has come back).
     slots: Vec<Slot>,
+    /// Where the rollout's next replacement is looked for first.
+    roll_cursor: usize,
+    /// Every slot in the `Replacing` state, and maybe some that have left
+    /// it (dropped by the next hand-over pass): at most a few, so that pass
+    /// does not look at every slot after every event.
+    replacing: Vec<usize>,
     shutdown: Option<Shutdown>,
     restart: Option<Restart>,
     /// A restart asked for while a hook or preflight ran; it is not lost.
@@ -353,6 +359,8 @@ impl Core {
             index: HashMap::default(),
             lingering: Vec::new(),
             slots: vec![Slot::default(); target],
+            roll_cursor: 0,
+            replacing: Vec::new(),
             shutdown: None,
             restart: None,
             pending: None,
@@ -424,10 +432,18 @@ impl Core {
         self.slots.iter().enumerate().take(self.target)
     }
 
-    /// Slots whose live worker (or one of the two) is ready.
+    /// Slots whose live worker is ready. A slot holds at most one ready
+    /// live worker between events (the hand-over rule stops the older of
+    /// two), so this counts workers: a scan of the table, no lookups.
     fn ready_slots(&self) -> usize {
-        self.target_slots()
-            .filter(|(_, s)| s.live().any(|pid| self.is_ready(pid)))
+        self.live_workers_where(|w| matches!(w.state, WorkerState::Ready { .. }))
+    }
+
+    /// How many live workers in the target's slots `which` picks.
+    fn live_workers_where(&self, which: impl Fn(&Worker) -> bool) -> usize {
+        self.workers
+            .iter()
+            .filter(|w| !w.is_stopping() && w.slot < self.target && which(w))
             .count()
     }
 
@@ -1109,8 +1125,20 @@ impl Core {
             } else if slot >= self.target {
                 self.stop_worker(i, now, &mut out);
             }
+            self.note_replacing(slot);
         }
         out
+    }
+
+    /// Keep `replacing` a superset of the slots being replaced.
+    fn note_replacing(&mut self, slot: usize) {
+        let replacing = self
+            .slots
+            .get(slot)
+            .is_some_and(|s| matches!(s.state, SlotState::Replacing { .. }));
+        if replacing && !self.replacing.contains(&slot) {
+            self.replacing.push(slot);
+        }
     }
 
     /// The new image after a handover: carry on with restart `id` of `kind`
@@ -1146,6 +1174,7 @@ impl Core {
 
     fn start_rollout(&mut self, now: Instant, out: &mut Vec<Action>) {
         self.generation += 1;
+        self.roll_cursor = 0;
         let generation = self.generation;
         let mut kind = "rolling";
         if let Some(r) = &mut self.restart {
@@ -1412,6 +1441,7 @@ impl Core {
         };
         log(out, Level::Info, format!("{} started", worker.label()));
         let i = self.push_worker(worker);
+        self.note_replacing(slot);
         // A spawn can only be requested while running, but a stop may have
         // been decided in the same batch of events: stop the newcomer too.
         if self.shutdown.is_some() || slot >= self.target || !taken || !wanted {
@@ -1676,10 +1706,16 @@ impl Core {
     /// Hand over: where a slot's replacement is ready, stop the worker it
     /// replaces (the old generation after its replacement came up).
     fn hand_over(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let slots = &self.slots;
+        self.replacing.retain(|&k| {
+            slots
+                .get(k)
+                .is_some_and(|s| matches!(s.state, SlotState::Replacing { .. }))
+        });
         let due: Vec<(usize, usize)> = self
-            .slots
+            .replacing
             .iter()
-            .filter_map(|s| match s.state {
+            .filter_map(|&k| match self.slots[k].state {
                 SlotState::Replacing {
                     old,
                     new: Replacement::Started { pid },
@@ -1710,17 +1746,16 @@ impl Core {
         if self.shutdown.is_some() {
             return;
         }
-        let booting_new = |pid: i32| {
-            self.worker(pid)
-                .is_some_and(|w| w.generation == generation && matches!(w.state, WorkerState::Booting { .. }))
-        };
         let booting = self
-            .slots
-            .iter()
-            .filter(|s| s.is_spawning() || s.live().any(booting_new))
-            .count();
+            .live_workers_where(|w| w.generation == generation && matches!(w.state, WorkerState::Booting { .. }))
+            + self.slots.iter().filter(|s| s.is_spawning()).count();
         let mut room = self.settings.max_surge.saturating_sub(booting);
-        for slot in 0..self.target {
+        // From where the last replacement went, wrapping around: the slots
+        // before it are usually done, and scanning them again at every
+        // event would make a rollout quadratic in lookups.
+        let target = self.target;
+        let from = self.roll_cursor.min(target);
+        for slot in (from..target).chain(0..from) {
             if room == 0 {
                 break;
             }
@@ -1733,7 +1768,9 @@ impl Core {
                 continue;
             }
             self.slots[slot].request_spawn(generation);
+            self.note_replacing(slot);
             out.push(Action::Spawn { slot, generation });
+            self.roll_cursor = slot + 1;
             room -= 1;
         }
     }
@@ -1742,11 +1779,9 @@ impl Core {
         let Some(generation) = self.rolling_generation() else {
             return;
         };
-        let ready_new = |pid: i32| {
-            self.worker(pid)
-                .is_some_and(|w| w.generation == generation && matches!(w.state, WorkerState::Ready { .. }))
-        };
-        let all_new_ready = self.target_slots().all(|(_, s)| s.live().any(ready_new));
+        let all_new_ready = self
+            .live_workers_where(|w| w.generation == generation && matches!(w.state, WorkerState::Ready { .. }))
+            == self.target;
         // Finished means the old code is gone, not merely asked to go: a
         // deploy waiting on the restart must not see an old worker answer.
         let old_left = self.workers.iter().any(|w| w.generation < generation);

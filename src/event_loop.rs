@@ -264,8 +264,11 @@ impl Shell<'_> {
                 self.pending.push_back(Event::ReExecFailed { reason });
                 continue;
             }
+            // One O(workers) look at the core's deadlines per wake-up: the
+            // core does not change between here and the Tick check below.
+            let core_deadline = self.core.next_deadline();
             let deadline = [
-                self.core.next_deadline(),
+                core_deadline,
                 self.res.control.as_ref().and_then(ControlServer::next_deadline),
             ]
             .into_iter()
@@ -295,7 +298,7 @@ impl Shell<'_> {
             if reap {
                 reap_all(&mut self.pending);
             }
-            if self.core.next_deadline().is_some_and(|d| d <= Instant::now()) {
+            if core_deadline.is_some_and(|d| d <= Instant::now()) {
                 self.pending.push_back(Event::Tick);
             }
         }
