@@ -1,15 +1,311 @@
-//! What a worker runs, resolved at every spawn: its directory, its program,
-//! its `{fd}` placeholders.
+//! What a worker runs: its directory, environment, program and arguments,
+//! resolved and checked once per generation by [`prepare`].
 //!
-//! These functions read the file system (symlinks, PATH) but change
-//! nothing; `spawn.rs` calls them before every fork, and the startup checks
-//! call them once so that a typo is a startup error and not a crash loop.
+//! These functions read the file system (symlinks, PATH, modes) but change
+//! nothing. The shell prepares before the first spawn of each generation;
+//! `--check` (so startup, and a hot restart's preflight) runs the very same
+//! [`prepare`], so what the check passes, a spawn does not refuse.
 
+use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::bind::BindSpec;
+
+/// Variables sup itself may have been given that belong to sup, not to its
+/// workers: its own socket activation, notify socket and watchdog, and any
+/// protocol variable sup sets itself.
+const STRIPPED: [&str; 12] = [
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "SUP_WORKER",
+    "SUP_GENERATION",
+    "SUP_PID",
+    "PWD",
+    "SERVER_STARTER_GENERATION",
+    crate::handoff::VAR,
+];
+const STRIPPED_PREFIXES: [&str; 2] = ["EINHORN_", "SERVER_STARTER_"];
+
+/// Room kept for the variables each worker gets on top of the prepared
+/// environment (`LISTEN_*`, `EINHORN_*`, `SUP_*`, `NOTIFY_SOCKET`, …).
+const PER_WORKER_ROOM: usize = 4096;
+/// The kernel's limit on one argument or variable (`MAX_ARG_STRLEN`).
+const MAX_ARG_STRLEN: usize = 32 * 4096;
+
+/// Who the workers run as, for the permission checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    /// `user app` or `sup's user`, for messages.
+    pub name: String,
+}
+
+impl RunAs {
+    /// sup's own effective user and groups.
+    pub fn current() -> RunAs {
+        RunAs {
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+            groups: nix::unistd::getgroups()
+                .map(|g| g.into_iter().map(|g| g.as_raw()).collect())
+                .unwrap_or_default(),
+            name: "sup's user".to_string(),
+        }
+    }
+
+    /// Whether this user may read (4), write (2) or execute/search (1) a
+    /// file with metadata `m`, by its mode bits. A file with an ACL is
+    /// given the benefit of the doubt: only the kernel evaluates those.
+    fn may(&self, m: &std::fs::Metadata, path: &Path, bit: u32) -> bool {
+        if self.uid == 0 {
+            return bit != 1 || m.is_dir() || m.permissions().mode() & 0o111 != 0;
+        }
+        let shift = if m.uid() == self.uid {
+            6
+        } else if m.gid() == self.gid || self.groups.contains(&m.gid()) {
+            3
+        } else {
+            0
+        };
+        (m.permissions().mode() >> shift) & bit != 0 || has_acl(path)
+    }
+}
+
+fn has_acl(path: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: both strings are NUL-terminated and outlive the call; a null
+    // buffer of size 0 asks only for the attribute's size.
+    let n = unsafe { libc::getxattr(c.as_ptr(), c"system.posix_acl_access".as_ptr(), std::ptr::null_mut(), 0) };
+    n > 0
+}
+
+/// Every worker of a generation runs this: resolved and checked once.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub cwd: PathBuf,
+    /// sup's environment without its own variables, plus the env file.
+    pub env: Vec<(OsString, OsString)>,
+    pub program: PathBuf,
+    /// The command with its `{fd}` placeholders replaced.
+    pub argv: Vec<OsString>,
+}
+
+/// What [`prepare`] needs from the configuration.
+pub struct Recipe<'a> {
+    pub directory: Option<&'a Path>,
+    pub env_file: Option<&'a Path>,
+    pub command: &'a [OsString],
+    pub binds: &'a [BindSpec],
+    pub run_as: &'a RunAs,
+}
+
+/// Resolve and check everything a spawn needs, as the workers' user would
+/// meet it: the directory (every component searchable), the env file (size,
+/// NUL bytes, syntax), the program (found, executable, its `#!`
+/// interpreter too), and the size of the arguments and environment against
+/// the kernel's exec limit. Every problem found, one line each.
+pub fn prepare(recipe: &Recipe<'_>) -> Result<Prepared, Vec<String>> {
+    let who = recipe.run_as;
+    let shown_dir = |why: String| match recipe.directory {
+        Some(d) => format!("--directory {}: {why}", d.display()),
+        None => why,
+    };
+    let cwd = resolve_directory(recipe.directory).map_err(|why| vec![shown_dir(why)])?;
+    if let Err(why) = searchable(&cwd, who) {
+        return Err(vec![shown_dir(why)]);
+    }
+    let mut errors = Vec::new();
+    let mut env = base_env();
+    if let Some(file) = recipe.env_file {
+        let path = cwd.join(file);
+        match crate::envfile::read(&path) {
+            Ok(vars) => {
+                let mut at: HashMap<OsString, usize> =
+                    env.iter().enumerate().map(|(i, (k, _))| (k.clone(), i)).collect();
+                for (k, v) in vars {
+                    let (k, v) = (OsString::from(k), OsString::from(v));
+                    match at.get(&k) {
+                        Some(&i) => env[i].1 = v,
+                        None => {
+                            at.insert(k.clone(), env.len());
+                            env.push((k, v));
+                        }
+                    }
+                }
+            }
+            Err(why) => errors.push(format!("--env-file {}: {why}", file.display())),
+        }
+    }
+    let path_var = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_os_str());
+    let program = match recipe.command.first() {
+        Some(p) => match resolve_program(p, &cwd, path_var).and_then(|prog| runnable(&prog, &cwd, who).map(|()| prog)) {
+            Ok(prog) => Some(prog),
+            Err(e) => {
+                errors.push(e);
+                None
+            }
+        },
+        None => {
+            errors.push("no command".to_string());
+            None
+        }
+    };
+    let argv = recipe
+        .command
+        .iter()
+        .map(|arg| expand_placeholders(arg, recipe.binds))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| errors.push(e))
+        .unwrap_or_default();
+    if let Err(e) = fits_exec(&argv, &env) {
+        errors.push(e);
+    }
+    match program {
+        Some(program) if errors.is_empty() => Ok(Prepared { cwd, env, program, argv }),
+        _ => Err(errors),
+    }
+}
+
+/// sup's environment without what belongs to sup itself.
+pub fn base_env() -> Vec<(OsString, OsString)> {
+    std::env::vars_os()
+        .filter(|(k, _)| {
+            let k = k.to_string_lossy();
+            !STRIPPED.contains(&k.as_ref()) && !STRIPPED_PREFIXES.iter().any(|p| k.starts_with(p))
+        })
+        .collect()
+}
+
+/// Every directory from `/` down to `dir` can be searched by `who`.
+fn searchable(dir: &Path, who: &RunAs) -> Result<(), String> {
+    let mut chain: Vec<&Path> = dir.ancestors().collect();
+    chain.reverse();
+    for d in chain {
+        let m = std::fs::metadata(d).map_err(|e| format!("{}: {}", d.display(), os_error(&e)))?;
+        if !who.may(&m, d, 1) {
+            return Err(format!(
+                "{}: {} (uid {}) may not enter it (mode {:o})",
+                d.display(),
+                who.name,
+                who.uid,
+                m.permissions().mode() & 0o7777
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The kernel would execute `program` for `who`: reachable, executable, and
+/// a script's `#!` interpreter too (a script must also be readable).
+fn runnable(program: &Path, cwd: &Path, who: &RunAs) -> Result<(), String> {
+    runnable_at(program, cwd, who, 0)
+}
+
+fn runnable_at(program: &Path, cwd: &Path, who: &RunAs, depth: usize) -> Result<(), String> {
+    let what = if depth == 0 { "command" } else { "interpreter" };
+    if let Some(parent) = program.parent() {
+        searchable(parent, who).map_err(|why| format!("{what} {}: {why}", program.display()))?;
+    }
+    let m = std::fs::metadata(program).map_err(|e| format!("{what} {}: {}", program.display(), os_error(&e)))?;
+    let mode = m.permissions().mode() & 0o7777;
+    if !m.is_file() {
+        return Err(format!("{what} {} is not a file", program.display()));
+    }
+    if !who.may(&m, program, 1) {
+        return Err(format!(
+            "{what} {} is not executable by {} (uid {}, mode {mode:o})",
+            program.display(),
+            who.name,
+            who.uid
+        ));
+    }
+    let mut head = [0u8; 256];
+    let n = {
+        use std::io::Read;
+        // sup may be unable to read what only the workers' user can; the
+        // exec bit was the check that matters then.
+        match std::fs::File::open(program) {
+            Ok(mut f) => f.read(&mut head).unwrap_or(0),
+            Err(_) => return Ok(()),
+        }
+    };
+    let Some(line) = head[..n].strip_prefix(b"#!") else {
+        return Ok(());
+    };
+    if !who.may(&m, program, 4) {
+        return Err(format!(
+            "{what} {} is a script that {} (uid {}) may not read (mode {mode:o})",
+            program.display(),
+            who.name,
+            who.uid
+        ));
+    }
+    let line = line.split(|&b| b == b'\n').next().unwrap_or_default();
+    let interpreter = line
+        .split(|b| b.is_ascii_whitespace())
+        .find(|w| !w.is_empty())
+        .ok_or_else(|| format!("{what} {} has an empty #! line", program.display()))?;
+    let interpreter = cwd.join(OsStr::from_bytes(interpreter));
+    // The kernel follows up to 4 levels of interpreters; 2 is plenty here.
+    if depth >= 2 {
+        return Ok(());
+    }
+    runnable_at(&interpreter, cwd, who, depth + 1).map_err(|why| format!("{what} {}: #! {why}", program.display()))
+}
+
+/// The arguments and environment (and room for the per-worker variables)
+/// fit what `execve` takes: each string under 128 KiB, all of them under
+/// the system's `ARG_MAX`.
+fn fits_exec(argv: &[OsString], env: &[(OsString, OsString)]) -> Result<(), String> {
+    let arg_max = nix::unistd::sysconf(nix::unistd::SysconfVar::ARG_MAX)
+        .ok()
+        .flatten()
+        .map_or(128 * 1024, |n| n as usize);
+    let pointer = std::mem::size_of::<usize>();
+    let mut total = PER_WORKER_ROOM;
+    for a in argv {
+        if a.len() >= MAX_ARG_STRLEN {
+            return Err(format!(
+                "an argument is {} KiB, over the kernel's {} KiB for one",
+                a.len() / 1024,
+                MAX_ARG_STRLEN / 1024
+            ));
+        }
+        total += a.len() + 1 + pointer;
+    }
+    for (k, v) in env {
+        let len = k.len() + 1 + v.len();
+        if len >= MAX_ARG_STRLEN {
+            return Err(format!(
+                "environment variable {} is {} KiB, over the kernel's {} KiB for one",
+                k.to_string_lossy(),
+                len / 1024,
+                MAX_ARG_STRLEN / 1024
+            ));
+        }
+        total += len + 1 + pointer;
+    }
+    if total > arg_max {
+        return Err(format!(
+            "the command's arguments and environment take {} KiB, over the {} KiB exec allows (\"argument list too long\"); {} variables",
+            total / 1024,
+            arg_max / 1024,
+            env.len()
+        ));
+    }
+    Ok(())
+}
 
 /// The first fd a worker's sockets occupy (`SD_LISTEN_FDS_START`).
 pub const FIRST_SOCKET_FD: usize = 3;
@@ -49,6 +345,19 @@ pub fn resolve_program(program: &OsStr, cwd: &Path, path_var: Option<&OsStr>) ->
             )
         })
     }
+}
+
+/// Read a text file of at most `cap` bytes: a bigger one is refused
+/// before it is read, so a huge file costs neither time nor memory.
+pub fn read_capped(path: &Path, cap: u64) -> Result<String, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| os_error(&e))?;
+    let mut bytes = Vec::new();
+    file.take(cap + 1).read_to_end(&mut bytes).map_err(|e| os_error(&e))?;
+    if bytes.len() as u64 > cap {
+        return Err(format!("larger than {} KiB, the most sup reads", cap / 1024));
+    }
+    String::from_utf8(bytes).map_err(|e| format!("not UTF-8 (at byte {})", e.utf8_error().valid_up_to()))
 }
 
 /// Replace `{fd}`, `{fd:N}` and `{fd:NAME}` inside an argument with the fd

@@ -111,12 +111,9 @@ pub enum ConfigError {
     DuplicateBind(String),
     #[error("{0}")]
     Placeholder(String),
-    #[error("--directory {}: {why}", path.display())]
-    Directory { path: PathBuf, why: String },
+    /// A check a spawn would make failed (directory, env file, program).
     #[error("{0}")]
-    Command(String),
-    #[error("--env-file {}: {why}", path.display())]
-    EnvFile { path: PathBuf, why: String },
+    Unrunnable(String),
     #[error("{0}")]
     Credentials(String),
     #[error("--config {}: {why}", path.display())]
@@ -303,50 +300,48 @@ impl Config {
         (config, errors)
     }
 
-    /// The checks that look at the system: the directory resolves, the
-    /// command resolves in it, the env file reads, user and group exist.
-    /// Returns the resolved credentials when `--user`/`--group` are given.
+    /// The checks that look at the system: user and group exist, and every
+    /// check a spawn makes ([`command::prepare`], the same code): the
+    /// directory, the env file, the program and its interpreter as the
+    /// workers' user, the exec size limit. Returns the resolved credentials
+    /// when `--user`/`--group` are given.
     pub fn check_startup(&self) -> Result<Option<Credentials>, Vec<ConfigError>> {
-        let mut errors = Vec::new();
-        let cwd = match command::resolve_directory(self.directory.as_deref()) {
-            Ok(dir) => Some(dir),
-            Err(e) => {
-                errors.push(ConfigError::Directory {
-                    path: self.directory.clone().unwrap_or_default(),
-                    why: e,
-                });
-                None
-            }
-        };
-        if let Some(cwd) = &cwd {
-            let mut env_path = std::env::var_os("PATH");
-            if let Some(file) = &self.env_file {
-                match crate::envfile::read(&cwd.join(file)) {
-                    Ok(vars) => {
-                        if let Some((_, v)) = vars.iter().rev().find(|(k, _)| k == "PATH") {
-                            env_path = Some(v.into());
-                        }
-                    }
-                    Err(why) => errors.push(ConfigError::EnvFile {
-                        path: file.clone(),
-                        why,
-                    }),
-                }
-            }
-            if let Some(program) = self.command.first()
-                && let Err(e) = command::resolve_program(program, cwd, env_path.as_deref())
-            {
-                errors.push(ConfigError::Command(e));
-            }
-        }
         let creds = match credentials(self.user.as_deref(), self.group.as_deref()) {
             Ok(c) => c,
-            Err(e) => {
-                errors.push(ConfigError::Credentials(e));
-                None
-            }
+            Err(e) => return Err(vec![ConfigError::Credentials(e)]),
         };
-        if errors.is_empty() { Ok(creds) } else { Err(errors) }
+        // No command is a usage error, reported by the parse already.
+        if self.command.is_empty() {
+            return Ok(creds);
+        }
+        match command::prepare(&self.recipe(&run_as(creds.as_ref()))) {
+            Ok(_) => Ok(creds),
+            Err(errors) => Err(errors.into_iter().map(ConfigError::Unrunnable).collect()),
+        }
+    }
+
+    /// What [`command::prepare`] needs, for workers running as `who`.
+    pub fn recipe<'a>(&'a self, who: &'a command::RunAs) -> command::Recipe<'a> {
+        command::Recipe {
+            directory: self.directory.as_deref(),
+            env_file: self.env_file.as_deref(),
+            command: &self.command,
+            binds: &self.binds,
+            run_as: who,
+        }
+    }
+}
+
+/// Who the workers run as: `--user`'s credentials, or sup's own.
+pub fn run_as(credentials: Option<&Credentials>) -> command::RunAs {
+    match credentials {
+        Some(c) => command::RunAs {
+            uid: c.uid,
+            gid: c.gid,
+            groups: c.groups.clone(),
+            name: format!("the workers' user ({})", c.description),
+        },
+        None => command::RunAs::current(),
     }
 }
 

@@ -47,10 +47,14 @@ pub struct FileConfig {
     pub log_file: Option<PathBuf>,
 }
 
+/// The largest configuration file sup reads (64 KiB: a real one is a few
+/// hundred bytes; a bigger one is refused before it costs memory).
+pub const MAX_BYTES: u64 = 64 << 10;
+
 /// Read and parse `path`; the error is one line naming the file, the line
 /// and the column.
 pub fn read(path: &Path) -> Result<FileConfig, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| crate::command::os_error(&e))?;
+    let text = crate::command::read_capped(path, MAX_BYTES)?;
     parse(&text)
 }
 

@@ -5,18 +5,32 @@
 //! literally), double-quoted (`\n`, `\t`, `\"`, `\\` escapes) or bare (a
 //! ` #` starts a comment; surrounding space is trimmed). No variable
 //! expansion: what is written is what the worker gets.
+//!
+//! A file is at most [`MAX_BYTES`] (1 MiB: the kernel takes at most 2 MiB of
+//! arguments and environment together, and 128 KiB in one variable); it is
+//! parsed in one pass, and a variable set twice keeps its last value.
 
+use std::collections::HashMap;
 use std::path::Path;
+
+/// The largest env file sup reads.
+pub const MAX_BYTES: u64 = 1 << 20;
 
 /// Read and parse a dotenv file. Errors name the line.
 pub fn read(path: &Path) -> Result<Vec<(String, String)>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| crate::command::os_error(&e))?;
+    let text = crate::command::read_capped(path, MAX_BYTES)?;
     parse(&text)
 }
 
+/// The variables in file order, each once (the last assignment wins, at the
+/// place of the first).
 pub fn parse(text: &str) -> Result<Vec<(String, String)>, String> {
-    let mut vars = Vec::new();
+    let mut vars: Vec<(String, String)> = Vec::new();
+    let mut seen: HashMap<String, usize> = HashMap::new();
     for (i, line) in text.lines().enumerate() {
+        if line.contains('\0') {
+            return Err(format!("line {}: contains a NUL byte", i + 1));
+        }
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
@@ -33,7 +47,13 @@ pub fn parse(text: &str) -> Result<Vec<(String, String)>, String> {
             return Err(format!("line {}: `{key}` is not a variable name", i + 1));
         }
         let value = parse_value(value.trim()).map_err(|why| format!("line {}: {why}", i + 1))?;
-        vars.push((key.to_string(), value));
+        match seen.get(key) {
+            Some(&at) => vars[at].1 = value,
+            None => {
+                seen.insert(key.to_string(), vars.len());
+                vars.push((key.to_string(), value));
+            }
+        }
     }
     Ok(vars)
 }
@@ -95,5 +115,24 @@ mod tests {
         assert_eq!(parse("A=1\nnonsense\n").unwrap_err(), "line 2: expected KEY=VALUE");
         assert_eq!(parse("1A=x").unwrap_err(), "line 1: `1A` is not a variable name");
         assert_eq!(parse("A=\"open").unwrap_err(), "line 1: unterminated double quote");
+        assert_eq!(parse("A=1\nB=x\0y\n").unwrap_err(), "line 2: contains a NUL byte");
+    }
+
+    #[test]
+    fn a_variable_set_twice_keeps_its_last_value_in_one_pass() {
+        let got = parse("A=1\nB=2\nA=3\n").unwrap();
+        assert_eq!(got, [("A".to_string(), "3".to_string()), ("B".to_string(), "2".to_string())]);
+        // Linear: 200,000 distinct and repeated lines parse in one pass.
+        let big: String = (0..200_000).map(|i| format!("V{}=x\n", i % 50_000)).collect();
+        assert_eq!(parse(&big).unwrap().len(), 50_000);
+    }
+
+    #[test]
+    fn a_file_over_the_cap_is_refused_before_it_is_read() {
+        let path = std::env::temp_dir().join(format!("sup-envfile-cap-{}", std::process::id()));
+        std::fs::write(&path, "A=".to_string() + &"x".repeat(MAX_BYTES as usize)).unwrap();
+        let err = read(&path).unwrap_err();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(err, "larger than 1024 KiB, the most sup reads");
     }
 }

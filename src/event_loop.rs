@@ -20,7 +20,8 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use signal_hook_mio::v1_0::Signals;
 
-use crate::config::{Config, Credentials};
+use crate::command;
+use crate::config::{self, Config, Credentials};
 use crate::control::http::{self, Parsed};
 use crate::control::protocol::Answer;
 use crate::control::server::ControlServer;
@@ -179,6 +180,7 @@ impl EventLoop {
             sup_pid: std::process::id() as i32,
             exit: None,
             exec_due: None,
+            prepared: None,
         };
         for action in first {
             shell.execute(action);
@@ -223,6 +225,10 @@ struct Shell<'a> {
     /// Set by [`Action::ReExec`]: the generation, and whether the workers
     /// are handed over.
     exec_due: Option<(u64, bool)>,
+    /// What the workers of one generation run, resolved and checked at its
+    /// first spawn into a release directory (a failed preparation is not
+    /// kept: the next attempt, after the backoff, looks again).
+    prepared: Option<(u64, command::Prepared)>,
 }
 
 /// How long a re-exec waits for control requests already accepted to be
@@ -414,7 +420,6 @@ impl Shell<'_> {
                 let req = SpawnRequest {
                     slot,
                     generation,
-                    config,
                     sockets: self.ctx.sockets,
                     credentials: self.credentials,
                     sup_pid: self.sup_pid,
@@ -422,7 +427,21 @@ impl Shell<'_> {
                     notify_socket: &self.notify_socket,
                     einhorn_socket: self.einhorn_socket.as_deref(),
                 };
-                self.pending.push_back(match spawn::spawn(&req) {
+                // The release directory is looked up at every spawn (a
+                // `current` symlink re-pointed since is followed); the rest
+                // is reused while the generation and the release are the same.
+                let release = command::resolve_directory(config.directory.as_deref());
+                let prepared = match (self.prepared.take(), release) {
+                    (Some((g, p)), Ok(dir)) if g == generation && p.cwd == dir => Ok(p),
+                    _ => command::prepare(&config.recipe(&config::run_as(self.credentials)))
+                        .map_err(|errors| errors.join("; ")),
+                };
+                let outcome = prepared.and_then(|p| {
+                    let pid = spawn::spawn(&req, &p);
+                    self.prepared = Some((generation, p));
+                    pid
+                });
+                self.pending.push_back(match outcome {
                     Ok(pid) => Event::Spawned { slot, generation, pid },
                     Err(reason) => Event::SpawnFailed {
                         slot,

@@ -134,7 +134,12 @@ fn start() -> Result<u8, StartupError> {
     config.anchor_paths(&origin);
     logging::init(config.verbosity);
     let credentials = config.check_startup().unwrap_or_else(|more| {
-        errors.extend(more);
+        // The flags' own checks and a spawn's overlap ({fd:NAME}): once each.
+        for e in more {
+            if !errors.iter().any(|seen| seen.to_string() == e.to_string()) {
+                errors.push(e);
+            }
+        }
         None
     });
     if !errors.is_empty() {

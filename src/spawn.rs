@@ -32,35 +32,15 @@ use std::path::Path;
 
 use libc::{c_char, c_int};
 
-use crate::command::{self, FIRST_SOCKET_FD, errno_text};
+use crate::command::{self, FIRST_SOCKET_FD, Prepared, errno_text};
 use crate::config::{Config, Credentials};
 use crate::signals::BlockedSignals;
 use crate::sockets::{BoundSocket, LocalAddr};
-
-/// Variables sup itself may have been given that belong to sup, not to its
-/// workers: its own socket activation, notify socket and watchdog, and any
-/// protocol variable sup sets itself.
-const STRIPPED: [&str; 12] = [
-    "LISTEN_FDS",
-    "LISTEN_PID",
-    "LISTEN_FDNAMES",
-    "NOTIFY_SOCKET",
-    "WATCHDOG_USEC",
-    "WATCHDOG_PID",
-    "SUP_WORKER",
-    "SUP_GENERATION",
-    "SUP_PID",
-    "PWD",
-    "SERVER_STARTER_GENERATION",
-    crate::handoff::VAR,
-];
-const STRIPPED_PREFIXES: [&str; 2] = ["EINHORN_", "SERVER_STARTER_"];
 
 /// What one spawn needs to know.
 pub struct SpawnRequest<'a> {
     pub slot: usize,
     pub generation: u64,
-    pub config: &'a Config,
     pub sockets: &'a [BoundSocket],
     pub credentials: Option<&'a Credentials>,
     pub sup_pid: i32,
@@ -111,41 +91,24 @@ impl Stage {
     }
 }
 
-/// Resolve everything for this spawn (directory, env file, program) and
-/// start the worker. Returns its pid, or why it could not run.
-pub fn spawn(req: &SpawnRequest<'_>) -> Result<i32, String> {
-    let config = req.config;
-    let cwd = resolve_directory(config)?;
-    let mut env = base_env();
-    if let Some(file) = &config.env_file {
-        let path = cwd.join(file);
-        let vars = crate::envfile::read(&path).map_err(|why| format!("--env-file {}: {why}", path.display()))?;
-        for (k, v) in vars {
-            set_var(&mut env, k.into(), v.into());
-        }
-    }
-    for (k, v) in protocol_env(req, &cwd) {
+/// Start a worker of the prepared command (resolved and checked once for
+/// its generation): the prepared environment plus this worker's own
+/// variables. Returns its pid, or why it could not run.
+pub fn spawn(req: &SpawnRequest<'_>, prepared: &Prepared) -> Result<i32, String> {
+    let mut env = prepared.env.clone();
+    for (k, v) in protocol_env(req, &prepared.cwd) {
         set_var(&mut env, k.into(), v.into());
     }
-    let path_var = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_os_str());
-    let program_arg = config.command.first().ok_or("no command")?;
-    let program = command::resolve_program(program_arg, &cwd, path_var)?;
-    let specs: Vec<_> = req.sockets.iter().map(|s| s.spec.clone()).collect();
-    let argv = config
-        .command
-        .iter()
-        .map(|arg| command::expand_placeholders(arg, &specs))
-        .collect::<Result<Vec<_>, _>>()?;
     let plan = Plan::new(
-        &argv,
+        &prepared.argv,
         env,
-        &cwd,
+        &prepared.cwd,
         req.sockets.iter().map(BoundSocket::raw_fd).collect(),
         req.credentials,
         req.devnull,
         true,
     )?;
-    plan.fork_exec(&program)
+    plan.fork_exec(&prepared.program)
 }
 
 /// Start a helper through the same fork path as workers: no fd of sup's
@@ -154,7 +117,7 @@ pub fn spawn(req: &SpawnRequest<'_>) -> Result<i32, String> {
 /// goes, so it lands in sup's log.
 pub fn spawn_helper(req: &HelperRequest<'_>) -> Result<i32, String> {
     let cwd = resolve_directory(req.config)?;
-    let mut env = base_env();
+    let mut env = command::base_env();
     set_var(&mut env, "PWD".into(), cwd.as_os_str().to_os_string());
     for (k, v) in &req.env {
         set_var(&mut env, k.into(), v.into());
@@ -168,16 +131,6 @@ fn resolve_directory(config: &Config) -> Result<std::path::PathBuf, String> {
         Some(d) => format!("--directory {} {why}", d.display()),
         None => why,
     })
-}
-
-/// sup's environment without what belongs to sup itself.
-fn base_env() -> Vec<(OsString, OsString)> {
-    std::env::vars_os()
-        .filter(|(k, _)| {
-            let k = k.to_string_lossy();
-            !STRIPPED.contains(&k.as_ref()) && !STRIPPED_PREFIXES.iter().any(|p| k.starts_with(p))
-        })
-        .collect()
 }
 
 /// The variables every worker gets (systemd, Einhorn, server::Starter, sup).
