@@ -214,10 +214,10 @@ fn runnable(program: &Path, cwd: &Path, who: &RunAs) -> Result<(), String> {
 
 fn runnable_at(program: &Path, cwd: &Path, who: &RunAs, depth: usize) -> Result<(), String> {
     let what = if depth == 0 { "command" } else { "interpreter" };
+    let m = std::fs::metadata(program).map_err(|e| format!("{what} {}: {}", program.display(), os_error(&e)))?;
     if let Some(parent) = program.parent() {
         searchable(parent, who).map_err(|why| format!("{what} {}: {why}", program.display()))?;
     }
-    let m = std::fs::metadata(program).map_err(|e| format!("{what} {}: {}", program.display(), os_error(&e)))?;
     let mode = m.permissions().mode() & 0o7777;
     if !m.is_file() {
         return Err(format!("{what} {} is not a file", program.display()));

@@ -636,7 +636,19 @@ impl Core {
                 Phase::Hook { .. } => line.push_str(&format!(", {} restart: running the hook", r.kind.as_str())),
                 Phase::Preflight { .. } => line.push_str(", hot restart: checking the new sup"),
                 Phase::Draining | Phase::Exec => line.push_str(", hot restart: stopping workers"),
-                Phase::Starting { .. } => line.push_str(", hot restart: starting workers"),
+                Phase::Starting { generation } => {
+                    let failing = self
+                        .target_slots()
+                        .filter(|(_, s)| s.failures > 0 && s.live().next().is_none())
+                        .count();
+                    if failing == 0 {
+                        line.push_str(", hot restart: starting workers");
+                    } else {
+                        line.push_str(&format!(
+                            ", hot restart: gen {generation} failing to start in {failing} slot(s), retrying"
+                        ));
+                    }
+                }
                 Phase::Rolling { generation } => {
                     let booting: Vec<String> = self
                         .workers
@@ -1282,7 +1294,22 @@ impl Core {
     /// stop the rollout there; every old worker keeps serving.
     fn fail_rollout(&mut self, slot: usize, reason: String, now: Instant, out: &mut Vec<Action>) {
         let Some(r) = self.restart else { return };
-        let (Phase::Rolling { generation } | Phase::Starting { generation }) = r.phase else {
+        if let Phase::Starting { generation } = r.phase {
+            // Stop mode: the old workers are gone, there is nothing to fall
+            // back to. The preflight was the guard; now sup keeps trying.
+            let failures = self.slots.get(slot).map_or(0, |s| s.failures);
+            log(
+                out,
+                Level::Error,
+                format!(
+                    "hot restart {} to gen {generation}: worker {slot} {reason}; no old worker is left to serve, \
+                     so sup keeps starting gen {generation} with backoff ({failures} failure(s) in a row in this slot)",
+                    r.id
+                ),
+            );
+            return;
+        }
+        let Phase::Rolling { generation } = r.phase else {
             return;
         };
         self.restart = None;
@@ -3166,6 +3193,42 @@ mod tests {
         h.send(Event::ReExecFailed { reason: "gone".into() }, 2_300);
         assert_eq!(h.gens(), [1, 1]);
         assert!(matches!(h.outcome(), Some(Outcome::Abandoned { .. })));
+    }
+
+    #[test]
+    fn a_new_image_whose_workers_cannot_start_keeps_trying_and_says_so() {
+        let mut core = Core::new(settings(2));
+        let t0 = Instant::now();
+        core.resume_hot(7, 3, Duration::from_millis(100), t0);
+        let mut h = Harness {
+            core,
+            ..Harness::new(1)
+        };
+        h.t0 = t0;
+        h.next_pid = 200;
+        h.fail_spawns = true;
+        h.send(Event::Started, 0);
+        h.tick_until(20_000);
+        assert!(h.spawns > 6, "it kept trying, with backoff: {} spawns", h.spawns);
+        assert!(h.spawns < 30, "with backoff, not in a loop: {} spawns", h.spawns);
+        let record = h.core.restart_record().unwrap();
+        assert_eq!((record.kind, record.outcome), (RestartKind::Hot, Outcome::Running));
+        assert!(
+            h.core.status_line().contains("hot restart: gen 3 failing to start in 2 slot(s), retrying"),
+            "{}",
+            h.core.status_line()
+        );
+        assert!(h.logs.iter().any(|l| l.contains("no old worker is left to serve")));
+        assert!(
+            !h.logs.iter().any(|l| l.contains("rolling")),
+            "a hot restart is never called rolling: {:?}",
+            h.logs
+        );
+        // The release is fixed: the next attempts start, and the restart ends.
+        h.fail_spawns = false;
+        h.tick_until(60_000);
+        let record = h.core.restart_record().unwrap();
+        assert_eq!((record.generation, record.outcome), (Some(3), Outcome::Completed));
     }
 
     #[test]

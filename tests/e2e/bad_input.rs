@@ -76,8 +76,20 @@ fn usage_and_config_errors_exit_2_with_one_line() {
             "no --bind has that name",
         ),
         (&["--env-file", "missing.env", "--", WORKER], "--env-file missing.env"),
+        // What a spawn would refuse, startup refuses: the same checks.
+        (&["--", "/etc/passwd"], "command /etc/passwd is not executable by sup's user"),
+        (&["--", "./bad-interpreter"], "#! interpreter /no/such/interpreter: no such file"),
+        (&["--env-file", "nul.env", "--", WORKER], "--env-file nul.env: line 2: contains a NUL byte"),
+        (&["--env-file", "huge.env", "--", WORKER], "larger than 1024 KiB, the most sup reads"),
+        (&["--config", "huge.yml"], "larger than 64 KiB, the most sup reads"),
         (&["--user", "no-such-user-xyz", "--", WORKER], "no such user"),
     ];
+    let script = dir.join("bad-interpreter");
+    std::fs::write(&script, "#!/no/such/interpreter\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(dir.join("nul.env"), "A=1\nB=x\0y\n").unwrap();
+    std::fs::write(dir.join("huge.env"), "A=".to_string() + &"x".repeat(1 << 20)).unwrap();
+    std::fs::write(dir.join("huge.yml"), format!("# {}\nworkers: 2\n", "x".repeat(70_000))).unwrap();
     for (args, needle) in cases {
         // The worker would write a report if it were ever started.
         let mut full: Vec<&str> = args.to_vec();
@@ -219,4 +231,21 @@ fn an_unwritable_pidfile_is_one_line_before_anything_is_bound() {
         1,
         "cannot write pidfile /no/such/dir/sup.pid: no such file or directory",
     );
+}
+
+#[test]
+fn arguments_and_environment_over_the_exec_limit_exit_2_before_any_spawn() {
+    let dir = TestDir::new();
+    // 900 KiB of variables: under the env file's cap, over what exec takes
+    // with a 2 MiB stack (ARG_MAX is a quarter of it).
+    let body: String = (0..900).map(|i| format!("V{i}={}\n", "x".repeat(1020))).collect();
+    std::fs::write(dir.join("big.env"), body).unwrap();
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "ulimit -s 2048 && exec \"$0\" \"$@\"", SUP, "--env-file", "big.env", "--", WORKER]);
+    let mut sup = Sup::launch(&dir, cmd);
+    let status = sup.wait_exit(secs(10));
+    assert_eq!(status.code(), Some(2), "{}", sup.log());
+    let log = sup.log();
+    assert_eq!(log.lines().count(), 1, "{log}");
+    assert!(log.contains("over the 512 KiB exec allows (\"argument list too long\")"), "{log}");
 }

@@ -288,3 +288,69 @@ fn relative_pidfile_and_socket_paths_stay_put_across_a_hot_restart() {
     assert!(!dir.join("sup.pid").exists(), "pidfile removed on stop");
     assert!(!dir.join("app.sock").exists(), "socket file removed on stop");
 }
+
+#[test]
+fn a_release_a_spawn_would_refuse_fails_the_preflight_and_the_old_workers_serve() {
+    let dir = TestDir::new();
+    let r1 = good(&dir, "r1");
+    std::fs::write(r1.join(".env"), "A=1\n").unwrap();
+    point(&dir, &r1);
+    let current = dir.s("current");
+    let mut sup = Sup::serving(
+        &dir,
+        &[
+            "--workers", "2", "--ready", "notify", "--directory", &current, "--env-file", ".env", "--", "./run",
+        ],
+    );
+    let addr = sup.tcp_addr(0);
+    sup.wait_ready(2);
+    let old: HashSet<i64> = answering_pids(addr, 2);
+    let run = r1.join("run");
+    let mode = |m: u32| std::fs::set_permissions(&run, std::os::unix::fs::PermissionsExt::from_mode(m)).unwrap();
+    // The release's program lost its exec bit.
+    mode(0o644);
+    sup.signal(libc::SIGUSR2);
+    let line = sup.wait_log("hot restart abandoned", secs(30));
+    assert!(line.contains("the new sup failed its check"), "{line}");
+    assert!(sup.log().contains("is not executable by"), "{}", sup.log());
+    assert_eq!(answering_pids(addr, 2), old);
+    // Its env file gained a NUL byte.
+    mode(0o755);
+    std::fs::write(r1.join(".env"), "A=1\nB=\0\n").unwrap();
+    sup.signal(libc::SIGUSR2);
+    wait_until("a second abandoned hot restart", secs(30), || {
+        (sup.log().matches("hot restart abandoned").count() == 2).then_some(())
+    });
+    assert!(sup.log().contains("line 2: contains a NUL byte"), "{}", sup.log());
+    assert_eq!(answering_pids(addr, 2), old, "the old workers serve on");
+    assert!(sup.is_running());
+}
+
+#[test]
+fn a_new_generation_that_cannot_boot_after_the_exec_retries_and_says_so() {
+    let dir = TestDir::new();
+    point(&dir, &good(&dir, "r1"));
+    let current = dir.s("current");
+    let control = format!("unix:{}", dir.s("control.sock"));
+    let mut sup = Sup::serving(
+        &dir,
+        &[
+            "--workers", "2", "--ready", "notify", "--control", &control, "--directory", &current, "--", "./run",
+        ],
+    );
+    let addr = sup.tcp_addr(0);
+    sup.wait_ready(2);
+    // Passes every check (an executable script), then exits at boot.
+    point(&dir, &release(&dir, "r2", "exit 3"));
+    sup.signal(libc::SIGUSR2);
+    sup.wait_log("no old worker is left to serve", secs(30));
+    let (code, stdout, stderr) = ctl(&["--control", &control, "status"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("failing to start"), "{stdout}");
+    assert!(!sup.log().contains("rolling restart"), "a hot restart is not called rolling:\n{}", sup.log());
+    // The release is fixed: the retries pick it up and the restart completes.
+    point(&dir, &good(&dir, "r3"));
+    sup.wait_log("hot restart to gen 1 complete", secs(60));
+    assert_eq!(answering_pids(addr, 2).len(), 2);
+    assert!(sup.is_running());
+}
