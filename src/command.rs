@@ -149,13 +149,15 @@ pub fn prepare(recipe: &Recipe<'_>) -> Result<Prepared, Vec<String>> {
     }
     let path_var = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_os_str());
     let program = match recipe.command.first() {
-        Some(p) => match resolve_program(p, &cwd, path_var).and_then(|prog| runnable(&prog, &cwd, who).map(|()| prog)) {
-            Ok(prog) => Some(prog),
-            Err(e) => {
-                errors.push(e);
-                None
+        Some(p) => {
+            match resolve_program(p, &cwd, path_var).and_then(|prog| runnable(&prog, &cwd, who).map(|()| prog)) {
+                Ok(prog) => Some(prog),
+                Err(e) => {
+                    errors.push(e);
+                    None
+                }
             }
-        },
+        }
         None => {
             errors.push("no command".to_string());
             None
@@ -172,7 +174,12 @@ pub fn prepare(recipe: &Recipe<'_>) -> Result<Prepared, Vec<String>> {
         errors.push(e);
     }
     match program {
-        Some(program) if errors.is_empty() => Ok(Prepared { cwd, env, program, argv }),
+        Some(program) if errors.is_empty() => Ok(Prepared {
+            cwd,
+            env,
+            program,
+            argv,
+        }),
         _ => Err(errors),
     }
 }

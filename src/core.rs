@@ -586,7 +586,8 @@ impl Core {
         // 4. fill: empty slots past their backoff (after `roll`, which
         //    leaves empty slots to it);
         // 5. whether the rollout, the hot restart's drain, or sup is done;
-        // 6. what sup's own supervisor should hear about all that.
+        // 6. a restart requested meanwhile starts if the last one has ended;
+        // 7. what sup's own supervisor should hear about all that.
         self.on_deadlines(now, &mut out);
         self.hand_over(now, &mut out);
         self.roll(&mut out);
@@ -594,6 +595,7 @@ impl Core {
         self.check_rollout_done(now, &mut out);
         self.check_drained(&mut out);
         self.check_done(now, &mut out);
+        self.start_pending(now, &mut out);
         self.report_upward(now, &mut out);
         for (conn, intent, decided) in replies {
             let reply = match decided {
@@ -892,36 +894,24 @@ impl Core {
             return;
         }
         match current.phase {
-            Phase::Hook { .. } | Phase::Preflight { .. } => {
-                // Served once the hook (or check) is done: a hot request
-                // outranks a rolling one.
+            // Nothing can be joined halfway: the request waits, as the one
+            // pending request (a hot one outranks a rolling one), and runs
+            // when this restart has ended — across the exec, too.
+            Phase::Hook { .. } | Phase::Preflight { .. } | Phase::Draining | Phase::Exec => {
                 let stronger = if kind == RestartKind::Hot || self.pending == Some(RestartKind::Hot) {
                     RestartKind::Hot
                 } else {
                     kind
                 };
                 self.pending = Some(stronger);
-                let helper = self.helper_name();
                 log(
                     out,
                     Level::Info,
                     format!(
-                        "{name} restart requested while the {helper} of {} restart {} runs: it joins that restart, \
-                         which starts every worker from the code as it is after the {helper} (or, if that restart \
-                         is abandoned, it runs on its own)",
+                        "{name} restart requested while {} restart {} runs: a {} restart will run when it has ended",
                         current.kind.as_str(),
-                        current.id
-                    ),
-                );
-            }
-            Phase::Draining | Phase::Exec => {
-                log(
-                    out,
-                    Level::Info,
-                    format!(
-                        "{name} restart requested during hot restart {}: it joins it, the new sup starts every \
-                         worker from the newest code",
-                        current.id
+                        current.id,
+                        stronger.as_str()
                     ),
                 );
             }
@@ -995,13 +985,6 @@ impl Core {
     /// The hook passed (or there is none): a rolling restart starts rolling;
     /// a hot one has the new sup check itself first.
     fn after_hook(&mut self, now: Instant, out: &mut Vec<Action>) {
-        // A hot restart asked for while the hook ran outranks a rolling one.
-        if self.pending == Some(RestartKind::Hot)
-            && let Some(r) = &mut self.restart
-        {
-            r.kind = RestartKind::Hot;
-        }
-        self.pending = None;
         let Some(r) = &mut self.restart else { return };
         match r.kind {
             RestartKind::Rolling => self.start_rollout(now, out),
@@ -1282,12 +1265,66 @@ impl Core {
             );
         }
         self.finish(Outcome::Abandoned { reason }, now, out);
-        // A request that came in while the hook ran is not lost.
-        if let Some(kind) = self.pending.take()
-            && self.shutdown.is_none()
-        {
-            self.begin_restart(kind, now, out);
+    }
+
+    /// A restart asked for while another ran starts once that one has ended
+    /// (completed, failed or abandoned): the last pass after every event.
+    fn start_pending(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if self.restart.is_some() || self.shutdown.is_some() {
+            return;
         }
+        if let Some(kind) = self.pending.take() {
+            log(
+                out,
+                Level::Info,
+                format!("starting the {} restart requested meanwhile", kind.as_str()),
+            );
+            self.begin_restart(kind, now, out);
+            // Its first replacements go now, not at the next event.
+            self.roll(out);
+            self.fill(now, out);
+        }
+    }
+
+    /// The restart asked for while the current one runs, waiting for it.
+    pub fn pending(&self) -> Option<RestartKind> {
+        self.pending
+    }
+
+    /// The new image after a hot restart: what the old one carried that is
+    /// not a worker — a restart requested meanwhile, and the worker count
+    /// if TTIN/TTOU or the control server changed it (`(count, what the
+    /// configuration said then)`). The count survives unless the new
+    /// configuration changes it. Before [`Core::adopt`] and `Started`.
+    pub fn carry_over(&mut self, pending: Option<RestartKind>, target: Option<(usize, usize)>) -> Vec<Action> {
+        let mut out = Vec::new();
+        self.pending = pending;
+        if let Some((count, configured_then)) = target
+            && count != configured_then
+        {
+            let configured = self.settings.workers.max(1);
+            if configured == configured_then {
+                log(
+                    &mut out,
+                    Level::Info,
+                    format!("keeping the worker count set at runtime: {count} (the configuration says {configured})"),
+                );
+                self.target = count.max(1);
+                if self.slots.len() < self.target {
+                    self.slots.resize(self.target, Slot::default());
+                }
+            } else {
+                log(
+                    &mut out,
+                    Level::Info,
+                    format!(
+                        "the configuration changed the worker count ({configured_then} → {configured}): \
+                         {configured} workers; the count set at runtime ({count}) is dropped"
+                    ),
+                );
+            }
+        }
+        out
     }
 
     /// A replacement of the generation being rolled out failed to boot:
@@ -2714,19 +2751,76 @@ mod tests {
     }
 
     #[test]
-    fn a_rolling_signal_during_a_hot_preflight_joins_the_hot_restart_and_says_so() {
+    fn a_rolling_signal_during_a_hot_preflight_runs_after_it_in_the_new_image() {
         let mut h = ready_harness(2, |_| {});
         h.send(Event::Intent(Intent::Hot), 1_000);
         h.send(Event::Intent(Intent::Rolling), 1_001);
         assert!(
             h.logs.iter().any(|l| l.contains(
-                "rolling restart requested while the preflight check of hot restart 1 runs: it joins that restart"
+                "rolling restart requested while hot restart 1 runs: a rolling restart will run when it has ended"
             )),
             "{:?}",
             h.logs
         );
-        assert!(!h.logs.iter().any(|l| l.contains("will follow")));
-        assert_eq!(h.core.restart_id(), 1, "no second restart is announced");
+        assert_eq!(h.core.restart_id(), 1, "no second restart has begun yet");
+        h.send(Event::HelperSpawned { pid: 800 }, 1_002);
+        h.exit(800, ExitStatus::Code(0), 1_100);
+        h.reap_stopping(1_200);
+        assert_eq!(h.reexec, Some(1));
+        assert_eq!(h.core.pending(), Some(RestartKind::Rolling), "handed to the new image");
+        // The new image: the hot restart completes, then the rolling one runs.
+        let mut core = Core::new(settings(2));
+        let t0 = Instant::now();
+        let carried = core.carry_over(Some(RestartKind::Rolling), Some((2, 2)));
+        assert!(carried.is_empty(), "{carried:?}");
+        core.resume_hot(1, 1, Duration::from_millis(100), t0);
+        let mut new = Harness {
+            core,
+            ..Harness::new(1)
+        };
+        new.t0 = t0;
+        new.next_pid = 200;
+        new.send(Event::Started, 0);
+        new.run_checking_capacity(60_000, 0);
+        let record = new.core.restart_record().unwrap();
+        assert_eq!(
+            (record.id, record.kind, record.generation, record.outcome),
+            (2, RestartKind::Rolling, Some(2), Outcome::Completed)
+        );
+        assert_eq!(new.gens(), [2, 2]);
+    }
+
+    #[test]
+    fn a_rolling_signal_during_the_hook_runs_a_second_rollout_after_the_first() {
+        let mut h = ready_harness(2, |s| s.hook = true);
+        h.send(Event::Intent(Intent::Rolling), 2_000);
+        h.send(Event::HelperSpawned { pid: 900 }, 2_001);
+        h.send(Event::Intent(Intent::Rolling), 2_002);
+        h.exit(900, ExitStatus::Code(0), 2_100);
+        assert_eq!(h.core.pending(), Some(RestartKind::Rolling));
+        h.run_checking_capacity(30_000, 2);
+        assert_eq!(h.hooks.len(), 2, "the second restart runs its own hook");
+        h.send(Event::HelperSpawned { pid: 901 }, 30_001);
+        h.exit(901, ExitStatus::Code(0), 30_100);
+        h.run_checking_capacity(60_000, 2);
+        let record = h.core.restart_record().unwrap();
+        assert_eq!(
+            (record.id, record.generation, record.outcome),
+            (2, Some(2), Outcome::Completed)
+        );
+        assert_eq!(h.core.pending(), None);
+    }
+
+    #[test]
+    fn the_worker_count_set_at_runtime_survives_a_hot_restart_unless_the_configuration_changes_it() {
+        let mut core = Core::new(settings(2));
+        let log = core.carry_over(None, Some((5, 2)));
+        assert_eq!(core.target(), 5);
+        assert!(format!("{log:?}").contains("keeping the worker count set at runtime: 5"));
+        let mut core = Core::new(settings(3));
+        let log = core.carry_over(None, Some((5, 2)));
+        assert_eq!(core.target(), 3, "the configuration changed: it wins");
+        assert!(format!("{log:?}").contains("the count set at runtime (5) is dropped"));
     }
 
     #[test]
@@ -3214,7 +3308,9 @@ mod tests {
         let record = h.core.restart_record().unwrap();
         assert_eq!((record.kind, record.outcome), (RestartKind::Hot, Outcome::Running));
         assert!(
-            h.core.status_line().contains("hot restart: gen 3 failing to start in 2 slot(s), retrying"),
+            h.core
+                .status_line()
+                .contains("hot restart: gen 3 failing to start in 2 slot(s), retrying"),
             "{}",
             h.core.status_line()
         );

@@ -121,7 +121,10 @@ mod tests {
     #[test]
     fn a_variable_set_twice_keeps_its_last_value_in_one_pass() {
         let got = parse("A=1\nB=2\nA=3\n").unwrap();
-        assert_eq!(got, [("A".to_string(), "3".to_string()), ("B".to_string(), "2".to_string())]);
+        assert_eq!(
+            got,
+            [("A".to_string(), "3".to_string()), ("B".to_string(), "2".to_string())]
+        );
         // Linear: 200,000 distinct and repeated lines parse in one pass.
         let big: String = (0..200_000).map(|i| format!("V{}=x\n", i % 50_000)).collect();
         assert_eq!(parse(&big).unwrap().len(), 50_000);

@@ -145,6 +145,7 @@ impl EventLoop {
         let mut first = Vec::new();
         if let Some(r) = &ctx.resume {
             let now = Instant::now();
+            first.extend(core.carry_over(r.pending, r.workers_target));
             match &r.adopted {
                 Some(a) => {
                     let workers = a
@@ -510,6 +511,8 @@ impl Shell<'_> {
         handoff.restart_id = record.as_ref().map_or(0, |r| r.id);
         handoff.started_ms = wall_ms(record.as_ref().map(|r| r.started_at));
         handoff.sockets = sockets.iter().map(BoundSocket::handed).collect();
+        handoff.pending = self.core.pending();
+        handoff.workers_target = Some((self.core.target(), self.config.workers));
         self.res.own.hand_over(&mut handoff);
         if adopt {
             let now = Instant::now();
@@ -577,6 +580,10 @@ pub struct Resume {
     /// Overlap and reexec: the restart's kind, and the workers and
     /// lingering groups to adopt (deadlines relative to the handoff).
     pub adopted: Option<Adopted>,
+    /// A restart requested meanwhile, to run next.
+    pub pending: Option<crate::core::RestartKind>,
+    /// The worker count at the exec, and what the configuration said then.
+    pub workers_target: Option<(usize, usize)>,
 }
 
 pub struct Adopted {

@@ -86,6 +86,14 @@ pub struct Handoff {
     pub workers: Option<Vec<HandedWorker>>,
     #[serde(default)]
     pub lingering: Vec<HandedLingering>,
+    /// A restart requested while this one ran; the new image runs it next.
+    #[serde(default)]
+    pub pending: Option<crate::core::RestartKind>,
+    /// The worker count at the exec and what the configuration said then:
+    /// a count changed at runtime (TTIN, TTOU, `sup ctl workers`) survives
+    /// unless the new configuration changes it.
+    #[serde(default)]
+    pub workers_target: Option<(usize, usize)>,
 }
 
 /// A worker handed across the exec. Instants do not cross an exec: every
@@ -232,6 +240,8 @@ impl Handoff {
             kind: None,
             workers: None,
             lingering: Vec::new(),
+            pending: None,
+            workers_target: None,
         }
     }
 
@@ -407,6 +417,8 @@ mod tests {
                 slot: 1,
                 kill_at_ms: 12_000,
             }],
+            pending: Some(crate::core::RestartKind::Rolling),
+            workers_target: Some((5, 2)),
             sockets: vec![
                 HandedSocket {
                     fd: 5,

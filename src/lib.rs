@@ -232,6 +232,8 @@ fn start() -> Result<u8, StartupError> {
                 workers,
                 lingering: h.lingering.clone(),
             }),
+            pending: h.pending,
+            workers_target: h.workers_target,
         }
     });
     let ctx = event_loop::Context {

@@ -77,10 +77,22 @@ fn usage_and_config_errors_exit_2_with_one_line() {
         ),
         (&["--env-file", "missing.env", "--", WORKER], "--env-file missing.env"),
         // What a spawn would refuse, startup refuses: the same checks.
-        (&["--", "/etc/passwd"], "command /etc/passwd is not executable by sup's user"),
-        (&["--", "./bad-interpreter"], "#! interpreter /no/such/interpreter: no such file"),
-        (&["--env-file", "nul.env", "--", WORKER], "--env-file nul.env: line 2: contains a NUL byte"),
-        (&["--env-file", "huge.env", "--", WORKER], "larger than 1024 KiB, the most sup reads"),
+        (
+            &["--", "/etc/passwd"],
+            "command /etc/passwd is not executable by sup's user",
+        ),
+        (
+            &["--", "./bad-interpreter"],
+            "#! interpreter /no/such/interpreter: no such file",
+        ),
+        (
+            &["--env-file", "nul.env", "--", WORKER],
+            "--env-file nul.env: line 2: contains a NUL byte",
+        ),
+        (
+            &["--env-file", "huge.env", "--", WORKER],
+            "larger than 1024 KiB, the most sup reads",
+        ),
         (&["--config", "huge.yml"], "larger than 64 KiB, the most sup reads"),
         (&["--user", "no-such-user-xyz", "--", WORKER], "no such user"),
     ];
@@ -241,11 +253,22 @@ fn arguments_and_environment_over_the_exec_limit_exit_2_before_any_spawn() {
     let body: String = (0..900).map(|i| format!("V{i}={}\n", "x".repeat(1020))).collect();
     std::fs::write(dir.join("big.env"), body).unwrap();
     let mut cmd = Command::new("sh");
-    cmd.args(["-c", "ulimit -s 2048 && exec \"$0\" \"$@\"", SUP, "--env-file", "big.env", "--", WORKER]);
+    cmd.args([
+        "-c",
+        "ulimit -s 2048 && exec \"$0\" \"$@\"",
+        SUP,
+        "--env-file",
+        "big.env",
+        "--",
+        WORKER,
+    ]);
     let mut sup = Sup::launch(&dir, cmd);
     let status = sup.wait_exit(secs(10));
     assert_eq!(status.code(), Some(2), "{}", sup.log());
     let log = sup.log();
     assert_eq!(log.lines().count(), 1, "{log}");
-    assert!(log.contains("over the 512 KiB exec allows (\"argument list too long\")"), "{log}");
+    assert!(
+        log.contains("over the 512 KiB exec allows (\"argument list too long\")"),
+        "{log}"
+    );
 }

@@ -299,7 +299,16 @@ fn a_release_a_spawn_would_refuse_fails_the_preflight_and_the_old_workers_serve(
     let mut sup = Sup::serving(
         &dir,
         &[
-            "--workers", "2", "--ready", "notify", "--directory", &current, "--env-file", ".env", "--", "./run",
+            "--workers",
+            "2",
+            "--ready",
+            "notify",
+            "--directory",
+            &current,
+            "--env-file",
+            ".env",
+            "--",
+            "./run",
         ],
     );
     let addr = sup.tcp_addr(0);
@@ -335,7 +344,16 @@ fn a_new_generation_that_cannot_boot_after_the_exec_retries_and_says_so() {
     let mut sup = Sup::serving(
         &dir,
         &[
-            "--workers", "2", "--ready", "notify", "--control", &control, "--directory", &current, "--", "./run",
+            "--workers",
+            "2",
+            "--ready",
+            "notify",
+            "--control",
+            &control,
+            "--directory",
+            &current,
+            "--",
+            "./run",
         ],
     );
     let addr = sup.tcp_addr(0);
@@ -347,10 +365,49 @@ fn a_new_generation_that_cannot_boot_after_the_exec_retries_and_says_so() {
     let (code, stdout, stderr) = ctl(&["--control", &control, "status"]);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stdout.contains("failing to start"), "{stdout}");
-    assert!(!sup.log().contains("rolling restart"), "a hot restart is not called rolling:\n{}", sup.log());
+    assert!(
+        !sup.log().contains("rolling restart"),
+        "a hot restart is not called rolling:\n{}",
+        sup.log()
+    );
     // The release is fixed: the retries pick it up and the restart completes.
     point(&dir, &good(&dir, "r3"));
     sup.wait_log("hot restart to gen 1 complete", secs(60));
     assert_eq!(answering_pids(addr, 2).len(), 2);
     assert!(sup.is_running());
+}
+
+#[test]
+fn a_worker_count_changed_by_ttin_survives_a_hot_restart() {
+    let dir = TestDir::new();
+    let sup = Sup::serving(
+        &dir,
+        &[
+            "--workers",
+            "2",
+            "--ready",
+            "notify",
+            "--",
+            WORKER,
+            "--serve",
+            "--ready-after",
+            "0",
+        ],
+    );
+    let addr = sup.tcp_addr(0);
+    sup.wait_ready(2);
+    sup.signal(libc::SIGTTIN);
+    sup.wait_log("workers 2 → 3", secs(10));
+    sup.signal(libc::SIGTTIN);
+    sup.wait_ready(4);
+    sup.signal(libc::SIGUSR2);
+    sup.wait_log("hot restart to gen 1 complete", secs(30));
+    assert!(
+        sup.log()
+            .contains("keeping the worker count set at runtime: 4 (the configuration says 2)"),
+        "{}",
+        sup.log()
+    );
+    let answers = answering(addr, 4);
+    assert!(answers.iter().all(|(_, g)| *g == 1), "{answers:?}");
 }
