@@ -146,6 +146,8 @@ pub enum Event {
     GroupEmpty {
         pgid: Pgid,
     },
+    /// sup has no child left but its workers and helper ([`Action::ProbeStrays`]).
+    StraysGone,
     /// An sd_notify datagram (or an Einhorn ack, as `READY=1` + `MAINPID`).
     Notify {
         sender: Option<Sender>,
@@ -189,6 +191,15 @@ pub enum Action {
     ProbeGroup {
         pgid: Pgid,
     },
+    /// Send `signal` to every child of sup that is neither a worker nor the
+    /// helper: processes that escaped a worker's or the hook's group and
+    /// were reparented to sup (it is a subreaper). At a stop only.
+    SignalStrays {
+        signal: Signal,
+    },
+    /// Find out whether such strays remain; answer [`Event::StraysGone`]
+    /// if none does.
+    ProbeStrays,
     /// Start the `--on-restart` hook for this kind of restart.
     RunHook {
         kind: RestartKind,
@@ -287,6 +298,18 @@ enum Shutdown {
     Immediate { exit_by: Instant },
 }
 
+/// At a stop, what is known of sup's other children (strays): like a
+/// systemd unit's control group, nothing of the service outlives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Strays {
+    /// They got the stop signal; SIGKILL at `kill_at`.
+    Signalled { kill_at: Instant },
+    /// They got SIGKILL.
+    Killed,
+    /// None is left (the shell looked).
+    Gone,
+}
+
 /// Where the restart in progress is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -334,6 +357,10 @@ pub struct Core {
     /// does not look at every slot after every event.
     replacing: Vec<usize>,
     shutdown: Option<Shutdown>,
+    /// Set at a stop.
+    strays: Option<Strays>,
+    /// A [`Action::ProbeStrays`] is out, not answered by a reap since.
+    strays_probed: bool,
     restart: Option<Restart>,
     /// A restart asked for while a hook or preflight ran; it is not lost.
     pending: Option<RestartKind>,
@@ -362,6 +389,8 @@ impl Core {
             roll_cursor: 0,
             replacing: Vec::new(),
             shutdown: None,
+            strays: None,
+            strays_probed: false,
             restart: None,
             pending: None,
             last_restart: None,
@@ -557,6 +586,11 @@ impl Core {
                 }
             }
             Event::GroupEmpty { pgid } => self.on_group_empty(pgid, &mut out),
+            Event::StraysGone => {
+                if self.shutdown.is_some() {
+                    self.strays = Some(Strays::Gone);
+                }
+            }
             Event::Notify { sender, message } => self.on_notify(sender, &message, now, &mut out),
             Event::HelperSpawned { pid } => {
                 if let Some(Restart {
@@ -725,12 +759,17 @@ impl Core {
             Some(Shutdown::Graceful) | None => None,
         };
         let upward = self.next_upward_watchdog.filter(|_| self.shutdown.is_none());
+        let strays = match self.strays {
+            Some(Strays::Signalled { kill_at }) => Some(kill_at),
+            Some(Strays::Killed | Strays::Gone) | None => None,
+        };
         workers
             .chain(lingering)
             .chain(backoff)
             .chain(hook)
             .chain(exit)
             .chain(upward)
+            .chain(strays)
             .min()
     }
 
@@ -1394,6 +1433,12 @@ impl Core {
         }
         self.shutdown = Some(Shutdown::Graceful);
         out.push(Action::Upward(Upward::Stopping));
+        out.push(Action::SignalStrays {
+            signal: self.settings.stop_signal,
+        });
+        self.strays = Some(Strays::Signalled {
+            kill_at: now + self.settings.graceful_timeout,
+        });
         self.stop_restart(now, out);
         let live = self.workers.iter().filter(|w| !w.is_stopping()).count();
         log(
@@ -1418,6 +1463,12 @@ impl Core {
         self.shutdown = Some(Shutdown::Immediate {
             exit_by: now + self.settings.halt_timeout,
         });
+        if self.strays != Some(Strays::Gone) {
+            out.push(Action::SignalStrays {
+                signal: Signal::SIGKILL,
+            });
+            self.strays = Some(Strays::Killed);
+        }
         self.stop_restart(now, out);
         for w in &mut self.workers {
             out.push(Action::KillGroup {
@@ -1554,6 +1605,7 @@ impl Core {
             // have been the last of a lingering group: ask.
             log(out, Level::Debug, format!("reaped process {pid} ({status})"));
             out.extend(self.lingering.iter().map(|l| Action::ProbeGroup { pgid: l.pgid }));
+            self.strays_probed = false;
             return;
         };
         let w = self.remove_worker(i);
@@ -1746,6 +1798,19 @@ impl Core {
                 self.fail_rollout(slot, reason, now, out);
             }
         }
+        if let Some(Strays::Signalled { kill_at }) = self.strays
+            && kill_at <= now
+        {
+            log(
+                out,
+                Level::Warn,
+                "killing what is left of the processes that escaped the workers' groups".to_string(),
+            );
+            out.push(Action::SignalStrays {
+                signal: Signal::SIGKILL,
+            });
+            self.strays = Some(Strays::Killed);
+        }
         let (due, keep): (Vec<_>, Vec<_>) = self.lingering.drain(..).partition(|l| l.kill_at <= now);
         self.lingering = keep;
         for l in due {
@@ -1900,7 +1965,26 @@ impl Core {
 
     fn check_done(&mut self, now: Instant, out: &mut Vec<Action>) {
         let Some(shutdown) = self.shutdown else { return };
-        let drained = self.workers.is_empty() && self.lingering.is_empty();
+        let mut drained = self.workers.is_empty() && self.lingering.is_empty();
+        // Then sup's other children: asked about once, and again after each
+        // reap of a process that was not a worker.
+        if drained && self.strays != Some(Strays::Gone) {
+            drained = false;
+            if !self.strays_probed {
+                self.strays_probed = true;
+                // Those the workers' exits left to sup since the last look
+                // get what the others got.
+                let signal = match self.strays {
+                    Some(Strays::Signalled { .. }) => Some(self.settings.stop_signal),
+                    Some(Strays::Killed) => Some(Signal::SIGKILL),
+                    Some(Strays::Gone) | None => None,
+                };
+                if let Some(signal) = signal {
+                    out.push(Action::SignalStrays { signal });
+                }
+                out.push(Action::ProbeStrays);
+            }
+        }
         let out_of_time = matches!(shutdown, Shutdown::Immediate { exit_by } if exit_by <= now);
         if drained || out_of_time {
             if !drained {
@@ -1998,6 +2082,9 @@ mod tests {
         spawns: usize,
         replies: Vec<(usize, Intent, Reply)>,
         adopting: bool,
+        strays_signalled: Vec<i32>,
+        /// Whether a probe finds strays (processes left to sup) alive.
+        strays_alive: bool,
     }
 
     impl Harness {
@@ -2030,6 +2117,8 @@ mod tests {
                 spawns: 0,
                 replies: vec![],
                 adopting: false,
+                strays_signalled: vec![],
+                strays_alive: false,
             }
         }
 
@@ -2063,6 +2152,12 @@ mod tests {
                         Action::Signal { pid, signal } => self.signals.push((pid, signal as i32)),
                         Action::KillGroup { pgid } => self.killed_groups.push(pgid.raw()),
                         Action::ProbeGroup { pgid } => self.probed_groups.push(pgid.raw()),
+                        Action::SignalStrays { signal } => self.strays_signalled.push(signal as i32),
+                        Action::ProbeStrays => {
+                            if !self.strays_alive {
+                                queue.push_back(Event::StraysGone);
+                            }
+                        }
                         Action::RunHook { kind } => self.hooks.push(kind),
                         Action::RunPreflight => self.preflights += 1,
                         Action::ReExec { generation, adopt } => {
@@ -2256,6 +2351,39 @@ mod tests {
         h.send(Event::Intent(Intent::Stop), 20);
         assert!(h.killed_groups.is_empty());
         assert_eq!(h.signals.len(), 2);
+    }
+
+    #[test]
+    fn processes_left_to_sup_are_stopped_then_killed_and_waited_for() {
+        let mut h = Harness::new(1);
+        h.strays_alive = true;
+        h.send(Event::Intent(Intent::Stop), 100);
+        assert_eq!(h.strays_signalled, [TERM], "the stop signal, with the workers'");
+        h.exit(100, ExitStatus::Signaled(TERM), 200);
+        assert_eq!(h.exit, None, "a stray is still alive: sup waits");
+        assert_eq!(
+            h.strays_signalled,
+            [TERM, TERM],
+            "and those left by the worker's exit get it too"
+        );
+        h.tick_until(30_100);
+        assert_eq!(
+            h.strays_signalled,
+            [TERM, TERM, libc::SIGKILL],
+            "SIGKILL at the graceful deadline"
+        );
+        assert_eq!(h.exit, None);
+        // The stray is reaped (an unknown pid): sup looks again and exits.
+        h.strays_alive = false;
+        h.exit(4242, ExitStatus::Signaled(libc::SIGKILL), 30_150);
+        assert_eq!(h.exit, Some(0));
+    }
+
+    #[test]
+    fn an_immediate_stop_kills_what_was_left_to_sup_at_once() {
+        let mut h = Harness::new(1);
+        h.send(Event::Intent(Intent::Halt), 100);
+        assert_eq!(h.strays_signalled, [libc::SIGKILL]);
     }
 
     #[test]
@@ -3566,6 +3694,7 @@ mod tests {
                         Action::ProbeGroup { pgid } if rng.below(2) == 0 => {
                             queue.push_back(Event::GroupEmpty { pgid });
                         }
+                        Action::ProbeStrays if rng.below(2) == 0 => queue.push_back(Event::StraysGone),
                         Action::Exit(_) => return,
                         _ => {}
                     }

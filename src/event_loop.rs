@@ -456,7 +456,7 @@ impl Shell<'_> {
                 log::info!("running the restart hook: {command}");
                 let req = HelperRequest {
                     program: Path::new("/bin/sh"),
-                    argv: vec!["sh".into(), "-c".into(), command.into()],
+                    argv: vec!["sh".into(), "-c".into(), spawn::hook_script(command).into()],
                     env: vec![
                         ("SUP_RESTART".into(), kind.as_str().into()),
                         ("SUP_PID".into(), self.sup_pid.to_string()),
@@ -481,6 +481,32 @@ impl Shell<'_> {
             Action::ProbeGroup { pgid } => {
                 if send_group(pgid, None) == Err(Errno::ESRCH) {
                     self.pending.push_back(Event::GroupEmpty { pgid });
+                }
+            }
+            Action::SignalStrays { signal } => {
+                let workers: std::collections::HashSet<i32> = self.core.workers().iter().map(|w| w.pid).collect();
+                let listening = socket_inodes(self.ctx.sockets);
+                for pid in children().into_iter().filter(|p| !workers.contains(p)) {
+                    let holds = holds_socket(pid, &listening)
+                        .map(|ino| format!(", holding one of sup's listening sockets (inode {ino})"))
+                        .unwrap_or_default();
+                    log::warn!(
+                        "sending {} to pid {pid} ({}): it escaped a worker's or the hook's process group and was \
+                         left to sup{holds}",
+                        signal.as_str().trim_start_matches("SIG"),
+                        cmdline(pid)
+                    );
+                    // A daemon that made its own group takes it with it.
+                    if nix::unistd::getpgid(Some(Pid::from_raw(pid))).is_ok_and(|g| g.as_raw() == pid) {
+                        let _ = send_group(Pgid::led_by(pid), Some(signal));
+                    } else {
+                        send(pid, signal);
+                    }
+                }
+            }
+            Action::ProbeStrays => {
+                if children().is_empty() {
+                    self.pending.push_back(Event::StraysGone);
                 }
             }
             Action::ReopenLogs => reopen_log(config.log_file.as_deref()),
@@ -668,6 +694,63 @@ fn reap_all(pending: &mut VecDeque<Event>) {
             status,
             group_alive,
         });
+    }
+}
+
+/// sup's child processes, zombies included: `/proc/thread-self/children`
+/// (sup has one thread), or a scan of `/proc` where the kernel lacks it.
+fn children() -> Vec<i32> {
+    if let Ok(text) = std::fs::read_to_string("/proc/thread-self/children") {
+        return text.split_whitespace().filter_map(|p| p.parse().ok()).collect();
+    }
+    let me = std::process::id() as i32;
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            // The parent pid is the 2nd field after the `(comm)`, which may hold spaces.
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok())
+                    == Some(me)
+            })
+        })
+        .collect()
+}
+
+/// The inodes of sup's listening sockets.
+fn socket_inodes(sockets: &[BoundSocket]) -> Vec<u64> {
+    sockets
+        .iter()
+        .filter_map(|s| nix::sys::stat::fstat(&s.fd).ok().map(|st| st.st_ino))
+        .collect()
+}
+
+/// The inode of one of `inodes` that `pid` holds an fd on, if any.
+fn holds_socket(pid: i32, inodes: &[u64]) -> Option<u64> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|link| {
+            let link = link.to_string_lossy().into_owned();
+            link.strip_prefix("socket:[")?.strip_suffix(']')?.parse::<u64>().ok()
+        })
+        .find(|ino| inodes.contains(ino))
+}
+
+/// A process's command line, for the log.
+fn cmdline(pid: i32) -> String {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let text: Vec<String> = raw
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    if text.is_empty() {
+        "?".to_string()
+    } else {
+        text.join(" ")
     }
 }
 

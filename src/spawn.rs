@@ -111,6 +111,14 @@ pub fn spawn(req: &SpawnRequest<'_>, prepared: &Prepared) -> Result<i32, String>
     plan.fork_exec(&prepared.program)
 }
 
+/// The restart hook's shell script: `command` runs as a job the shell waits
+/// for, and a TERM to the shell (its parent-death signal when sup dies, or
+/// sup's stop) is passed to the whole process group, so the hook's children
+/// do not outlive it. The exit status is the command's.
+pub fn hook_script(command: &str) -> String {
+    format!("trap 'trap - TERM; kill 0' TERM\n{{\n{command}\n}} &\nwait $!")
+}
+
 /// Start a helper through the same fork path as workers: no fd of sup's
 /// reaches it, it gets its own process group (so a timeout kills all of
 /// it), and it runs in the resolved directory. Its output goes where sup's
@@ -290,6 +298,10 @@ impl Plan {
             empty_mask,
             // SAFETY: getpid has no preconditions.
             parent: unsafe { libc::getpid() },
+            // A worker dies with sup. A helper (the hook's shell) gets TERM
+            // instead, which it turns into a TERM to its whole process group
+            // (see `hook_script`): its children die with sup too.
+            death_signal: if self.listen_pid { libc::SIGKILL } else { libc::SIGTERM },
         };
 
         let (err_read, err_write) =
@@ -366,6 +378,7 @@ struct Child {
     groups_len: usize,
     empty_mask: libc::sigset_t,
     parent: libc::pid_t,
+    death_signal: c_int,
 }
 
 /// `close_range(2)` flag: mark CLOEXEC instead of closing (Linux 5.11).
@@ -430,7 +443,7 @@ impl Child {
             // the signal would never come: check the parent is still there.
             #[cfg(target_os = "linux")]
             {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+                libc::prctl(libc::PR_SET_PDEATHSIG, self.death_signal as libc::c_ulong, 0, 0, 0);
                 if libc::getppid() != self.parent {
                     libc::_exit(1);
                 }

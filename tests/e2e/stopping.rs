@@ -233,3 +233,84 @@ fn a_group_member_that_exits_by_itself_after_its_worker_is_not_waited_for() {
     let log = sup.log();
     assert!(!log.contains("killing what remains"), "{log}");
 }
+
+/// Poll a pid file a shell wrote.
+fn pid_in(dir: &TestDir, name: &str) -> i32 {
+    wait_until(name, secs(10), || {
+        std::fs::read_to_string(dir.join(name)).ok()?.trim().parse().ok()
+    })
+}
+
+#[test]
+fn a_daemon_that_escaped_a_worker_is_stopped_with_sup() {
+    let dir = TestDir::new();
+    // The worker's shell starts a daemon in its own session (it escapes the
+    // worker's process group, and holds the listening socket, fd 3), then
+    // becomes the server.
+    let script = format!("setsid sleep 300 & echo $! > daemon.pid; exec {WORKER} --serve --ready-after 0");
+    let mut sup = Sup::serving(&dir, &["--ready", "notify", "--", "sh", "-c", &script]);
+    sup.wait_ready(1);
+    let daemon = pid_in(&dir, "daemon.pid");
+    assert!(alive(daemon));
+    sup.signal(libc::SIGTERM);
+    let status = sup.wait_exit(secs(20));
+    assert_eq!(status.code(), Some(0), "{}", sup.log());
+    assert!(!alive(daemon), "the daemon outlived sup:\n{}", sup.log());
+    let line = sup.wait_log("escaped a worker's or the hook's process group", secs(1));
+    assert!(line.contains("holding one of sup's listening sockets"), "{line}");
+}
+
+#[test]
+fn a_daemon_that_ignores_the_stop_signal_is_killed_at_the_deadline() {
+    let dir = TestDir::new();
+    let script = format!(
+        "setsid sh -c 'trap \"\" TERM; echo $$ > daemon.pid; while :; do sleep 1; done' & exec {WORKER} --serve --ready-after 0"
+    );
+    let mut sup = Sup::serving(
+        &dir,
+        &[
+            "--ready",
+            "notify",
+            "--graceful-timeout",
+            "1s",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+    );
+    sup.wait_ready(1);
+    let daemon = pid_in(&dir, "daemon.pid");
+    sup.signal(libc::SIGTERM);
+    assert_eq!(sup.wait_exit(secs(20)).code(), Some(0), "{}", sup.log());
+    assert!(!alive(daemon), "the daemon outlived sup:\n{}", sup.log());
+    assert!(sup.log().contains("killing what is left of the processes that escaped"));
+}
+
+#[test]
+fn the_hooks_children_die_with_a_killed_sup() {
+    let dir = TestDir::new();
+    let mut sup = Sup::serving(
+        &dir,
+        &[
+            "--ready",
+            "notify",
+            "--on-restart",
+            "sleep 300 & echo $! > hook-child.pid; wait",
+            "--",
+            WORKER,
+            "--serve",
+            "--ready-after",
+            "0",
+        ],
+    );
+    sup.wait_ready(1);
+    sup.signal(libc::SIGUSR1);
+    let child = pid_in(&dir, "hook-child.pid");
+    assert!(alive(child));
+    sup.signal(libc::SIGKILL);
+    sup.wait_exit(secs(10));
+    wait_until("the hook's child to die with sup", secs(10), || {
+        (!alive(child)).then_some(())
+    });
+}
