@@ -272,3 +272,19 @@ fn arguments_and_environment_over_the_exec_limit_exit_2_before_any_spawn() {
         "{log}"
     );
 }
+
+#[test]
+fn a_control_socket_in_a_missing_directory_is_one_line_before_anything_is_bound() {
+    let dir = TestDir::new();
+    let taken = std::net::TcpListener::bind(ANY_PORT).unwrap();
+    let port = taken.local_addr().unwrap().to_string();
+    let o = run(
+        &dir,
+        &["--bind", &port, "--control", "unix:/no/such/dir/c.sock", "--", WORKER],
+    );
+    assert_one_line(
+        &o,
+        1,
+        "cannot serve the control API on unix:/no/such/dir/c.sock: no such file or directory",
+    );
+}
