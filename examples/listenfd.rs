@@ -1,6 +1,8 @@
 //! A Rust app under sup, using the `listenfd` crate (which reads
 //! LISTEN_FDS/LISTEN_PID) and the `sd-notify` crate (READY=1 and STOPPING=1
-//! on NOTIFY_SOCKET, which it reaches by path only), with a graceful stop:
+//! on NOTIFY_SOCKET, which it reaches by path only; WATCHDOG=1 every half
+//! `WATCHDOG_USEC` when `WATCHDOG_PID` is its own pid, as under
+//! `sup --watchdog D`), with a graceful stop:
 //! on TERM it stops accepting, finishes the request in hand, and exits. (A
 //! server that simply dies on TERM resets the connection it was serving.)
 //!
@@ -37,9 +39,18 @@ fn main() {
         let _ = writeln!(std::io::stderr(), "listenfd: cannot notify readiness: {e}");
         std::process::exit(1);
     }
+    // The crate checks WATCHDOG_PID against our own pid.
+    let watchdog = sd_notify::watchdog_enabled();
+    let mut pinged = std::time::Instant::now();
     let worker = std::env::var("SUP_WORKER").unwrap_or_default();
     let generation = std::env::var("SUP_GENERATION").unwrap_or_default();
     while !stop.load(Ordering::SeqCst) {
+        if let Some(every) = watchdog
+            && pinged.elapsed() >= every / 2
+        {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            pinged = std::time::Instant::now();
+        }
         let mut pfd = libc::pollfd {
             fd: listener.as_raw_fd(),
             events: libc::POLLIN,

@@ -136,6 +136,9 @@ pub struct Cli {
     pub boot_timeout: Option<String>,
 
     /// Kill and replace a worker that sent WATCHDOG=1 once, then went silent this long
+    ///
+    /// Each worker gets WATCHDOG_USEC and WATCHDOG_PID (its own pid), so
+    /// sd_notify libraries that ping by themselves do so unchanged.
     #[arg(long, value_name = "DURATION", env = "SUP_WATCHDOG")]
     pub watchdog: Option<String>,
 

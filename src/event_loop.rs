@@ -427,6 +427,7 @@ impl Shell<'_> {
                     devnull,
                     notify_socket: &self.notify_socket,
                     einhorn_socket: self.einhorn_socket.as_deref(),
+                    watchdog: config.watchdog,
                 };
                 // The release directory is looked up at every spawn (a
                 // `current` symlink re-pointed since is followed); the rest

@@ -50,6 +50,8 @@ pub struct SpawnRequest<'a> {
     pub notify_socket: &'a str,
     /// The Einhorn command socket path (`--einhorn-ack`).
     pub einhorn_socket: Option<&'a str>,
+    /// `--watchdog`: the worker gets `WATCHDOG_USEC` and `WATCHDOG_PID`.
+    pub watchdog: Option<std::time::Duration>,
 }
 
 /// A helper process sup runs for itself: the restart hook, the hot
@@ -106,7 +108,11 @@ pub fn spawn(req: &SpawnRequest<'_>, prepared: &Prepared) -> Result<i32, String>
         req.sockets.iter().map(BoundSocket::raw_fd).collect(),
         req.credentials,
         req.devnull,
-        true,
+        if req.watchdog.is_some() {
+            &[LISTEN_PID, WATCHDOG_PID]
+        } else {
+            &[LISTEN_PID]
+        },
     )?;
     plan.fork_exec(&prepared.program)
 }
@@ -130,7 +136,7 @@ pub fn spawn_helper(req: &HelperRequest<'_>) -> Result<i32, String> {
     for (k, v) in &req.env {
         set_var(&mut env, k.into(), v.into());
     }
-    let plan = Plan::new(&req.argv, env, &cwd, Vec::new(), req.credentials, req.devnull, false)?;
+    let plan = Plan::new(&req.argv, env, &cwd, Vec::new(), req.credentials, req.devnull, &[])?;
     plan.fork_exec(req.program)
 }
 
@@ -188,6 +194,9 @@ fn protocol_env(req: &SpawnRequest<'_>, cwd: &Path) -> Vec<(String, String)> {
     if let Some(path) = req.einhorn_socket {
         env.push(("EINHORN_SOCK_PATH".to_string(), path.to_string()));
     }
+    if let Some(d) = req.watchdog {
+        env.push(("WATCHDOG_USEC".to_string(), d.as_micros().to_string()));
+    }
     env
 }
 
@@ -202,17 +211,23 @@ fn cstring(bytes: &[u8], what: &str) -> Result<CString, String> {
     CString::new(bytes).map_err(|_| format!("{what} contains a NUL byte"))
 }
 
-/// `LISTEN_PID=` followed by room for any pid's digits and a NUL.
-const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
+/// Variables whose value is the worker's own pid, known only after fork:
+/// each is planned as its prefix followed by room for any pid's digits and
+/// a NUL, and the child writes the digits in.
+const LISTEN_PID: &[u8] = b"LISTEN_PID=";
+const WATCHDOG_PID: &[u8] = b"WATCHDOG_PID=";
 const PID_DIGITS: usize = 12;
+/// At most this many own-pid variables.
+const PID_VARS: usize = 2;
 
 /// Everything the child needs, allocated before `fork`.
 struct Plan {
     argv: Vec<CString>,
-    /// Environment entries, each NUL-terminated; with `listen_pid`, the
-    /// last is `LISTEN_PID=` with room for the digits.
+    /// Environment entries, each NUL-terminated; the last `pid_vars.len()`
+    /// are the own-pid variables, with room for the digits.
     env: Vec<Vec<u8>>,
-    listen_pid: bool,
+    /// Empty for a helper; `LISTEN_PID=` (and `WATCHDOG_PID=`) for a worker.
+    pid_vars: &'static [&'static [u8]],
     cwd: CString,
     sources: Vec<RawFd>,
     creds: Option<(libc::uid_t, libc::gid_t, Vec<libc::gid_t>)>,
@@ -227,7 +242,7 @@ impl Plan {
         sources: Vec<RawFd>,
         credentials: Option<&Credentials>,
         devnull: RawFd,
-        listen_pid: bool,
+        pid_vars: &'static [&'static [u8]],
     ) -> Result<Plan, String> {
         let argv = argv
             .iter()
@@ -244,15 +259,15 @@ impl Plan {
             e.push(0);
             entries.push(e);
         }
-        if listen_pid {
-            let mut entry = LISTEN_PID_PREFIX.to_vec();
-            entry.resize(LISTEN_PID_PREFIX.len() + PID_DIGITS + 1, 0);
+        for prefix in pid_vars.iter().take(PID_VARS) {
+            let mut entry = prefix.to_vec();
+            entry.resize(prefix.len() + PID_DIGITS + 1, 0);
             entries.push(entry);
         }
         Ok(Plan {
             argv,
             env: entries,
-            listen_pid,
+            pid_vars,
             cwd: cstring(cwd.as_os_str().as_bytes(), "the directory")?,
             sources,
             creds: credentials.map(|c| (c.uid, c.gid, c.groups.clone())),
@@ -265,11 +280,13 @@ impl Plan {
         let mut argv_ptrs: Vec<*const c_char> = self.argv.iter().map(|a| a.as_ptr()).collect();
         argv_ptrs.push(std::ptr::null());
         let mut envp: Vec<*mut c_char> = self.env.iter_mut().map(|e| e.as_mut_ptr().cast::<c_char>()).collect();
-        // The last entry is LISTEN_PID=; the digits go right after the prefix.
-        let listen_pid_digits = match (self.listen_pid, envp.last()) {
-            (true, Some(last)) => last.wrapping_add(LISTEN_PID_PREFIX.len()).cast::<u8>(),
-            _ => std::ptr::null_mut(),
-        };
+        // The last entries are the own-pid variables; the digits go right
+        // after each prefix.
+        let mut pid_digits = [std::ptr::null_mut::<u8>(); PID_VARS];
+        let first = envp.len() - self.pid_vars.len().min(PID_VARS);
+        for (k, prefix) in self.pid_vars.iter().take(PID_VARS).enumerate() {
+            pid_digits[k] = envp[first + k].wrapping_add(prefix.len()).cast::<u8>();
+        }
         envp.push(std::ptr::null_mut());
         let mut scratch: Vec<c_int> = vec![-1; self.sources.len()];
         // SAFETY: sigemptyset only writes the set we own.
@@ -286,7 +303,7 @@ impl Plan {
             path: path.as_ptr(),
             argv: argv_ptrs.as_ptr(),
             envp: envp.as_ptr().cast::<*const c_char>(),
-            listen_pid_digits,
+            pid_digits,
             cwd: self.cwd.as_ptr(),
             sources: self.sources.as_ptr(),
             scratch: scratch.as_mut_ptr(),
@@ -301,7 +318,11 @@ impl Plan {
             // A worker dies with sup. A helper (the hook's shell) gets TERM
             // instead, which it turns into a TERM to its whole process group
             // (see `hook_script`): its children die with sup too.
-            death_signal: if self.listen_pid { libc::SIGKILL } else { libc::SIGTERM },
+            death_signal: if self.pid_vars.is_empty() {
+                libc::SIGTERM
+            } else {
+                libc::SIGKILL
+            },
         };
 
         let (err_read, err_write) =
@@ -367,7 +388,8 @@ struct Child {
     path: *const c_char,
     argv: *const *const c_char,
     envp: *const *const c_char,
-    listen_pid_digits: *mut u8,
+    /// Where the child writes its pid's digits (null: unused).
+    pid_digits: [*mut u8; PID_VARS],
     cwd: *const c_char,
     sources: *const RawFd,
     scratch: *mut c_int,
@@ -451,8 +473,11 @@ impl Child {
             if libc::chdir(self.cwd) != 0 {
                 fail(err, Stage::Directory);
             }
-            if !self.listen_pid_digits.is_null() {
-                write_pid(self.listen_pid_digits, libc::getpid());
+            let pid = libc::getpid();
+            for dst in self.pid_digits {
+                if !dst.is_null() {
+                    write_pid(dst, pid);
+                }
             }
             libc::sigprocmask(libc::SIG_SETMASK, &self.empty_mask, std::ptr::null_mut());
             libc::execve(self.path, self.argv, self.envp);

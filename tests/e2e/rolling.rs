@@ -317,3 +317,60 @@ fn an_einhorn_ack_counts_as_ready() {
     let pid = wait_until("a worker", secs(10), || sup.started_pids().first().copied());
     sup.wait_log(&format!("worker 0 (pid {pid}, gen 0) is ready"), secs(20));
 }
+
+#[test]
+fn each_worker_gets_watchdog_usec_and_its_own_pid_as_watchdog_pid() {
+    let dir = TestDir::new();
+    std::fs::create_dir(dir.join("reports")).unwrap();
+    let reports = dir.s("reports");
+    let _sup = Sup::serving(
+        &dir,
+        &[
+            "--workers",
+            "2",
+            "--watchdog",
+            "3s",
+            "--",
+            WORKER,
+            "--serve",
+            "--report-dir",
+            &reports,
+        ],
+    );
+    let all = wait_until("two reports", secs(10), || {
+        let r = dir.reports("reports");
+        (r.len() == 2).then_some(r)
+    });
+    for r in all {
+        assert_eq!(r["env"]["WATCHDOG_PID"], r["pid"].to_string(), "{r}");
+        assert_eq!(r["env"]["WATCHDOG_USEC"], "3000000", "{r}");
+        assert_eq!(r["env"]["LISTEN_PID"], r["pid"].to_string(), "{r}");
+    }
+}
+
+#[test]
+fn a_rust_sd_notify_worker_pings_on_its_own_and_is_replaced_when_it_stops() {
+    // examples/listenfd.rs: the sd-notify crate's `watchdog_enabled()`, which
+    // trusts WATCHDOG_USEC only when WATCHDOG_PID is the process's own pid.
+    let example = std::path::Path::new(SUP).parent().unwrap().join("examples/listenfd");
+    let dir = TestDir::new();
+    let sup = Sup::serving(
+        &dir,
+        &["--ready", "notify", "--watchdog", "1s", "--", example.to_str().unwrap()],
+    );
+    sup.wait_ready(1);
+    let pid = sup.started_pids()[0];
+    // Three watchdog periods: its own pings keep it alive.
+    std::thread::sleep(secs(3));
+    assert_eq!(sup.started_pids(), [pid], "{}", sup.log());
+    assert!(!sup.log().contains("sent no WATCHDOG=1"), "{}", sup.log());
+    // Frozen, it goes silent: sup kills and replaces it, which it would not
+    // do to a worker that never pinged.
+    // SAFETY: a worker of our sup.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let line = sup.wait_log("sent no WATCHDOG=1 for 1s: killing it", secs(20));
+    assert!(line.contains(&format!("(pid {pid},")), "{line}");
+    wait_until("a replacement", secs(20), || {
+        (sup.started_pids().len() >= 2).then_some(())
+    });
+}
