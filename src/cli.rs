@@ -235,6 +235,15 @@ pub struct Cli {
 pub enum Sub {
     /// Drive a running sup: status, stats, restart, phased-restart, stop, ...
     Ctl(CtlArgs),
+    /// Print a shell completion script: bash, zsh, fish, elvish or powershell
+    ///
+    /// bash: `source <(sup completions bash)`, or save it as
+    /// /usr/share/bash-completion/completions/sup. zsh: save it as `_sup` in a
+    /// directory of $fpath. fish: save it as ~/.config/fish/completions/sup.fish.
+    Completions {
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// `sup ctl`: talk to a running sup through its control server, or by

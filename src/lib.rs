@@ -122,8 +122,10 @@ fn start() -> Result<u8, StartupError> {
         Ok(cli) => cli,
         Err(e) => return Ok(clap_error(e)),
     };
-    if let Some(cli::Sub::Ctl(args)) = cli.sub.take() {
-        return Ok(control::client::run(args));
+    match cli.sub.take() {
+        Some(cli::Sub::Ctl(args)) => return Ok(control::client::run(args)),
+        Some(cli::Sub::Completions { shell }) => return Ok(completions(shell)),
+        None => {}
     }
     // Every problem is reported, the flags' and the system's, then exit 2.
     let (mut config, mut errors) = config::Config::parse(cli);
@@ -418,5 +420,18 @@ fn remove_pidfile(path: &Path) {
         && text.trim() == std::process::id().to_string()
     {
         let _ = std::fs::remove_file(path);
+    }
+}
+
+/// `sup completions SHELL`: the completion script, generated from the same
+/// clap definitions as `--help` and the man pages. Built in memory first, so
+/// that a closed stdout is an exit status, not a panic.
+fn completions(shell: clap_complete::Shell) -> u8 {
+    use clap::CommandFactory;
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut cli::Cli::command(), "sup", &mut script);
+    match std::io::stdout().lock().write_all(&script) {
+        Ok(()) => 0,
+        Err(_) => 1,
     }
 }
