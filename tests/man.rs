@@ -132,6 +132,11 @@ fn sup_page() -> String {
             "sup's sd_notify socket, a file path (or @name with --notify-socket abstract): send READY=1, STATUS=, \
              WATCHDOG=1, STOPPING=1 there.",
         ),
+        (
+            "WATCHDOG_USEC, WATCHDOG_PID",
+            "With --watchdog: the timeout in microseconds, and the worker's own pid (as systemd sets them), so \
+             sd_notify libraries send WATCHDOG=1 by themselves.",
+        ),
         ("PWD", "The resolved working directory."),
     ] {
         item(&mut r, var, what);
@@ -202,6 +207,13 @@ fn sup_page() -> String {
         &[
             "uvicorn under sup, given its socket by number:",
             "sup --bind :8000 -- uvicorn --fd {fd} app:app",
+        ],
+    );
+    example(
+        &mut r,
+        &[
+            "Shell completions (bash; also zsh, fish, elvish, powershell):",
+            "source <(sup completions bash)",
         ],
     );
     section(&mut r, "SEE ALSO");
