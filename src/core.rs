@@ -110,6 +110,42 @@ pub struct RestartRecord {
     pub outcome: Outcome,
 }
 
+/// What sup has counted since it started (carried across hot restarts):
+/// the counters of `GET /metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Counters {
+    /// Restarts that ended, by kind and outcome (`completed`, `failed`,
+    /// `abandoned`).
+    pub restarts: std::collections::BTreeMap<String, u64>,
+    /// Workers reaped, by cause: `stopped` (sup asked it to stop, or killed
+    /// it) or `crashed` (it exited on its own).
+    pub exits: std::collections::BTreeMap<String, u64>,
+    /// Workers sup killed, by reason: `boot_timeout`, `watchdog`,
+    /// `graceful_timeout`.
+    pub kills: std::collections::BTreeMap<String, u64>,
+    /// Spawns that failed before the program ran.
+    pub spawn_failures: u64,
+    /// Workers replaced outside a restart, by reason (`memory`, `age`).
+    pub recycled: std::collections::BTreeMap<String, u64>,
+}
+
+impl Counters {
+    fn bump(map: &mut std::collections::BTreeMap<String, u64>, key: &str) {
+        *map.entry(key.to_string()).or_default() += 1;
+    }
+
+    /// The key of `restarts` for a restart of `kind` that ended with `outcome`.
+    pub fn restart_key(kind: RestartKind, outcome: &Outcome) -> String {
+        let outcome = match outcome {
+            Outcome::Running => "running",
+            Outcome::Completed => "completed",
+            Outcome::Failed { .. } => "failed",
+            Outcome::Abandoned { .. } => "abandoned",
+        };
+        format!("{}/{outcome}", kind.as_str())
+    }
+}
+
 /// Something that happened, as the shell saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -365,6 +401,7 @@ pub struct Core {
     /// A restart asked for while a hook or preflight ran; it is not lost.
     pending: Option<RestartKind>,
     last_restart: Option<RestartRecord>,
+    counters: Counters,
     /// Restarts begun so far (the next one gets this plus one).
     restarts_begun: u64,
     /// READY=1 has been sent upward for the first start.
@@ -394,6 +431,7 @@ impl Core {
             restart: None,
             pending: None,
             last_restart: None,
+            counters: Counters::default(),
             restarts_begun: 0,
             ready_announced: false,
             last_status: String::new(),
@@ -990,6 +1028,7 @@ impl Core {
                 Phase::Rolling { generation } | Phase::Starting { generation } => Some(generation),
                 Phase::Hook { .. } | Phase::Preflight { .. } | Phase::Draining | Phase::Exec => None,
             };
+            Counters::bump(&mut self.counters.restarts, &Counters::restart_key(r.kind, &outcome));
             self.last_restart = Some(RestartRecord {
                 id: r.id,
                 kind: r.kind,
@@ -1330,14 +1369,24 @@ impl Core {
         self.pending
     }
 
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
     /// The new image after a hot restart: what the old one carried that is
     /// not a worker — a restart requested meanwhile, and the worker count
     /// if TTIN/TTOU or the control server changed it (`(count, what the
     /// configuration said then)`). The count survives unless the new
     /// configuration changes it. Before [`Core::adopt`] and `Started`.
-    pub fn carry_over(&mut self, pending: Option<RestartKind>, target: Option<(usize, usize)>) -> Vec<Action> {
+    pub fn carry_over(
+        &mut self,
+        pending: Option<RestartKind>,
+        target: Option<(usize, usize)>,
+        counters: Option<Counters>,
+    ) -> Vec<Action> {
         let mut out = Vec::new();
         self.pending = pending;
+        self.counters = counters.unwrap_or_default();
         if let Some((count, configured_then)) = target
             && count != configured_then
         {
@@ -1399,6 +1448,11 @@ impl Core {
         );
         self.ready_announced = true;
         out.push(Action::Upward(Upward::Ready));
+        let outcome = Outcome::Failed {
+            slot,
+            reason: reason.clone(),
+        };
+        Counters::bump(&mut self.counters.restarts, &Counters::restart_key(r.kind, &outcome));
         self.last_restart = Some(RestartRecord {
             id: r.id,
             kind: r.kind,
@@ -1581,6 +1635,7 @@ impl Core {
     }
 
     fn on_spawn_failed(&mut self, slot: usize, generation: u64, reason: &str, now: Instant, out: &mut Vec<Action>) {
+        self.counters.spawn_failures += 1;
         let Some(s) = self.slots.get_mut(slot) else { return };
         s.spawn_failed();
         let delay = self.record_failure(slot, false, None, now);
@@ -1610,6 +1665,8 @@ impl Core {
         };
         let w = self.remove_worker(i);
         let label = w.label();
+        let cause = if w.is_stopping() { "stopped" } else { "crashed" };
+        Counters::bump(&mut self.counters.exits, cause);
         if let WorkerState::Stopping { kill_at, .. } = w.state {
             let clean = matches!(status, ExitStatus::Code(0))
                 || status == ExitStatus::Signaled(self.settings.stop_signal as i32)
@@ -1751,6 +1808,7 @@ impl Core {
                     format!("{} sent no WATCHDOG=1 for {watchdog:?}: killing it", w.label()),
                 );
                 failed.push((i, format!("missed its watchdog ({watchdog:?})")));
+                Counters::bump(&mut self.counters.kills, "watchdog");
                 continue;
             }
             match w.state {
@@ -1761,6 +1819,7 @@ impl Core {
                         format!("{} was not ready within {boot_timeout:?}: killing it", w.label()),
                     );
                     failed.push((i, format!("(pid {}) was not ready within {boot_timeout:?}", w.pid)));
+                    Counters::bump(&mut self.counters.kills, "boot_timeout");
                 }
                 WorkerState::Booting {
                     ready_at: Some(ready_at),
@@ -1782,6 +1841,7 @@ impl Core {
                         pgid: Pgid::led_by(w.pid),
                     });
                     w.state = WorkerState::Stopping { kill_at, killed: true };
+                    Counters::bump(&mut self.counters.kills, "graceful_timeout");
                 }
                 // Not due yet, or nothing to wait for.
                 WorkerState::Booting { .. } | WorkerState::Ready { .. } | WorkerState::Stopping { .. } => {}
@@ -2899,7 +2959,7 @@ mod tests {
         // The new image: the hot restart completes, then the rolling one runs.
         let mut core = Core::new(settings(2));
         let t0 = Instant::now();
-        let carried = core.carry_over(Some(RestartKind::Rolling), Some((2, 2)));
+        let carried = core.carry_over(Some(RestartKind::Rolling), Some((2, 2)), None);
         assert!(carried.is_empty(), "{carried:?}");
         core.resume_hot(1, 1, Duration::from_millis(100), t0);
         let mut new = Harness {
@@ -2942,11 +3002,11 @@ mod tests {
     #[test]
     fn the_worker_count_set_at_runtime_survives_a_hot_restart_unless_the_configuration_changes_it() {
         let mut core = Core::new(settings(2));
-        let log = core.carry_over(None, Some((5, 2)));
+        let log = core.carry_over(None, Some((5, 2)), None);
         assert_eq!(core.target(), 5);
         assert!(format!("{log:?}").contains("keeping the worker count set at runtime: 5"));
         let mut core = Core::new(settings(3));
-        let log = core.carry_over(None, Some((5, 2)));
+        let log = core.carry_over(None, Some((5, 2)), None);
         assert_eq!(core.target(), 3, "the configuration changed: it wins");
         assert!(format!("{log:?}").contains("the count set at runtime (5) is dropped"));
     }

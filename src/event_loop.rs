@@ -23,6 +23,7 @@ use signal_hook_mio::v1_0::Signals;
 use crate::command;
 use crate::config::{self, Config, Credentials};
 use crate::control::http::{self, Parsed};
+use crate::control::metrics;
 use crate::control::protocol::Answer;
 use crate::control::server::ControlServer;
 use crate::control::stats::{self, Usage};
@@ -145,7 +146,7 @@ impl EventLoop {
         let mut first = Vec::new();
         if let Some(r) = &ctx.resume {
             let now = Instant::now();
-            first.extend(core.carry_over(r.pending, r.workers_target));
+            first.extend(core.carry_over(r.pending, r.workers_target, r.counters.clone()));
             match &r.adopted {
                 Some(a) => {
                     let workers = a
@@ -371,6 +372,16 @@ impl Shell<'_> {
                 let json = serde_json::to_string(&body).unwrap_or_default();
                 server.respond(slot, http::response(200, &json, &[]));
             }
+            Route::Metrics => {
+                let text = metrics::render(
+                    &self.core,
+                    self.ctx.sockets,
+                    &mut self.usage,
+                    self.started,
+                    Instant::now(),
+                );
+                server.respond(slot, http::typed_response(200, metrics::CONTENT_TYPE, &text, &[]));
+            }
             Route::Intent(intent) => self.pending.push_back(Event::Control { conn: slot, intent }),
             Route::Refuse(status, why) => {
                 server.respond(slot, http::response(status, &Answer::rejected(why).to_json(), &[]));
@@ -401,6 +412,10 @@ impl Shell<'_> {
                 Route::Stats => {
                     let body = stats::build(core, sockets, usage, started, Instant::now());
                     http::response(200, &serde_json::to_string(&body).unwrap_or_default(), &[])
+                }
+                Route::Metrics => {
+                    let text = metrics::render(core, sockets, usage, started, Instant::now());
+                    http::typed_response(200, metrics::CONTENT_TYPE, &text, &[])
                 }
                 Route::Intent(intent) => refused(crate::control::protocol::Command::of(intent)),
                 Route::Refuse(status, why) => http::response(status, &Answer::rejected(why).to_json(), &[]),
@@ -540,6 +555,7 @@ impl Shell<'_> {
         handoff.sockets = sockets.iter().map(BoundSocket::handed).collect();
         handoff.pending = self.core.pending();
         handoff.workers_target = Some((self.core.target(), self.config.workers));
+        handoff.counters = Some(self.core.counters().clone());
         self.res.own.hand_over(&mut handoff);
         if adopt {
             let now = Instant::now();
@@ -611,6 +627,7 @@ pub struct Resume {
     pub pending: Option<crate::core::RestartKind>,
     /// The worker count at the exec, and what the configuration said then.
     pub workers_target: Option<(usize, usize)>,
+    pub counters: Option<crate::core::Counters>,
 }
 
 pub struct Adopted {

@@ -94,6 +94,9 @@ pub struct Handoff {
     /// unless the new configuration changes it.
     #[serde(default)]
     pub workers_target: Option<(usize, usize)>,
+    /// What `/metrics` has counted so far.
+    #[serde(default)]
+    pub counters: Option<crate::core::Counters>,
 }
 
 /// A worker handed across the exec. Instants do not cross an exec: every
@@ -242,6 +245,7 @@ impl Handoff {
             lingering: Vec::new(),
             pending: None,
             workers_target: None,
+            counters: None,
         }
     }
 
@@ -419,6 +423,7 @@ mod tests {
             }],
             pending: Some(crate::core::RestartKind::Rolling),
             workers_target: Some((5, 2)),
+            counters: Some(crate::core::Counters::default()),
             sockets: vec![
                 HandedSocket {
                     fd: 5,

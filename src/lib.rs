@@ -236,6 +236,7 @@ fn start() -> Result<u8, StartupError> {
             }),
             pending: h.pending,
             workers_target: h.workers_target,
+            counters: h.counters.clone(),
         }
     });
     let ctx = event_loop::Context {

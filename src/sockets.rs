@@ -58,6 +58,116 @@ impl BoundSocket {
     }
 }
 
+impl BoundSocket {
+    /// The listener's accept queue: connections the kernel has completed
+    /// that no worker has accepted yet, and the most it holds (the backlog).
+    /// TCP from `TCP_INFO` (in the LISTEN state the kernel reports the queue
+    /// in `tcpi_unacked` and its limit in `tcpi_sacked`); a unix stream
+    /// socket from sock_diag (`UNIX_DIAG_RQLEN`). `None` for UDP, or if the
+    /// kernel will not say.
+    pub fn accept_queue(&self) -> Option<(u32, u32)> {
+        match self.local {
+            LocalAddr::Tcp(_) => tcp_accept_queue(self.fd.as_raw_fd()),
+            LocalAddr::Unix(_) => {
+                let ino = nix::sys::stat::fstat(&self.fd).ok()?.st_ino;
+                unix_accept_queue(ino)
+            }
+            LocalAddr::Udp(_) => None,
+        }
+    }
+}
+
+fn tcp_accept_queue(fd: RawFd) -> Option<(u32, u32)> {
+    // SAFETY: tcp_info is plain old data; all-zero is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` is a writable buffer of `len` bytes, and `len` a valid
+    // in/out length; `fd` is a socket sup owns.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast::<libc::c_void>(),
+            &mut len,
+        )
+    };
+    const TCP_LISTEN: u8 = 10;
+    (r == 0 && info.tcpi_state == TCP_LISTEN).then_some((info.tcpi_unacked, info.tcpi_sacked))
+}
+
+/// Ask sock_diag about the unix socket with inode `ino`: for a listening
+/// socket, `UNIX_DIAG_RQLEN` is (queued connections, backlog).
+fn unix_accept_queue(ino: u64) -> Option<(u32, u32)> {
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    const UDIAG_SHOW_RQLEN: u32 = 0x10;
+    const UNIX_DIAG_RQLEN: u16 = 4;
+    // SAFETY: plain socket(2); the fd is owned below.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            libc::NETLINK_SOCK_DIAG,
+        )
+    };
+    if raw < 0 {
+        return None;
+    }
+    // SAFETY: `raw` is a fresh fd nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // nlmsghdr (16 bytes) + unix_diag_req (24 bytes).
+    let mut req = [0u8; 40];
+    req[0..4].copy_from_slice(&40u32.to_ne_bytes());
+    req[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    req[6..8].copy_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
+    req[16] = libc::AF_UNIX as u8; // sdiag_family
+    req[20..24].copy_from_slice(&u32::MAX.to_ne_bytes()); // udiag_states: any
+    req[24..28].copy_from_slice(&(ino as u32).to_ne_bytes()); // udiag_ino
+    req[28..32].copy_from_slice(&UDIAG_SHOW_RQLEN.to_ne_bytes()); // udiag_show
+    req[32..36].copy_from_slice(&u32::MAX.to_ne_bytes()); // udiag_cookie: none
+    req[36..40].copy_from_slice(&u32::MAX.to_ne_bytes());
+    // SAFETY: the buffer is valid for its length; a zeroed sockaddr_nl
+    // addresses the kernel.
+    let sent = unsafe {
+        let mut kernel: libc::sockaddr_nl = std::mem::zeroed();
+        kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        libc::sendto(
+            fd.as_raw_fd(),
+            req.as_ptr().cast(),
+            req.len(),
+            0,
+            (&raw const kernel).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
+    };
+    if sent != req.len() as isize {
+        return None;
+    }
+    let mut buf = [0u8; 512];
+    // SAFETY: `buf` is writable for its length.
+    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    let reply = buf.get(..usize::try_from(n).ok()?)?;
+    // nlmsghdr, then unix_diag_msg (16 bytes), then attributes (len u16, type u16, data, padded to 4).
+    let msg_type = u16::from_ne_bytes([*reply.get(4)?, *reply.get(5)?]);
+    if msg_type != SOCK_DIAG_BY_FAMILY {
+        return None;
+    }
+    let mut at = 32;
+    while at + 4 <= reply.len() {
+        let len = u16::from_ne_bytes([reply[at], reply[at + 1]]) as usize;
+        let kind = u16::from_ne_bytes([reply[at + 2], reply[at + 3]]);
+        if len < 4 {
+            return None;
+        }
+        if kind == UNIX_DIAG_RQLEN && len >= 12 {
+            let word = |i: usize| u32::from_ne_bytes([reply[i], reply[i + 1], reply[i + 2], reply[i + 3]]);
+            return Some((word(at + 4), word(at + 8)));
+        }
+        at += (len + 3) & !3;
+    }
+    None
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SocketError {
     #[error("cannot bind {addr}")]
@@ -488,6 +598,28 @@ mod tests {
         assert_eq!(flflags & libc::O_NONBLOCK, 0);
         // The kernel queues a connection while nobody accepts.
         std::net::TcpStream::connect(a).unwrap();
+    }
+
+    #[test]
+    fn the_accept_queue_and_its_limit_are_read_from_the_kernel() {
+        let s = bind_all(&[spec("127.0.0.1:0?backlog=50")]).unwrap();
+        let LocalAddr::Tcp(a) = s[0].local else { panic!() };
+        assert_eq!(s[0].accept_queue(), Some((0, 50)));
+        let held: Vec<_> = (0..3).map(|_| std::net::TcpStream::connect(a).unwrap()).collect();
+        assert_eq!(s[0].accept_queue(), Some((3, 50)), "three completed, none accepted");
+        drop(held);
+        let dir = std::env::temp_dir().join(format!("sup-queue-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("q.sock");
+        let u = bind_all(&[spec(&format!("unix:{}?backlog=20", path.display()))]).unwrap();
+        assert_eq!(u[0].accept_queue(), Some((0, 20)));
+        let held: Vec<_> = (0..2)
+            .map(|_| std::os::unix::net::UnixStream::connect(&path).unwrap())
+            .collect();
+        assert_eq!(u[0].accept_queue(), Some((2, 20)));
+        drop(held);
+        drop(u);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

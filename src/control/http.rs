@@ -105,6 +105,11 @@ pub fn parse(buf: &[u8]) -> Parsed {
 
 /// A complete response with a JSON body; the connection closes after it.
 pub fn response(status: u16, body: &str, extra_headers: &[(&str, &str)]) -> Vec<u8> {
+    typed_response(status, "application/json", body, extra_headers)
+}
+
+/// A complete response with a body of `content_type` (ended by a newline).
+pub fn typed_response(status: u16, content_type: &str, body: &str, extra_headers: &[(&str, &str)]) -> Vec<u8> {
     let reason = match status {
         200 => "OK",
         202 => "Accepted",
@@ -119,7 +124,7 @@ pub fn response(status: u16, body: &str, extra_headers: &[(&str, &str)]) -> Vec<
         _ => "Error",
     };
     let mut out = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n",
         body.len() + 1
     );
     for (k, v) in extra_headers {

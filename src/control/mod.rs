@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod http;
+pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod stats;
@@ -21,6 +22,8 @@ use http::Request;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     Stats,
+    /// `GET /metrics`: Prometheus text.
+    Metrics,
     /// For the core to decide and answer.
     Intent(Intent),
     /// The request itself is wrong: reject it with this status and error.
@@ -49,6 +52,8 @@ pub fn route(req: &Request, token: Option<&str>) -> Route {
     match (req.method.as_str(), path, protocol::Command::from_path(path)) {
         ("GET" | "HEAD", "/stats", _) => Route::Stats,
         (_, "/stats", _) => Route::WrongMethod { allow: "GET" },
+        ("GET" | "HEAD", "/metrics", _) => Route::Metrics,
+        (_, "/metrics", _) => Route::WrongMethod { allow: "GET" },
         ("POST", _, Some(protocol::Command::Workers)) => {
             let count = req.query.iter().find(|(k, _)| k == "count").map(|(_, v)| v.as_str());
             match count.and_then(|c| c.parse::<usize>().ok()) {
@@ -93,6 +98,11 @@ mod tests {
     #[test]
     fn routes() {
         assert_eq!(route(&req("GET", "/stats", None), None), Route::Stats);
+        assert_eq!(route(&req("GET", "/metrics", None), None), Route::Metrics);
+        assert!(matches!(
+            route(&req("POST", "/metrics", None), None),
+            Route::WrongMethod { allow: "GET" }
+        ));
         assert_eq!(
             route(&req("POST", "/phased-restart", None), None),
             Route::Intent(Intent::Rolling)

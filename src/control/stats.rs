@@ -59,7 +59,7 @@ impl Usage {
         Usage { system: None }
     }
 
-    fn refresh(&mut self, pids: &[Pid]) -> Option<&System> {
+    pub fn refresh(&mut self, pids: &[Pid]) -> Option<&System> {
         if self.system.is_none() {
             self.system = System::new().ok();
         }

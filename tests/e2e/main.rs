@@ -14,6 +14,7 @@ mod config;
 mod control;
 mod hot;
 mod inheritance;
+mod metrics;
 mod notify_socket;
 mod overlap;
 mod real_servers;

@@ -1,0 +1,157 @@
+//! `GET /metrics`, read by Prometheus's own parser (the `prometheus_client`
+//! package), with the accept queue seen from the kernel.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use sup::control::protocol::Stats;
+
+use crate::harness::*;
+
+fn get(path: &Path, target: &str) -> String {
+    let mut s = UnixStream::connect(path).unwrap();
+    s.set_read_timeout(Some(secs(15))).unwrap();
+    s.write_all(format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+/// Every sample, as Prometheus's Python client parses the text: a line
+/// `name{labels as JSON} value` each. None if the package is missing
+/// (locally; in CI that fails, since .ci/run installs it).
+fn parse(text: &str) -> Option<Vec<(String, serde_json::Value, f64)>> {
+    const PARSER: &str = "import sys, json\n\
+        from prometheus_client.parser import text_string_to_metric_families\n\
+        for f in text_string_to_metric_families(sys.stdin.read()):\n\
+        \x20   for s in f.samples:\n\
+        \x20       print(json.dumps([s.name, s.labels, s.value]))\n";
+    let have = Command::new("python3")
+        .args(["-c", "import prometheus_client"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !have {
+        assert!(
+            std::env::var("CI").is_err(),
+            "prometheus_client is required in CI (.ci/run installs it)"
+        );
+        let _ = std::io::stderr()
+            .write_all(b"skipped: prometheus_client is not installed (pip install prometheus_client)\n");
+        return None;
+    }
+    let mut child = Command::new("python3")
+        .args(["-c", PARSER])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "the parser refused it:\n{text}");
+    Some(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (v[0].as_str().unwrap().to_string(), v[1].clone(), v[2].as_f64().unwrap())
+            })
+            .collect(),
+    )
+}
+
+fn value(samples: &[(String, serde_json::Value, f64)], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples
+        .iter()
+        .find(|(n, l, _)| n == name && labels.iter().all(|(k, v)| l[*k] == *v))
+        .map(|s| s.2)
+}
+
+#[test]
+fn metrics_parse_as_prometheus_text_and_show_the_accept_queue_of_stopped_workers() {
+    let dir = TestDir::new();
+    let sock = dir.join("c.sock");
+    let control = format!("unix:{}", sock.display());
+    let sup = Sup::start(
+        &dir,
+        &[
+            "--bind",
+            "127.0.0.1:0?name=web&backlog=64",
+            "--workers",
+            "2",
+            "--ready",
+            "notify",
+            "--control",
+            &control,
+            "--",
+            WORKER,
+            "--serve",
+            "--ready-after",
+            "0",
+        ],
+    );
+    let addr = sup.tcp_addr(0);
+    sup.wait_ready(2);
+    sup.signal(libc::SIGUSR1);
+    sup.wait_log("rolling restart to gen 1 complete", secs(30));
+    let stats: Stats = {
+        let text = get(&sock, "/stats");
+        serde_json::from_str(text.split_once("\r\n\r\n").unwrap().1).unwrap()
+    };
+    let pids: Vec<i32> = stats.worker_status.iter().map(|w| w.pid).collect();
+    assert_eq!(pids.len(), 2);
+    // Nobody accepts: 7 connections wait in the listener's queue.
+    for pid in &pids {
+        // SAFETY: workers of our sup.
+        unsafe { libc::kill(*pid, libc::SIGSTOP) };
+    }
+    for pid in &pids {
+        wait_until("the worker to be stopped", secs(10), || {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let state = stat.rsplit(')').next()?.split_whitespace().next()?.to_string();
+            (state == "T").then_some(())
+        });
+    }
+    let waiting: Vec<_> = (0..7).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect();
+    let response = get(&sock, "/metrics");
+    for pid in &pids {
+        // SAFETY: as above.
+        unsafe { libc::kill(*pid, libc::SIGCONT) };
+    }
+    drop(waiting);
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("Content-Type: text/plain; version=0.0.4"), "{head}");
+    let Some(samples) = parse(body) else { return };
+    let address = format!("tcp://{addr}");
+    let listener = [("listener", "web"), ("address", address.as_str())];
+    assert_eq!(
+        value(&samples, "sup_listener_queue_length", &listener),
+        Some(7.0),
+        "{body}"
+    );
+    assert_eq!(
+        value(&samples, "sup_listener_queue_limit", &listener),
+        Some(64.0),
+        "{body}"
+    );
+    assert_eq!(value(&samples, "sup_workers", &[("state", "ready")]), Some(2.0));
+    assert_eq!(value(&samples, "sup_generation", &[]), Some(1.0));
+    // The parser names a counter's sample with its `_total`.
+    let rolled = [("kind", "rolling"), ("outcome", "completed")];
+    assert_eq!(value(&samples, "sup_restarts_total", &rolled), Some(1.0), "{body}");
+    assert_eq!(
+        value(&samples, "sup_worker_exits_total", &[("cause", "stopped")]),
+        Some(2.0)
+    );
+    for pid in &pids {
+        let p = pid.to_string();
+        let memory = value(&samples, "sup_worker_resident_memory_bytes", &[("pid", &p)]).unwrap();
+        assert!(memory > 0.0, "{body}");
+        assert!(value(&samples, "sup_worker_cpu_seconds_total", &[("pid", &p)]).is_some());
+    }
+}
