@@ -142,6 +142,28 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", env = "SUP_WATCHDOG")]
     pub watchdog: Option<String>,
 
+    /// Replace a worker whose memory stays above SIZE (e.g. 512M, 2G)
+    ///
+    /// Memory is PSS summed over the worker's process group (smaps_rollup), so
+    /// pages shared with a preloading parent are not counted once per worker. It is
+    /// sampled every --recycle-check; above SIZE three samples in a row, the worker
+    /// is replaced like one slot of a rolling restart: its replacement first, ready,
+    /// then the old one stopped; never while a restart runs, never more than
+    /// --max-surge at once.
+    #[arg(long, value_name = "SIZE", env = "SUP_MAX_MEMORY")]
+    pub max_memory: Option<String>,
+
+    /// Replace a worker once it has run this long, plus a jitter of up to 10%
+    ///
+    /// The jitter spreads workers that started together; the replacement is
+    /// make-before-break, like --max-memory's.
+    #[arg(long, value_name = "DURATION", env = "SUP_MAX_AGE")]
+    pub max_age: Option<String>,
+
+    /// How often --max-memory samples the workers' memory [default: 5s]
+    #[arg(long, value_name = "DURATION", env = "SUP_RECYCLE_CHECK")]
+    pub recycle_check: Option<String>,
+
     /// How many replacements may boot at once during a rolling restart [default: 1]
     ///
     /// Capacity never drops below --workers ready workers, whatever the value.

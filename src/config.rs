@@ -63,6 +63,10 @@ pub struct Config {
     pub boot_timeout: Duration,
     pub watchdog: Option<Duration>,
     pub max_surge: usize,
+    /// `--max-memory`, in bytes.
+    pub max_memory: Option<u64>,
+    pub max_age: Option<Duration>,
+    pub recycle_check: Duration,
     pub on_restart: Option<String>,
     pub hook_timeout: Duration,
     pub einhorn_ack: bool,
@@ -87,6 +91,8 @@ pub enum ConfigError {
     Workers(String),
     #[error("invalid --max-surge `{0}`: expected a whole number from 1 to 10000")]
     MaxSurge(String),
+    #[error("invalid --max-memory `{0}`: expected a size such as 512M or 2G (at least 1M)")]
+    MaxMemory(String),
     #[error("invalid --ready `{0}`: expected notify or delay:DURATION (e.g. delay:2s)")]
     Ready(String),
     #[error("invalid --notify-socket `{0}`: expected path or abstract")]
@@ -204,6 +210,11 @@ impl Config {
             .watchdog
             .as_deref()
             .map(|w| duration("watchdog", Some(w), Duration::from_secs(30)));
+        let max_age = cli
+            .max_age
+            .as_deref()
+            .map(|a| duration("max-age", Some(a), Duration::from_secs(3600)));
+        let recycle_check = duration("recycle-check", cli.recycle_check.as_deref(), Duration::from_secs(5));
         let ready = match cli.ready.as_deref() {
             None => Readiness::Delay(Duration::from_secs(1)),
             Some("notify") => Readiness::Notify,
@@ -225,6 +236,13 @@ impl Config {
                 }
             },
         };
+        let max_memory = cli.max_memory.as_deref().and_then(|s| match parse_size(s) {
+            Some(n) if n >= 1 << 20 => Some(n),
+            _ => {
+                errors.push(ConfigError::MaxMemory(s.to_string()));
+                None
+            }
+        });
         let notify_socket = match cli.notify_socket.as_deref() {
             None | Some("path") => SocketPlace::Path,
             Some("abstract") => SocketPlace::Abstract,
@@ -286,6 +304,9 @@ impl Config {
             boot_timeout,
             watchdog,
             max_surge,
+            max_memory,
+            max_age,
+            recycle_check,
             on_restart: cli.on_restart,
             hook_timeout,
             einhorn_ack: cli.einhorn_ack,
@@ -369,6 +390,9 @@ impl Config {
             boot_timeout: self.boot_timeout,
             watchdog: self.watchdog,
             max_surge: self.max_surge,
+            max_memory: self.max_memory,
+            max_age: self.max_age,
+            recycle_check: self.recycle_check,
             hook: self.on_restart.is_some(),
             hot_overlap: self.hot_overlap,
             hook_timeout: self.hook_timeout,
@@ -440,6 +464,9 @@ fn merge_file(cli: &mut Cli, file: FileConfig) {
     fill(&mut cli.boot_timeout, file.boot_timeout);
     fill(&mut cli.watchdog, file.watchdog);
     fill(&mut cli.max_surge, file.max_surge.map(|n| n.to_string()));
+    fill(&mut cli.max_memory, file.max_memory);
+    fill(&mut cli.max_age, file.max_age);
+    fill(&mut cli.recycle_check, file.recycle_check);
     fill(&mut cli.on_restart, file.on_restart);
     fill(&mut cli.hook_timeout, file.hook_timeout);
     cli.einhorn_ack |= file.einhorn_ack.unwrap_or(false);
@@ -488,6 +515,26 @@ pub fn parse_signal(s: &str) -> Option<Signal> {
 
 /// Resolve `--user` / `--group` into ids. Without root, only the current
 /// user is accepted (a no-op), since setuid would fail at every spawn.
+/// A size: bytes, or a number with K, M, G or T (powers of 1024; `512M`,
+/// `1.5G`).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (number, unit) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => (&s[..i], s[i..].trim_end_matches(['B', 'b', 'i'])),
+        None => (s, ""),
+    };
+    let scale: u64 = match unit.to_ascii_uppercase().as_str() {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        _ => return None,
+    };
+    let n: f64 = number.trim().parse().ok()?;
+    (n.is_finite() && n >= 0.0).then_some((n * scale as f64) as u64)
+}
+
 fn credentials(user: Option<&str>, group: Option<&str>) -> Result<Option<Credentials>, String> {
     use nix::unistd::{Gid, Group, Uid, User};
     if user.is_none() && group.is_none() {
@@ -558,6 +605,23 @@ mod tests {
         let mut v = vec!["sup"];
         v.extend_from_slice(args);
         Config::from_cli(Cli::try_parse_from(v).unwrap())
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512M"), Some(512 << 20));
+        assert_eq!(parse_size("2G"), Some(2 << 30));
+        assert_eq!(parse_size("300k"), Some(300 << 10));
+        assert_eq!(parse_size("1.5G"), Some(3 << 29));
+        assert_eq!(parse_size("1048576"), Some(1 << 20));
+        assert_eq!(parse_size("12 parsecs"), None);
+        assert_eq!(parse_size("-1M"), None);
+        assert!(cfg(&["--max-memory", "100K", "--", "x"]).is_err(), "under 1M");
+        let c = cfg(&["--max-memory", "64M", "--max-age", "1h", "--", "x"]).unwrap();
+        assert_eq!(
+            (c.max_memory, c.max_age),
+            (Some(64 << 20), Some(Duration::from_secs(3600)))
+        );
     }
 
     #[test]

@@ -184,6 +184,10 @@ pub enum Event {
     },
     /// sup has no child left but its workers and helper ([`Action::ProbeStrays`]).
     StraysGone,
+    /// The answer to [`Action::SampleMemory`]: (worker pid, bytes).
+    Memory {
+        samples: Vec<(i32, u64)>,
+    },
     /// An sd_notify datagram (or an Einhorn ack, as `READY=1` + `MAINPID`).
     Notify {
         sender: Option<Sender>,
@@ -236,6 +240,9 @@ pub enum Action {
     /// Find out whether such strays remain; answer [`Event::StraysGone`]
     /// if none does.
     ProbeStrays,
+    /// Measure every worker's memory (PSS summed over its process group)
+    /// and answer with [`Event::Memory`]. Only with `--max-memory`.
+    SampleMemory,
     /// Start the `--on-restart` hook for this kind of restart.
     RunHook {
         kind: RestartKind,
@@ -311,6 +318,12 @@ pub struct Settings {
     pub boot_timeout: Duration,
     pub watchdog: Option<Duration>,
     pub max_surge: usize,
+    /// `--max-memory` (bytes): a worker whose process group's PSS stays
+    /// above it is recycled. Sampled every `recycle_check`.
+    pub max_memory: Option<u64>,
+    /// `--max-age`: a worker this old (plus up to 10% jitter) is recycled.
+    pub max_age: Option<Duration>,
+    pub recycle_check: Duration,
     /// Whether an `--on-restart` hook runs before each restart.
     pub hook: bool,
     /// `--hot-restart overlap`: a hot restart re-executes with the workers
@@ -388,6 +401,16 @@ pub struct Core {
     slots: Vec<Slot>,
     /// Where the rollout's next replacement is looked for first.
     roll_cursor: usize,
+    /// Slots whose worker is being recycled (`--max-memory`, `--max-age`):
+    /// the reason and the pid being replaced.
+    recycling: std::collections::BTreeMap<usize, (&'static str, i32)>,
+    /// A slot whose recycling failed waits until then before another try.
+    recycle_after: std::collections::BTreeMap<usize, Instant>,
+    /// When `--max-memory` next samples.
+    next_memory_check: Option<Instant>,
+    /// The `now` of the event being handled (age deadlines already past
+    /// are not deadlines any more: they wait for room, which an event frees).
+    now_seen: Option<Instant>,
     /// Every slot in the `Replacing` state, and maybe some that have left
     /// it (dropped by the next hand-over pass): at most a few, so that pass
     /// does not look at every slot after every event.
@@ -424,6 +447,10 @@ impl Core {
             lingering: Vec::new(),
             slots: vec![Slot::default(); target],
             roll_cursor: 0,
+            recycling: std::collections::BTreeMap::new(),
+            recycle_after: std::collections::BTreeMap::new(),
+            next_memory_check: None,
+            now_seen: None,
             replacing: Vec::new(),
             shutdown: None,
             strays: None,
@@ -585,6 +612,7 @@ impl Core {
     /// Decide what to do about `event` at `now`.
     pub fn handle(&mut self, event: Event, now: Instant) -> Vec<Action> {
         let mut out = Vec::new();
+        self.now_seen = Some(now);
         if self.exited {
             if let Event::Control { conn, intent } = event {
                 let reason = "sup is exiting".to_string();
@@ -624,6 +652,7 @@ impl Core {
                 }
             }
             Event::GroupEmpty { pgid } => self.on_group_empty(pgid, &mut out),
+            Event::Memory { samples } => self.on_memory(&samples),
             Event::StraysGone => {
                 if self.shutdown.is_some() {
                     self.strays = Some(Strays::Gone);
@@ -656,7 +685,9 @@ impl Core {
         //    before `roll`, so that the room it frees is used at once;
         // 3. roll: replacements into slots still running older code;
         // 4. fill: empty slots past their backoff (after `roll`, which
-        //    leaves empty slots to it);
+        //    leaves empty slots to it); then recycle (`--max-memory`,
+        //    `--max-age`): a replacement for an over-limit worker, when no
+        //    restart runs and the surge allows;
         // 5. whether the rollout, the hot restart's drain, or sup is done;
         // 6. a restart requested meanwhile starts if the last one has ended;
         // 7. what sup's own supervisor should hear about all that.
@@ -664,6 +695,7 @@ impl Core {
         self.hand_over(now, &mut out);
         self.roll(&mut out);
         self.fill(now, &mut out);
+        self.recycle(now, &mut out);
         self.check_rollout_done(now, &mut out);
         self.check_drained(&mut out);
         self.check_done(now, &mut out);
@@ -801,6 +833,7 @@ impl Core {
             Some(Strays::Signalled { kill_at }) => Some(kill_at),
             Some(Strays::Killed | Strays::Gone) | None => None,
         };
+        let recycling = self.recycle_deadline();
         workers
             .chain(lingering)
             .chain(backoff)
@@ -808,6 +841,7 @@ impl Core {
             .chain(exit)
             .chain(upward)
             .chain(strays)
+            .chain(recycling)
             .min()
     }
 
@@ -1594,7 +1628,8 @@ impl Core {
         // A replacement is kept only for the rollout that asked for it (one
         // that ended or started over in the meantime no longer wants it).
         let replacement = matches!(self.slots[slot].state, SlotState::Replacing { .. });
-        let wanted = !replacement || self.rolling_generation() == Some(generation);
+        let recycled = self.recycling.contains_key(&slot) && generation == self.generation;
+        let wanted = !replacement || recycled || self.rolling_generation() == Some(generation);
         let taken = self.slots[slot].take(pid);
         let worker = Worker {
             slot,
@@ -1607,6 +1642,8 @@ impl Core {
             },
             status: None,
             watchdog_deadline: None,
+            memory: None,
+            over_memory: 0,
         };
         log(out, Level::Info, format!("{} started", worker.label()));
         let i = self.push_worker(worker);
@@ -1895,6 +1932,7 @@ impl Core {
     /// Hand over: where a slot's replacement is ready, stop the worker it
     /// replaces (the old generation after its replacement came up).
     fn hand_over(&mut self, now: Instant, out: &mut Vec<Action>) {
+        self.end_recycling(now, out);
         let slots = &self.slots;
         self.replacing.retain(|&k| {
             slots
@@ -1991,6 +2029,155 @@ impl Core {
         self.finish(Outcome::Completed, now, out);
     }
 
+    /// A worker's recycling ends when its slot is no longer being replaced:
+    /// done if the worker is gone, failed if it still serves (its
+    /// replacement did not come up), and then it waits before another try.
+    fn end_recycling(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let ended: Vec<(usize, &'static str, i32)> = self
+            .recycling
+            .iter()
+            .filter(|(k, _)| {
+                !self
+                    .slots
+                    .get(**k)
+                    .is_some_and(|s| matches!(s.state, SlotState::Replacing { .. }))
+            })
+            .map(|(k, (why, old))| (*k, *why, *old))
+            .collect();
+        for (slot, why, old) in ended {
+            self.recycling.remove(&slot);
+            let still_serving =
+                matches!(self.slots.get(slot).map(|s| s.state), Some(SlotState::Running { pid }) if pid == old);
+            if still_serving {
+                let wait = self
+                    .settings
+                    .recycle_check
+                    .max(self.settings.backoff.delay(self.slots[slot].failures.max(2)));
+                log(
+                    out,
+                    Level::Warn,
+                    format!(
+                        "recycling worker {slot} (pid {old}, {why}) failed: its replacement did not come up; it keeps serving, next try in {wait:?}"
+                    ),
+                );
+                self.recycle_after.insert(slot, now + wait);
+            }
+        }
+    }
+
+    /// When the worker in a slot is due for recycling by age: its start,
+    /// plus `--max-age`, plus a jitter of up to a tenth of it, fixed per
+    /// pid (spreads workers started together; the core has no randomness).
+    fn age_deadline(&self, w: &Worker) -> Option<Instant> {
+        let max_age = self.settings.max_age?;
+        let mut z = (w.pid as u64).wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        let fraction = ((z ^ (z >> 31)) % 1000) as f64 / 1000.0;
+        Some(w.spawned_at + max_age + (max_age / 10).mul_f64(fraction))
+    }
+
+    fn on_memory(&mut self, samples: &[(i32, u64)]) {
+        let Some(limit) = self.settings.max_memory else { return };
+        for &(pid, bytes) in samples {
+            if let Some(i) = self.find(pid) {
+                let w = &mut self.workers[i];
+                w.memory = Some(bytes);
+                w.over_memory = if bytes > limit {
+                    w.over_memory.saturating_add(1)
+                } else {
+                    0
+                };
+            }
+        }
+    }
+
+    /// Recycling (`--max-memory`, `--max-age`): sample memory when due;
+    /// then, when no restart runs, give each over-limit ready worker a
+    /// replacement (at most `max_surge` at a time, counting every slot being
+    /// replaced), like one slot of a rolling restart.
+    fn recycle(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if !self.started || self.shutdown.is_some() {
+            return;
+        }
+        if self.settings.max_memory.is_some() && self.next_memory_check.is_none_or(|t| t <= now) {
+            out.push(Action::SampleMemory);
+            self.next_memory_check = Some(now + self.settings.recycle_check);
+        }
+        if self.restart.is_some() || (self.settings.max_memory.is_none() && self.settings.max_age.is_none()) {
+            return;
+        }
+        let replacing = self
+            .slots
+            .iter()
+            .filter(|s| matches!(s.state, SlotState::Replacing { .. }))
+            .count();
+        let mut room = self.settings.max_surge.saturating_sub(replacing);
+        for slot in 0..self.target {
+            if room == 0 {
+                break;
+            }
+            let SlotState::Running { pid } = self.slots[slot].state else {
+                continue;
+            };
+            if self.recycle_after.get(&slot).is_some_and(|t| *t > now) {
+                continue;
+            }
+            let Some(w) = self.worker(pid) else { continue };
+            if !matches!(w.state, WorkerState::Ready { .. }) {
+                continue;
+            }
+            let over_memory = w.over_memory >= RECYCLE_SAMPLES;
+            let why = if over_memory {
+                let limit = self.settings.max_memory.unwrap_or_default();
+                let mib = |b: u64| b as f64 / f64::from(1 << 20);
+                format!(
+                    "its memory ({:.1} MiB PSS) stayed above --max-memory ({:.1} MiB) {RECYCLE_SAMPLES} samples in a row",
+                    mib(w.memory.unwrap_or_default()),
+                    mib(limit)
+                )
+            } else if self.age_deadline(w).is_some_and(|t| t <= now) {
+                let age = now.saturating_duration_since(w.spawned_at);
+                format!("it has run {age:.1?}, past --max-age")
+            } else {
+                continue;
+            };
+            let reason = if over_memory { "memory" } else { "age" };
+            let (label, generation) = (w.label(), self.generation);
+            log(
+                out,
+                Level::Info,
+                format!("recycling {label}: {why}; its replacement (gen {generation}) starts first"),
+            );
+            Counters::bump(&mut self.counters.recycled, reason);
+            self.recycle_after.remove(&slot);
+            self.recycling.insert(slot, (reason, pid));
+            self.slots[slot].request_spawn(generation);
+            self.note_replacing(slot);
+            out.push(Action::Spawn { slot, generation });
+            room -= 1;
+        }
+    }
+
+    /// The next instant recycling has something to do: a memory sample, or
+    /// a worker reaching its age (not one already past it: that one waits
+    /// for room, and the event that frees room runs the recycle pass).
+    fn recycle_deadline(&self) -> Option<Instant> {
+        if !self.started || self.shutdown.is_some() {
+            return None;
+        }
+        let memory = self.next_memory_check.filter(|_| self.settings.max_memory.is_some());
+        let age = self.settings.max_age.and_then(|_| {
+            self.workers
+                .iter()
+                .filter(|w| !w.is_stopping())
+                .filter_map(|w| self.age_deadline(w))
+                .filter(|t| self.now_seen.is_none_or(|now| *t > now))
+                .min()
+        });
+        memory.into_iter().chain(age).min()
+    }
+
     /// Hot: once every worker (and what lingers of its group) is gone, exec.
     fn check_drained(&mut self, out: &mut Vec<Action>) {
         let Some(r) = &mut self.restart else { return };
@@ -2061,6 +2248,10 @@ impl Core {
     }
 }
 
+/// How many memory samples in a row above `--max-memory` make a worker
+/// due for recycling (a short spike is not enough).
+const RECYCLE_SAMPLES: u32 = 3;
+
 /// Pids are small, distinct and chosen by the kernel, not by an attacker:
 /// a multiplicative hash spreads them, at a fraction of SipHash's cost
 /// (the per-event passes look up every slot's workers).
@@ -2114,6 +2305,9 @@ mod tests {
             boot_timeout: Duration::from_secs(60),
             watchdog: None,
             max_surge: 1,
+            max_memory: None,
+            max_age: None,
+            recycle_check: Duration::from_secs(5),
             hook: false,
             hot_overlap: false,
             hook_timeout: Duration::from_secs(60),
@@ -2145,6 +2339,8 @@ mod tests {
         strays_signalled: Vec<i32>,
         /// Whether a probe finds strays (processes left to sup) alive.
         strays_alive: bool,
+        /// What a memory sample finds, by pid.
+        memory_of: std::collections::HashMap<i32, u64>,
     }
 
     impl Harness {
@@ -2179,6 +2375,7 @@ mod tests {
                 adopting: false,
                 strays_signalled: vec![],
                 strays_alive: false,
+                memory_of: std::collections::HashMap::new(),
             }
         }
 
@@ -2229,6 +2426,15 @@ mod tests {
                         Action::Upward(u) => self.upward.push(u),
                         Action::Exit(code) => self.exit = Some(code),
                         Action::Reply { conn, intent, reply } => self.replies.push((conn, intent, reply)),
+                        Action::SampleMemory => {
+                            let samples = self
+                                .core
+                                .workers()
+                                .iter()
+                                .filter_map(|w| Some((w.pid, *self.memory_of.get(&w.pid)?)))
+                                .collect();
+                            queue.push_back(Event::Memory { samples });
+                        }
                     }
                 }
             }
@@ -3692,6 +3898,122 @@ mod tests {
         assert_eq!(core.check_invariants(), Ok(()));
     }
 
+    const MIB: u64 = 1 << 20;
+
+    fn recycling_harness(workers: usize, s: impl FnOnce(&mut Settings)) -> Harness {
+        ready_harness(workers, |st| {
+            st.recycle_check = Duration::from_secs(1);
+            s(st);
+        })
+    }
+
+    #[test]
+    fn a_worker_whose_memory_stays_high_is_replaced_make_before_break() {
+        let mut h = recycling_harness(2, |s| s.max_memory = Some(100 * MIB));
+        // One sample above is a spike; three in a row are not.
+        h.memory_of.insert(100, 200 * MIB);
+        h.tick_until(1_500);
+        assert_eq!(h.spawns, 2, "not after one sample");
+        h.memory_of.insert(100, 50 * MIB);
+        h.tick_until(2_500);
+        h.memory_of.insert(100, 200 * MIB);
+        h.tick_until(4_500);
+        assert_eq!(h.spawns, 2, "two samples above, then below: still not");
+        h.tick_until(5_500);
+        assert_eq!(h.spawns, 3, "the third sample in a row above starts a replacement");
+        assert!(
+            h.logs
+                .iter()
+                .any(|l| l.contains("recycling worker 0 (pid 100, gen 0): its memory (200.0 MiB PSS)"))
+        );
+        assert!(
+            h.signals.is_empty(),
+            "nothing is stopped before the replacement is ready"
+        );
+        h.run_checking_capacity(7_000, 2);
+        assert_eq!(h.signals, [(100, TERM), (100, SIGCONT)], "then the old one stops");
+        h.reap_stopping(7_100);
+        assert_eq!(h.pids(), [101, 102]);
+        assert_eq!(h.gens(), [0, 0], "a recycled worker runs the same generation");
+        assert_eq!(h.core.counters().recycled.get("memory"), Some(&1));
+        assert_eq!(h.core.check_invariants(), Ok(()));
+    }
+
+    #[test]
+    fn recycling_waits_for_a_running_restart_and_respects_the_surge() {
+        let mut h = recycling_harness(3, |s| {
+            s.max_memory = Some(100 * MIB);
+            s.hook = true;
+        });
+        for pid in [100, 101, 102] {
+            h.memory_of.insert(pid, 500 * MIB);
+        }
+        h.send(Event::Intent(Intent::Rolling), 1_000);
+        h.send(Event::HelperSpawned { pid: 900 }, 1_001);
+        h.tick_until(10_000);
+        assert_eq!(h.spawns, 3, "nothing recycles while the hook of a restart runs");
+        h.exit(900, ExitStatus::Code(1), 10_001);
+        h.tick_until(12_000);
+        let replacing = |h: &Harness| {
+            (0..3)
+                .filter(|k| matches!(h.core.slot(*k).unwrap().state, SlotState::Replacing { .. }))
+                .count()
+        };
+        assert_eq!(replacing(&h), 1, "one at a time with --max-surge 1");
+        h.run_checking_capacity(30_000, 3);
+        assert_eq!(h.core.counters().recycled.get("memory"), Some(&3));
+    }
+
+    #[test]
+    fn workers_reaching_max_age_are_recycled_one_by_one_with_jitter() {
+        let mut h = recycling_harness(3, |s| s.max_age = Some(Duration::from_secs(100)));
+        let deadlines: Vec<Instant> = h.core.workers().iter().filter_map(|w| h.core.age_deadline(w)).collect();
+        let distinct: std::collections::HashSet<_> = deadlines.iter().collect();
+        assert_eq!(distinct.len(), 3, "workers started together get different deadlines");
+        for d in &deadlines {
+            let after = d.duration_since(h.t0);
+            assert!(
+                after >= Duration::from_secs(100) && after <= Duration::from_millis(110_100),
+                "{after:?}"
+            );
+        }
+        assert_eq!(h.core.next_deadline(), deadlines.iter().min().copied());
+        h.run_checking_capacity(200_000, 3);
+        assert_eq!(h.core.counters().recycled.get("age"), Some(&3));
+        assert!(h.logs.iter().any(|l| l.contains("past --max-age")));
+        assert_eq!(h.pids(), [103, 104, 105]);
+    }
+
+    #[test]
+    fn a_recycling_whose_replacement_fails_keeps_the_old_worker_and_waits() {
+        let mut h = recycling_harness(1, |s| s.max_memory = Some(100 * MIB));
+        h.memory_of.insert(100, 500 * MIB);
+        h.tick_until(4_500);
+        assert_eq!(h.spawns, 2);
+        h.exit(101, ExitStatus::Code(1), 4_600);
+        assert!(
+            h.logs
+                .iter()
+                .any(|l| l.contains("recycling worker 0 (pid 100, memory) failed"))
+        );
+        assert_eq!(h.pids(), [100], "the old worker keeps serving");
+        h.tick_until(5_500);
+        assert_eq!(h.spawns, 2, "no retry before the wait");
+        h.tick_until(10_000);
+        assert_eq!(h.spawns, 3, "then it tries again");
+    }
+
+    #[test]
+    fn without_the_flags_recycling_sets_no_timer() {
+        let h = ready_harness(2, |_| {});
+        assert_eq!(h.core.next_deadline(), None);
+        let with = recycling_harness(2, |s| s.max_memory = Some(100 * MIB));
+        assert!(
+            with.core.next_deadline().is_some(),
+            "with --max-memory, the next sample"
+        );
+    }
+
     /// splitmix64: a deterministic generator for the property tests, so a
     /// failing sequence is named by its seed and replays exactly.
     struct Rng(u64);
@@ -3720,7 +4042,7 @@ mod tests {
     /// After every event the core's invariants must hold: the slot table and
     /// the worker table agree, and never more than target + max-surge
     /// workers are live.
-    fn random_run(seed: u64, steps: usize) {
+    fn random_run(seed: u64, steps: usize, recycling: bool) {
         let mut rng = Rng(seed);
         let mut st = settings(1 + rng.below(5));
         st.max_surge = 1 + rng.below(3);
@@ -3733,6 +4055,9 @@ mod tests {
         st.boot_timeout = Duration::from_millis(500 + rng.below(3000) as u64);
         st.graceful_timeout = Duration::from_millis(100 + rng.below(2000) as u64);
         st.watchdog = (rng.below(4) == 0).then_some(Duration::from_millis(700));
+        st.max_memory = (recycling || rng.below(3) == 0).then_some(100);
+        st.max_age = (recycling || rng.below(3) == 0).then(|| Duration::from_millis(1000 + rng.below(4000) as u64));
+        st.recycle_check = Duration::from_millis(200 + rng.below(800) as u64);
         let mut core = Core::new(st);
         let t0 = Instant::now();
         let mut ms: u64 = 0;
@@ -3755,6 +4080,14 @@ mod tests {
                             queue.push_back(Event::GroupEmpty { pgid });
                         }
                         Action::ProbeStrays if rng.below(2) == 0 => queue.push_back(Event::StraysGone),
+                        Action::SampleMemory => {
+                            let samples = core
+                                .workers()
+                                .iter()
+                                .map(|w| (w.pid, if rng.below(5) == 0 { 50 } else { 150 }))
+                                .collect();
+                            queue.push_back(Event::Memory { samples });
+                        }
                         Action::Exit(_) => return,
                         _ => {}
                     }
@@ -3764,7 +4097,13 @@ mod tests {
                 }
             }
             let pids: Vec<i32> = core.workers().iter().map(|w| w.pid).collect();
-            let event = match rng.below(14) {
+            // With recycling on, restarts and stops are rare, so that the
+            // workers live long enough to be recycled, several at once.
+            let pick = match rng.below(14) {
+                9 | 10 | 13 if recycling && rng.below(10) > 0 => 7,
+                n => n,
+            };
+            let event = match pick {
                 0..=2 if !in_flight.is_empty() => {
                     let (slot, generation) = in_flight.remove(rng.below(in_flight.len()));
                     if rng.below(6) == 0 {
@@ -3851,7 +4190,14 @@ mod tests {
     #[test]
     fn random_event_sequences_keep_the_slot_table_whole_and_the_surge_bounded() {
         for seed in 0..400 {
-            random_run(seed, 600);
+            random_run(seed, 600, false);
+        }
+    }
+
+    #[test]
+    fn random_event_sequences_with_recycling_never_exceed_the_surge() {
+        for seed in 0..300 {
+            random_run(1_000 + seed, 600, true);
         }
     }
 }

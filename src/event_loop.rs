@@ -520,6 +520,12 @@ impl Shell<'_> {
                     }
                 }
             }
+            Action::SampleMemory => {
+                let leaders: Vec<i32> = self.core.workers().iter().map(|w| w.pid).collect();
+                self.pending.push_back(Event::Memory {
+                    samples: group_pss(&leaders),
+                });
+            }
             Action::ProbeStrays => {
                 if children().is_empty() {
                     self.pending.push_back(Event::StraysGone);
@@ -735,6 +741,38 @@ fn children() -> Vec<i32> {
             })
         })
         .collect()
+}
+
+/// Each worker's memory: the PSS (`/proc/PID/smaps_rollup`) of every
+/// process in the group it leads, summed: a preloading parent's shared
+/// pages count once across the workers, not once per worker as RSS would.
+/// One pass over `/proc`, whatever the number of workers.
+fn group_pss(leaders: &[i32]) -> Vec<(i32, u64)> {
+    let mut sums: std::collections::HashMap<i32, u64> = leaders.iter().map(|&p| (p, 0)).collect();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    for pid in dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
+        // The process group is the 3rd field after the `(comm)`.
+        let Some(pgrp) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| stat.rsplit_once(')')?.1.split_whitespace().nth(2)?.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Some(sum) = sums.get_mut(&pgrp) else { continue };
+        let pss_kib = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+            .ok()
+            .and_then(|text| {
+                let line = text.lines().find(|l| l.starts_with("Pss:"))?;
+                line.split_whitespace().nth(1)?.parse::<u64>().ok()
+            })
+            .unwrap_or(0);
+        *sum += pss_kib * 1024;
+    }
+    let mut out: Vec<(i32, u64)> = sums.into_iter().filter(|(_, b)| *b > 0).collect();
+    out.sort_unstable();
+    out
 }
 
 /// The inodes of sup's listening sockets.

@@ -204,6 +204,8 @@ impl HandedWorker {
             },
             status: self.status.clone(),
             watchdog_deadline: self.watchdog_ms.map(|d| abs(d, now)),
+            memory: None,
+            over_memory: 0,
         }
     }
 }
@@ -457,6 +459,8 @@ mod tests {
             },
             status: Some("draining".into()),
             watchdog_deadline: Some(now + Duration::from_millis(1500)),
+            memory: None,
+            over_memory: 0,
         };
         let handed = HandedWorker::from_worker(&w, now);
         assert_eq!((handed.spawned_ms, handed.watchdog_ms), (-4_000, Some(1_500)));

@@ -58,6 +58,10 @@ pub struct Worker {
     /// With `--watchdog`, after its first `WATCHDOG=1`: killed if no
     /// other comes by then.
     pub watchdog_deadline: Option<Instant>,
+    /// With `--max-memory`: the latest sample of its process group's PSS,
+    /// and how many samples in a row were above the limit.
+    pub memory: Option<u64>,
+    pub over_memory: u32,
 }
 
 impl Worker {

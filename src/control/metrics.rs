@@ -152,6 +152,22 @@ pub fn render(core: &Core, sockets: &[BoundSocket], usage: &mut Usage, started: 
         cpu.push((slot, pid, generation, p.accumulated_cpu_time() as f64 / 1000.0));
     }
     m.family(
+        "sup_worker_pss_bytes",
+        "gauge",
+        "With --max-memory: each worker's process group's PSS at the last sample.",
+    );
+    for w in core.workers() {
+        if let Some(bytes) = w.memory {
+            let (slot, pid, generation) = (w.slot.to_string(), w.pid.to_string(), w.generation.to_string());
+            let labels = [
+                ("slot", slot.as_str()),
+                ("pid", pid.as_str()),
+                ("generation", generation.as_str()),
+            ];
+            m.sample("sup_worker_pss_bytes", &labels, bytes as f64);
+        }
+    }
+    m.family(
         "sup_worker_cpu_seconds_total",
         "counter",
         "CPU time (user and system) of each worker process.",

@@ -183,6 +183,9 @@ pub struct Stats {
     /// Puma's name for the generation.
     pub phase: u64,
     pub worker_status: Vec<WorkerStats>,
+    /// Workers replaced outside a restart, by reason (`memory`, `age`).
+    #[serde(default)]
+    pub recycled: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -246,6 +249,9 @@ pub struct WorkerStats {
     pub last_exit: Option<String>,
     pub failures_in_a_row: u32,
     pub rss_bytes: Option<u64>,
+    /// With --max-memory: the last sample of its process group's PSS.
+    #[serde(default)]
+    pub pss_bytes: Option<u64>,
     pub cpu_percent: Option<f64>,
     pub status: Option<String>,
 }
@@ -339,9 +345,11 @@ mod tests {
                 last_exit: Some("status 1".into()),
                 failures_in_a_row: 0,
                 rss_bytes: Some(1 << 20),
+                pss_bytes: Some(900_000),
                 cpu_percent: Some(0.5),
                 status: None,
             }],
+            recycled: [("memory".to_string(), 2)].into(),
         };
         let text = round_trip(&stats);
         for wire in [

@@ -115,6 +115,7 @@ pub fn build(core: &Core, sockets: &[BoundSocket], usage: &mut Usage, started: I
             last_exit: slot.and_then(|s| s.last_exit).map(|e| e.to_string()),
             failures_in_a_row: slot.map_or(0, |s| s.failures),
             rss_bytes: process.map(|p| p.memory()),
+            pss_bytes: w.memory,
             cpu_percent: process.map(|p| (f64::from(p.cpu_usage()) * 10.0).round() / 10.0),
             status: w.status.clone(),
         });
@@ -156,6 +157,7 @@ pub fn build(core: &Core, sockets: &[BoundSocket], usage: &mut Usage, started: I
         status: core.status_line(),
         binds,
         restart,
+        recycled: core.counters().recycled.clone(),
         restart_busy: core.restart_busy(),
         workers: live,
         booted_workers: booted,

@@ -18,6 +18,7 @@ mod metrics;
 mod notify_socket;
 mod overlap;
 mod real_servers;
+mod recycling;
 mod rolling;
 mod stopping;
 mod supervision;

@@ -8,6 +8,8 @@
 //!                         checked strictly against LISTEN_PID, as real
 //!                         servers do) with one JSON line: pid, slot, gen
 //!   --delay-response MS   take this long to answer each request
+//!   --grow-kb N           keep N KiB more memory (written, so resident)
+//!                         with every request: a leak, for --max-memory
 //!   --exit N              exit with status N (at once, or after --exit-after)
 //!   --exit-after MS       ... after this long
 //!   --ignore-term         ignore SIGTERM
@@ -52,6 +54,7 @@ struct Opts {
     boot: u64,
     watchdog_once: bool,
     einhorn_ack_after: Option<u64>,
+    grow_kb: usize,
 }
 
 fn parse() -> Opts {
@@ -71,6 +74,7 @@ fn parse() -> Opts {
             "--boot" => o.boot = value("--boot").parse().unwrap_or_else(|_| die("ms")),
             "--ready-after" => o.ready_after = Some(value("--ready-after").parse().unwrap_or_else(|_| die("ms"))),
             "--watchdog-once" => o.watchdog_once = true,
+            "--grow-kb" => o.grow_kb = value("--grow-kb").parse().unwrap_or_else(|_| die("KiB")),
             "--einhorn-ack-after" => {
                 o.einhorn_ack_after = Some(value("--einhorn-ack-after").parse().unwrap_or_else(|_| die("ms")))
             }
@@ -311,11 +315,16 @@ fn serve(opts: &Opts) {
         });
     }
     let delay = Duration::from_millis(opts.delay_response);
+    let grow = opts.grow_kb;
     let mut handles = Vec::new();
     for fd in 3..3 + count {
         let stream = sockopt(fd, libc::SOL_SOCKET, libc::SO_TYPE) == libc::SOCK_STREAM;
         handles.push(std::thread::spawn(move || {
-            if stream { accept_loop(fd, delay) } else { udp_loop(fd) }
+            if stream {
+                accept_loop(fd, delay, grow)
+            } else {
+                udp_loop(fd)
+            }
         }));
     }
     for h in handles {
@@ -323,7 +332,7 @@ fn serve(opts: &Opts) {
     }
 }
 
-fn accept_loop(fd: RawFd, delay: Duration) {
+fn accept_loop(fd: RawFd, delay: Duration, grow_kb: usize) {
     ACCEPTORS.fetch_add(1, Ordering::SeqCst);
     let timeout = libc::timeval {
         tv_sec: 0,
@@ -363,6 +372,10 @@ fn accept_loop(fd: RawFd, delay: Duration) {
                 }
             }
             let _ = writeln!(std::io::stdout(), "worker {} request received", std::process::id());
+            if grow_kb > 0 {
+                // Written, so it is resident; never freed: the leak is the point.
+                std::mem::forget(vec![1u8; grow_kb * 1024]);
+            }
             std::thread::sleep(delay);
             let body = answer(fd);
             let _ = write!(
