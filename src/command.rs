@@ -13,11 +13,12 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::bind::BindSpec;
+use crate::files::os_error;
 
 /// Variables sup itself may have been given that belong to sup, not to its
 /// workers: its own socket activation, notify socket and watchdog, and any
 /// protocol variable sup sets itself.
-const STRIPPED: [&str; 12] = [
+pub const STRIPPED: [&str; 12] = [
     "LISTEN_FDS",
     "LISTEN_PID",
     "LISTEN_FDNAMES",
@@ -29,7 +30,8 @@ const STRIPPED: [&str; 12] = [
     "SUP_PID",
     "PWD",
     "SERVER_STARTER_GENERATION",
-    crate::handoff::VAR,
+    // The hot restart's handoff (`handoff::VAR`), checked by a test there.
+    "SUP_HANDOFF",
 ];
 const STRIPPED_PREFIXES: [&str; 2] = ["EINHORN_", "SERVER_STARTER_"];
 
@@ -354,19 +356,6 @@ pub fn resolve_program(program: &OsStr, cwd: &Path, path_var: Option<&OsStr>) ->
     }
 }
 
-/// Read a text file of at most `cap` bytes: a bigger one is refused
-/// before it is read, so a huge file costs neither time nor memory.
-pub fn read_capped(path: &Path, cap: u64) -> Result<String, String> {
-    use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|e| os_error(&e))?;
-    let mut bytes = Vec::new();
-    file.take(cap + 1).read_to_end(&mut bytes).map_err(|e| os_error(&e))?;
-    if bytes.len() as u64 > cap {
-        return Err(format!("larger than {} KiB, the most sup reads", cap / 1024));
-    }
-    String::from_utf8(bytes).map_err(|e| format!("not UTF-8 (at byte {})", e.utf8_error().valid_up_to()))
-}
-
 /// Replace `{fd}`, `{fd:N}` and `{fd:NAME}` inside an argument with the fd
 /// number the worker will find that socket at. Other braces are left alone.
 pub fn expand_placeholders(arg: &OsStr, binds: &[BindSpec]) -> Result<OsString, String> {
@@ -425,24 +414,6 @@ pub fn expand_placeholders(arg: &OsStr, binds: &[BindSpec]) -> Result<OsString, 
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-/// An OS error as a lowercase fragment: `no such file or directory`.
-pub fn os_error(e: &std::io::Error) -> String {
-    match e.raw_os_error() {
-        Some(code) => errno_text(code),
-        None => e.to_string(),
-    }
-}
-
-/// `errno` as a lowercase fragment.
-pub fn errno_text(code: i32) -> String {
-    let desc = nix::errno::Errno::from_raw(code).desc();
-    let mut chars = desc.chars();
-    match chars.next() {
-        Some(first) => first.to_lowercase().chain(chars).collect(),
-        None => format!("os error {code}"),
-    }
 }
 
 #[cfg(test)]

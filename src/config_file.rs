@@ -57,7 +57,7 @@ pub const MAX_BYTES: u64 = 64 << 10;
 /// Read and parse `path`; the error is one line naming the file, the line
 /// and the column.
 pub fn read(path: &Path) -> Result<FileConfig, String> {
-    let text = crate::command::read_capped(path, MAX_BYTES)?;
+    let text = crate::files::read_capped(path, MAX_BYTES)?;
     parse(&text)
 }
 

@@ -18,7 +18,7 @@ pub const MAX_BYTES: u64 = 1 << 20;
 
 /// Read and parse a dotenv file. Errors name the line.
 pub fn read(path: &Path) -> Result<Vec<(String, String)>, String> {
-    let text = crate::command::read_capped(path, MAX_BYTES)?;
+    let text = crate::files::read_capped(path, MAX_BYTES)?;
     parse(&text)
 }
 

@@ -22,7 +22,7 @@ pub fn chain(e: &dyn std::error::Error) -> String {
         // An OS error as the short lowercase fragment (`no such file or
         // directory`), not std's `No such file or directory (os error 2)`.
         match cause.downcast_ref::<std::io::Error>() {
-            Some(io) => s.push_str(&crate::command::os_error(io)),
+            Some(io) => s.push_str(&crate::files::os_error(io)),
             None => s.push_str(&cause.to_string()),
         }
         source = cause.source();

@@ -386,6 +386,11 @@ mod tests {
     use super::*;
 
     #[test]
+    fn no_worker_ever_sees_the_handoff() {
+        assert!(crate::command::STRIPPED.contains(&VAR));
+    }
+
+    #[test]
     fn round_trips() {
         let h = Handoff {
             version: VERSION,

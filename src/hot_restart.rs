@@ -48,7 +48,7 @@ pub fn resolve_exe(spec: &str) -> Result<PathBuf, String> {
         match std::fs::metadata(&path) {
             Ok(m) if m.is_file() => Ok(path),
             Ok(_) => Err(format!("{spec} is not a file")),
-            Err(e) => Err(format!("{spec}: {}", crate::command::os_error(&e))),
+            Err(e) => Err(format!("{spec}: {}", crate::files::os_error(&e))),
         }
     } else {
         which::which(spec).map_err(|_| format!("`{spec}` is no longer in PATH"))
@@ -134,7 +134,7 @@ fn try_reexec(handoff: &Handoff, fds: &[RawFd], directory: Option<&Path>) -> Res
     Err(format!(
         "cannot execute {}: {}",
         exe.display(),
-        crate::command::os_error(&err)
+        crate::files::os_error(&err)
     ))
 }
 

@@ -16,6 +16,7 @@ pub mod einhorn;
 pub mod envfile;
 pub mod event_loop;
 pub mod exit;
+pub mod files;
 pub mod handoff;
 pub mod hot_restart;
 pub mod logging;

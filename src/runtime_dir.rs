@@ -73,7 +73,7 @@ impl RuntimeDir {
                     }
                     return Ok(dir);
                 }
-                Err(e) => tried.push(format!("{}: {}", base.display(), crate::command::os_error(&e))),
+                Err(e) => tried.push(format!("{}: {}", base.display(), crate::files::os_error(&e))),
             }
         }
         Err(RuntimeDirError::Create {

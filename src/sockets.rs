@@ -20,7 +20,7 @@ use nix::sys::socket::{
 };
 
 use crate::bind::{BindAddr, BindSpec};
-use crate::command::errno_text;
+use crate::files::errno_text;
 use crate::handoff::HandedSocket;
 
 /// The address a socket is actually bound to (port 0 resolved).
@@ -317,7 +317,7 @@ pub fn adopt_activated(specs: &[BindSpec], activated: Vec<Activated>) -> Result<
             Ok(addr) => pool.push((a, addr)),
             Err(e) => log::warn!(
                 "socket activation: cannot read an activated socket's address ({}); ignored",
-                crate::command::os_error(&e)
+                crate::files::os_error(&e)
             ),
         }
     }
@@ -558,11 +558,11 @@ pub fn clear_stale(path: &Path) -> Result<(), std::io::Error> {
     match std::os::unix::net::UnixStream::connect(path) {
         Ok(_) => Err(other(format!("{} is in use by a running server", path.display()))),
         Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => std::fs::remove_file(path)
-            .map_err(|e| other(format!("cannot remove stale socket: {}", crate::command::os_error(&e)))),
+            .map_err(|e| other(format!("cannot remove stale socket: {}", crate::files::os_error(&e)))),
         Err(e) => Err(other(format!(
             "cannot check existing socket {}: {}",
             path.display(),
-            crate::command::os_error(&e)
+            crate::files::os_error(&e)
         ))),
     }
 }

@@ -32,8 +32,9 @@ use std::path::Path;
 
 use libc::{c_char, c_int};
 
-use crate::command::{self, FIRST_SOCKET_FD, Prepared, errno_text};
+use crate::command::{self, FIRST_SOCKET_FD, Prepared};
 use crate::config::{Config, Credentials};
+use crate::files::errno_text;
 use crate::signals::BlockedSignals;
 use crate::sockets::{BoundSocket, LocalAddr};
 

@@ -292,7 +292,7 @@ fn by_signal(args: &CtlArgs, pidfile: Option<&Path>) -> Result<u8, Failure> {
         runtime(format!(
             "cannot read {}: {}",
             pidfile.display(),
-            crate::command::os_error(&e)
+            crate::files::os_error(&e)
         ))
     })?;
     let pid: i32 = text
@@ -316,17 +316,17 @@ pub fn request(control: &ControlAddr, token: Option<&str>, method: &str, path: &
     let timeout = Some(Duration::from_secs(10));
     match control {
         ControlAddr::Unix(p) => {
-            let mut s = std::os::unix::net::UnixStream::connect(p).map_err(|e| crate::command::os_error(&e))?;
+            let mut s = std::os::unix::net::UnixStream::connect(p).map_err(|e| crate::files::os_error(&e))?;
             s.set_read_timeout(timeout).map_err(|e| e.to_string())?;
-            s.write_all(head.as_bytes()).map_err(|e| crate::command::os_error(&e))?;
-            s.read_to_end(&mut text).map_err(|e| crate::command::os_error(&e))?;
+            s.write_all(head.as_bytes()).map_err(|e| crate::files::os_error(&e))?;
+            s.read_to_end(&mut text).map_err(|e| crate::files::os_error(&e))?;
         }
         ControlAddr::Tcp(a) => {
             let mut s = std::net::TcpStream::connect_timeout(a, Duration::from_secs(5))
-                .map_err(|e| crate::command::os_error(&e))?;
+                .map_err(|e| crate::files::os_error(&e))?;
             s.set_read_timeout(timeout).map_err(|e| e.to_string())?;
-            s.write_all(head.as_bytes()).map_err(|e| crate::command::os_error(&e))?;
-            s.read_to_end(&mut text).map_err(|e| crate::command::os_error(&e))?;
+            s.write_all(head.as_bytes()).map_err(|e| crate::files::os_error(&e))?;
+            s.read_to_end(&mut text).map_err(|e| crate::files::os_error(&e))?;
         }
     }
     let text = String::from_utf8_lossy(&text);

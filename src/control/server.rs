@@ -93,8 +93,8 @@ impl ControlServer {
         let (listener, created, actual) = match addr {
             ControlAddr::Unix(path) => {
                 let path = std::path::absolute(path).map_err(|e| e.to_string())?;
-                crate::sockets::clear_stale(&path).map_err(|e| crate::command::os_error(&e))?;
-                let l = UnixListener::bind(&path).map_err(|e| crate::command::os_error(&e))?;
+                crate::sockets::clear_stale(&path).map_err(|e| crate::files::os_error(&e))?;
+                let l = UnixListener::bind(&path).map_err(|e| crate::files::os_error(&e))?;
                 std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
                     .map_err(|e| e.to_string())?;
                 let meta = std::fs::symlink_metadata(&path).map_err(|e| e.to_string())?;
@@ -105,7 +105,7 @@ impl ControlServer {
                 )
             }
             ControlAddr::Tcp(a) => {
-                let l = TcpListener::bind(*a).map_err(|e| crate::command::os_error(&e))?;
+                let l = TcpListener::bind(*a).map_err(|e| crate::files::os_error(&e))?;
                 let actual = l.local_addr().map_err(|e| e.to_string())?;
                 (Listener::Tcp(l), None, ControlAddr::Tcp(actual))
             }
