@@ -162,6 +162,10 @@ fn start() -> Result<u8, StartupError> {
         logging::redirect_to(path).map_err(|e| StartupError::LogFile(path.clone(), e))?;
     }
     let devnull = open_devnull().map_err(StartupError::DevNull)?;
+    // From the moment the pidfile names sup, a signal sent to that pid must
+    // reach the loop, not kill sup by its default action before the
+    // handlers exist: held (blocked) until `unblock_handled` below.
+    signals::block_handled_until_unblocked().map_err(StartupError::Unblock)?;
     // Claimed before anything is bound: a second sup on the same pidfile
     // stops here, and an unwritable one is found before a socket exists.
     let _pidfile = match &config.pidfile {

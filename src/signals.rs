@@ -71,6 +71,14 @@ impl BlockedSignals {
     }
 }
 
+/// Block the handled signals until [`unblock_handled`]: at startup, from
+/// the pidfile's claim (when a deploy tool may already signal sup) until
+/// the handlers are installed, so that an early TERM is delivered to the
+/// loop rather than killing sup by its default action.
+pub fn block_handled_until_unblocked() -> nix::Result<()> {
+    pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&handled_set()), None)
+}
+
 /// Unblock the handled signals. A hot restart execs with them blocked (a
 /// caught signal would revert to its default action across `execve`); the
 /// new image calls this once its handlers are installed, and whatever
