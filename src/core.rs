@@ -418,6 +418,9 @@ pub struct Core {
     shutdown: Option<Shutdown>,
     /// Set at a stop.
     strays: Option<Strays>,
+    /// At a graceful stop, the group of the helper (hook, preflight) that
+    /// was running: SIGKILL at the deadline, and sup waits for it.
+    helper_group: Option<(Pgid, Instant)>,
     /// A [`Action::ProbeStrays`] is out, not answered by a reap since.
     strays_probed: bool,
     restart: Option<Restart>,
@@ -454,6 +457,7 @@ impl Core {
             replacing: Vec::new(),
             shutdown: None,
             strays: None,
+            helper_group: None,
             strays_probed: false,
             restart: None,
             pending: None,
@@ -834,6 +838,7 @@ impl Core {
             Some(Strays::Killed | Strays::Gone) | None => None,
         };
         let recycling = self.recycle_deadline();
+        let helper = self.helper_group.map(|(_, kill_at)| kill_at);
         workers
             .chain(lingering)
             .chain(backoff)
@@ -842,6 +847,7 @@ impl Core {
             .chain(upward)
             .chain(strays)
             .chain(recycling)
+            .chain(helper)
             .min()
     }
 
@@ -1356,9 +1362,24 @@ impl Core {
     fn abandon(&mut self, reason: String, now: Instant, out: &mut Vec<Action>) {
         let Some(r) = self.restart else { return };
         if let Phase::Hook { pid: Some(pid), .. } | Phase::Preflight { pid: Some(pid), .. } = r.phase {
-            out.push(Action::KillGroup {
-                pgid: Pgid::led_by(pid),
-            });
+            if self.shutdown == Some(Shutdown::Graceful) {
+                // A graceful stop treats the helper's group like a worker's:
+                // TERM (the hook's shell passes it to its whole group), then
+                // SIGKILL at the graceful deadline; sup waits for it.
+                out.push(Action::Signal {
+                    pid,
+                    signal: Signal::SIGTERM,
+                });
+                let kill_at = now + self.settings.graceful_timeout;
+                self.helper_group = Some((Pgid::led_by(pid), kill_at));
+                out.push(Action::ProbeGroup {
+                    pgid: Pgid::led_by(pid),
+                });
+            } else {
+                out.push(Action::KillGroup {
+                    pgid: Pgid::led_by(pid),
+                });
+            }
         }
         if self.shutdown.is_some() {
             log(
@@ -1401,6 +1422,16 @@ impl Core {
     /// The restart asked for while the current one runs, waiting for it.
     pub fn pending(&self) -> Option<RestartKind> {
         self.pending
+    }
+
+    /// The process groups of sup's helpers (the hook, the preflight): the
+    /// one running and the one a stop is waiting for. Not strays.
+    pub fn helper_groups(&self) -> Vec<Pgid> {
+        self.helper_pid()
+            .map(Pgid::led_by)
+            .into_iter()
+            .chain(self.helper_group.map(|(g, _)| g))
+            .collect()
     }
 
     pub fn counters(&self) -> &Counters {
@@ -1573,6 +1604,9 @@ impl Core {
         for l in self.lingering.drain(..) {
             out.push(Action::KillGroup { pgid: l.pgid });
         }
+        if let Some((pgid, _)) = self.helper_group.take() {
+            out.push(Action::KillGroup { pgid });
+        }
     }
 
     /// A stop ends any restart in progress.
@@ -1697,6 +1731,7 @@ impl Core {
             // have been the last of a lingering group: ask.
             log(out, Level::Debug, format!("reaped process {pid} ({status})"));
             out.extend(self.lingering.iter().map(|l| Action::ProbeGroup { pgid: l.pgid }));
+            out.extend(self.helper_group.map(|(pgid, _)| Action::ProbeGroup { pgid }));
             self.strays_probed = false;
             return;
         };
@@ -1766,6 +1801,14 @@ impl Core {
     /// A lingering group emptied by itself: nothing is left to wait for or
     /// to kill (a hot restart's drain or a stop goes on at once).
     fn on_group_empty(&mut self, pgid: Pgid, out: &mut Vec<Action>) {
+        if self.helper_group.is_some_and(|(g, _)| g == pgid) {
+            self.helper_group = None;
+            log(
+                out,
+                Level::Debug,
+                format!("the helper's process group {pgid} has exited"),
+            );
+        }
         if let Some(i) = self.lingering.iter().position(|l| l.pgid == pgid) {
             let l = self.lingering.remove(i);
             log(
@@ -1894,6 +1937,19 @@ impl Core {
             if booting && self.rolling_generation() == Some(generation) {
                 self.fail_rollout(slot, reason, now, out);
             }
+        }
+        if let Some((pgid, kill_at)) = self.helper_group
+            && kill_at <= now
+        {
+            log(
+                out,
+                Level::Warn,
+                format!("the helper's process group {pgid} did not stop in time: killing it"),
+            );
+            out.push(Action::KillGroup { pgid });
+            // Reaped members probe again; one that is gone already: forget it.
+            self.helper_group = Some((pgid, now + self.settings.halt_timeout));
+            out.push(Action::ProbeGroup { pgid });
         }
         if let Some(Strays::Signalled { kill_at }) = self.strays
             && kill_at <= now
@@ -2212,7 +2268,7 @@ impl Core {
 
     fn check_done(&mut self, now: Instant, out: &mut Vec<Action>) {
         let Some(shutdown) = self.shutdown else { return };
-        let mut drained = self.workers.is_empty() && self.lingering.is_empty();
+        let mut drained = self.workers.is_empty() && self.lingering.is_empty() && self.helper_group.is_none();
         // Then sup's other children: asked about once, and again after each
         // reap of a process that was not a worker.
         if drained && self.strays != Some(Strays::Gone) {
@@ -2642,6 +2698,29 @@ mod tests {
         // The stray is reaped (an unknown pid): sup looks again and exits.
         h.strays_alive = false;
         h.exit(4242, ExitStatus::Signaled(libc::SIGKILL), 30_150);
+        assert_eq!(h.exit, Some(0));
+    }
+
+    #[test]
+    fn a_graceful_stop_gives_the_running_hook_the_stop_then_kills_its_group_at_the_deadline() {
+        let mut h = ready_harness(1, |s| s.hook = true);
+        h.send(Event::Intent(Intent::Rolling), 2_000);
+        h.send(Event::HelperSpawned { pid: 900 }, 2_001);
+        h.send(Event::Intent(Intent::Stop), 2_100);
+        assert!(h.signals.contains(&(900, TERM)), "{:?}", h.signals);
+        assert!(!h.killed_groups.contains(&900), "not killed at once");
+        h.exit(100, ExitStatus::Signaled(TERM), 2_200);
+        // The hook's shell is gone, something of its group is not.
+        h.exit(900, ExitStatus::Signaled(TERM), 2_300);
+        assert_eq!(h.exit, None, "sup waits for the hook's group");
+        h.tick_until(32_200);
+        assert!(h.killed_groups.contains(&900), "SIGKILL at the graceful deadline");
+        h.send(
+            Event::GroupEmpty {
+                pgid: Pgid::led_by(900),
+            },
+            32_300,
+        );
         assert_eq!(h.exit, Some(0));
     }
 

@@ -182,6 +182,7 @@ impl EventLoop {
             sup_pid: std::process::id() as i32,
             exit: None,
             exec_due: None,
+            strays_seen: std::collections::HashSet::new(),
             prepared: None,
         };
         for action in first {
@@ -227,6 +228,8 @@ struct Shell<'a> {
     /// Set by [`Action::ReExec`]: the generation, and whether the workers
     /// are handed over.
     exec_due: Option<(u64, bool)>,
+    /// Strays already logged (see [`Shell::note_strays`]).
+    strays_seen: std::collections::HashSet<i32>,
     /// What the workers of one generation run, resolved and checked at its
     /// first spawn into a release directory (a failed preparation is not
     /// kept: the next attempt, after the backoff, looks again).
@@ -305,6 +308,7 @@ impl Shell<'_> {
             }
             if reap {
                 reap_all(&mut self.pending);
+                self.note_strays();
             }
             if core_deadline.is_some_and(|d| d <= Instant::now()) {
                 self.pending.push_back(Event::Tick);
@@ -427,6 +431,44 @@ impl Shell<'_> {
         });
     }
 
+    /// sup's children that are in no worker's or helper's group: processes
+    /// that escaped one (a `setsid` daemon, a double fork) and were left to
+    /// sup, a subreaper, when their parent exited. Each is logged once, when
+    /// sup first sees it after a reap, saying whether it holds one of sup's
+    /// listening sockets (then the port keeps accepting connections nobody
+    /// answers); they are stopped with sup. One read of the child list.
+    fn note_strays(&mut self) {
+        let groups: std::collections::HashSet<i32> = (self.core.workers().iter().map(|w| w.pid))
+            .chain(self.core.helper_groups().into_iter().map(Pgid::raw))
+            .collect();
+        let now: Vec<i32> = children()
+            .into_iter()
+            .filter(|&p| {
+                let group = nix::unistd::getpgid(Some(Pid::from_raw(p))).map_or(p, Pid::as_raw);
+                !groups.contains(&p) && !groups.contains(&group)
+            })
+            .collect();
+        self.strays_seen.retain(|p| now.contains(p));
+        let listening = socket_inodes(self.ctx.sockets);
+        for pid in now {
+            if self.strays_seen.insert(pid) {
+                match holds_socket(pid, &listening) {
+                    Some(ino) => log::warn!(
+                        "pid {pid} ({}) escaped a worker's or the hook's process group and was left to sup; it holds \
+                         one of sup's listening sockets (inode {ino}), so that port keeps accepting connections it \
+                         may never answer; it is stopped with sup",
+                        cmdline(pid)
+                    ),
+                    None => log::info!(
+                        "pid {pid} ({}) escaped a worker's or the hook's process group and was left to sup; it is \
+                         stopped with sup",
+                        cmdline(pid)
+                    ),
+                }
+            }
+        }
+    }
+
     /// Carry out one of the core's actions; what it leads to queues as events.
     fn execute(&mut self, action: Action) {
         let config = self.config;
@@ -500,9 +542,17 @@ impl Shell<'_> {
                 }
             }
             Action::SignalStrays { signal } => {
-                let workers: std::collections::HashSet<i32> = self.core.workers().iter().map(|w| w.pid).collect();
+                // Workers and helpers lead their own groups, which sup stops
+                // as groups; a stray is a child in none of them.
+                let groups: std::collections::HashSet<i32> = (self.core.workers().iter().map(|w| w.pid))
+                    .chain(self.core.helper_groups().into_iter().map(Pgid::raw))
+                    .collect();
                 let listening = socket_inodes(self.ctx.sockets);
-                for pid in children().into_iter().filter(|p| !workers.contains(p)) {
+                let strays = children().into_iter().filter(|&p| {
+                    let group = nix::unistd::getpgid(Some(Pid::from_raw(p))).map_or(p, Pid::as_raw);
+                    !groups.contains(&p) && !groups.contains(&group)
+                });
+                for pid in strays {
                     let holds = holds_socket(pid, &listening)
                         .map(|ino| format!(", holding one of sup's listening sockets (inode {ino})"))
                         .unwrap_or_default();

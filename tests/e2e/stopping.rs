@@ -252,11 +252,20 @@ fn a_daemon_that_escaped_a_worker_is_stopped_with_sup() {
     sup.wait_ready(1);
     let daemon = pid_in(&dir, "daemon.pid");
     assert!(alive(daemon));
+    // Its worker dies: the daemon is left to sup, which says so at once.
+    std::fs::remove_file(dir.join("daemon.pid")).unwrap();
+    let worker = sup.started_pids()[0];
+    // SAFETY: a worker of our sup.
+    unsafe { libc::kill(worker, libc::SIGKILL) };
+    let line = sup.wait_log(&format!("pid {daemon} (sleep 300) escaped"), secs(10));
+    assert!(line.contains("it holds one of sup's listening sockets"), "{line}");
+    let second = pid_in(&dir, "daemon.pid");
     sup.signal(libc::SIGTERM);
     let status = sup.wait_exit(secs(20));
     assert_eq!(status.code(), Some(0), "{}", sup.log());
     assert!(!alive(daemon), "the daemon outlived sup:\n{}", sup.log());
-    let line = sup.wait_log("escaped a worker's or the hook's process group", secs(1));
+    assert!(!alive(second), "the second daemon outlived sup:\n{}", sup.log());
+    let line = sup.wait_log("sending TERM to pid", secs(1));
     assert!(line.contains("holding one of sup's listening sockets"), "{line}");
 }
 
