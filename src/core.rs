@@ -411,6 +411,8 @@ pub struct Core {
     /// The `now` of the event being handled (age deadlines already past
     /// are not deadlines any more: they wait for room, which an event frees).
     now_seen: Option<Instant>,
+    /// `fill` stopped at its batch: more slots to fill at once.
+    more_spawns: bool,
     /// Every slot in the `Replacing` state, and maybe some that have left
     /// it (dropped by the next hand-over pass): at most a few, so that pass
     /// does not look at every slot after every event.
@@ -454,6 +456,7 @@ impl Core {
             recycle_after: std::collections::BTreeMap::new(),
             next_memory_check: None,
             now_seen: None,
+            more_spawns: false,
             replacing: Vec::new(),
             shutdown: None,
             strays: None,
@@ -617,6 +620,7 @@ impl Core {
     pub fn handle(&mut self, event: Event, now: Instant) -> Vec<Action> {
         let mut out = Vec::new();
         self.now_seen = Some(now);
+        self.more_spawns = false;
         if self.exited {
             if let Event::Control { conn, intent } = event {
                 let reason = "sup is exiting".to_string();
@@ -649,6 +653,8 @@ impl Core {
                 status,
                 group_alive,
             } => {
+                // Whatever was reaped, the strays are looked at again.
+                self.strays_probed = false;
                 if self.helper_pid() == Some(pid) {
                     self.on_helper_exited(status, now, &mut out);
                 } else {
@@ -839,6 +845,7 @@ impl Core {
         };
         let recycling = self.recycle_deadline();
         let helper = self.helper_group.map(|(_, kill_at)| kill_at);
+        let more = self.now_seen.filter(|_| self.more_spawns && self.shutdown.is_none());
         workers
             .chain(lingering)
             .chain(backoff)
@@ -848,6 +855,7 @@ impl Core {
             .chain(strays)
             .chain(recycling)
             .chain(helper)
+            .chain(more)
             .min()
     }
 
@@ -2254,6 +2262,11 @@ impl Core {
             return;
         }
         let generation = self.generation;
+        // At most SPAWN_BATCH forks per event: the shell reads signals and
+        // control requests between batches (a TERM during the start of a
+        // thousand workers acts within one batch), and the next batch goes
+        // at once (`more_spawns` is a deadline of now).
+        let mut budget = SPAWN_BATCH;
         for (slot, s) in self.slots.iter_mut().enumerate().take(self.target) {
             let SlotState::Empty { not_before } = s.state else {
                 continue;
@@ -2261,8 +2274,13 @@ impl Core {
             if not_before.is_some_and(|t| t > now) {
                 continue;
             }
+            if budget == 0 {
+                self.more_spawns = true;
+                break;
+            }
             s.request_spawn(generation);
             out.push(Action::Spawn { slot, generation });
+            budget -= 1;
         }
     }
 
@@ -2303,6 +2321,9 @@ impl Core {
         }
     }
 }
+
+/// The most spawns one event leads to (see `fill`).
+const SPAWN_BATCH: usize = 32;
 
 /// How many memory samples in a row above `--max-memory` make a worker
 /// due for recycling (a short spike is not enough).
@@ -2562,6 +2583,28 @@ mod tests {
                 .all(|w| matches!(w.state, WorkerState::Ready { .. }))
         );
         assert_eq!(h.core.next_deadline(), None);
+    }
+
+    #[test]
+    fn a_thousand_workers_start_in_batches_and_a_stop_between_batches_ends_it() {
+        let t0 = Instant::now();
+        let mut core = Core::new(settings(1000));
+        assert_eq!(
+            spawns(&core.handle(Event::Started, t0)).len(),
+            SPAWN_BATCH,
+            "one batch per event"
+        );
+        assert_eq!(core.next_deadline(), Some(t0), "the next batch is due at once");
+        assert_eq!(spawns(&core.handle(Event::Tick, t0)).len(), SPAWN_BATCH);
+        // A TERM read between batches: no further spawn, and no more hurry.
+        core.handle(Event::Intent(Intent::Stop), t0);
+        assert!(spawns(&core.handle(Event::Tick, t0)).is_empty());
+        assert_ne!(core.next_deadline(), Some(t0));
+        // Without one, they all start (every spawn's outcome is an event too).
+        let mut all = Harness::before_start(settings(1000));
+        all.send(Event::Started, 0);
+        all.tick_until(0);
+        assert_eq!(all.pids().len(), 1000);
     }
 
     #[test]

@@ -246,6 +246,9 @@ impl Shell<'_> {
     ///    is carried out at once; events those actions cause (a spawn's pid,
     ///    a control reply's follow-ups) queue behind and are handled in the
     ///    same pass, so a control request is answered before the next poll;
+    ///    after each event the signals are read, and an intent goes to the
+    ///    front of the queue (the core spawns at most a batch per event, so
+    ///    a TERM during the start of a thousand workers acts at once);
     ///    a re-exec the core asked for runs only then, once nothing is left
     ///    queued, and only if the core still wants it;
     /// 2. sleep in `poll` until readiness or the earliest deadline (the
@@ -262,6 +265,9 @@ impl Shell<'_> {
                 for action in self.core.handle(event, Instant::now()) {
                     self.execute(action);
                 }
+                // Between events too (a thousand spawns are many events):
+                // a TERM goes first, before what is still queued.
+                self.take_signals(true);
             }
             if let Some(code) = self.exit {
                 return Ok(code);
@@ -298,18 +304,7 @@ impl Shell<'_> {
             if let Some(server) = &mut self.res.control {
                 server.expire(Instant::now());
             }
-            let mut reap = false;
-            for signal in self.res.signals.pending() {
-                match signals::translate(signal) {
-                    Some(SignalEvent::Intent(intent)) => self.pending.push_back(Event::Intent(intent)),
-                    Some(SignalEvent::Child) => reap = true,
-                    None => {}
-                }
-            }
-            if reap {
-                reap_all(&mut self.pending);
-                self.note_strays();
-            }
+            self.take_signals(false);
             if core_deadline.is_some_and(|d| d <= Instant::now()) {
                 self.pending.push_back(Event::Tick);
             }
@@ -429,6 +424,48 @@ impl Shell<'_> {
                 }
             }
         });
+    }
+
+    /// Read the signals that have arrived (a non-blocking read of the
+    /// self-pipe): intents queue (`first`: ahead of what is queued), and a
+    /// SIGCHLD reaps every exited child.
+    fn take_signals(&mut self, first: bool) {
+        let mut reap = false;
+        let mut intents = Vec::new();
+        for signal in self.res.signals.pending() {
+            match signals::translate(signal) {
+                Some(SignalEvent::Intent(intent)) => intents.push(Event::Intent(intent)),
+                Some(SignalEvent::Child) => reap = true,
+                None => {}
+            }
+        }
+        if first {
+            // Ahead of what is queued, but behind the outcomes of the forks
+            // already made: the core must know every process it started
+            // before it acts on a TERM (which stops them all).
+            let at = self
+                .pending
+                .iter()
+                .rposition(|e| {
+                    matches!(
+                        e,
+                        Event::Spawned { .. }
+                            | Event::SpawnFailed { .. }
+                            | Event::HelperSpawned { .. }
+                            | Event::HelperFailed { .. }
+                    )
+                })
+                .map_or(0, |i| i + 1);
+            for (k, event) in intents.into_iter().enumerate() {
+                self.pending.insert(at + k, event);
+            }
+        } else {
+            self.pending.extend(intents);
+        }
+        if reap {
+            reap_all(&mut self.pending);
+            self.note_strays();
+        }
     }
 
     /// sup's children that are in no worker's or helper's group: processes
