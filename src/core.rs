@@ -413,6 +413,8 @@ pub struct Core {
     now_seen: Option<Instant>,
     /// `fill` stopped at its batch: more slots to fill at once.
     more_spawns: bool,
+    /// While a group lingers, when to look again whether it has emptied.
+    next_linger_probe: Option<Instant>,
     /// Every slot in the `Replacing` state, and maybe some that have left
     /// it (dropped by the next hand-over pass): at most a few, so that pass
     /// does not look at every slot after every event.
@@ -457,6 +459,7 @@ impl Core {
             next_memory_check: None,
             now_seen: None,
             more_spawns: false,
+            next_linger_probe: None,
             replacing: Vec::new(),
             shutdown: None,
             strays: None,
@@ -846,6 +849,9 @@ impl Core {
         let recycling = self.recycle_deadline();
         let helper = self.helper_group.map(|(_, kill_at)| kill_at);
         let more = self.now_seen.filter(|_| self.more_spawns && self.shutdown.is_none());
+        let linger_probe = self
+            .next_linger_probe
+            .filter(|_| !self.lingering.is_empty() || self.helper_group.is_some());
         workers
             .chain(lingering)
             .chain(backoff)
@@ -856,6 +862,7 @@ impl Core {
             .chain(recycling)
             .chain(helper)
             .chain(more)
+            .chain(linger_probe)
             .min()
     }
 
@@ -1754,7 +1761,7 @@ impl Core {
             let level = if clean { Level::Info } else { Level::Warn };
             log(out, level, format!("{label} stopped ({status})"));
             if group_alive {
-                self.linger(Pgid::led_by(w.pid), w.slot, kill_at, &label, out);
+                self.linger(Pgid::led_by(w.pid), w.slot, kill_at, now, &label, out);
             }
             return;
         }
@@ -1788,7 +1795,7 @@ impl Core {
         }
     }
 
-    fn linger(&mut self, pgid: Pgid, slot: usize, kill_at: Instant, label: &str, out: &mut Vec<Action>) {
+    fn linger(&mut self, pgid: Pgid, slot: usize, kill_at: Instant, now: Instant, label: &str, out: &mut Vec<Action>) {
         if matches!(self.shutdown, Some(Shutdown::Immediate { .. })) {
             out.push(Action::KillGroup { pgid });
             return;
@@ -1802,8 +1809,11 @@ impl Core {
         // They may have exited since the leader was reaped (a server's
         // helper processes follow it out within milliseconds): each exit is
         // reaped as an orphan and probes again, and this probe covers the
-        // ones reaped before the group was recorded.
+        // ones reaped before the group was recorded. A member may also leave
+        // the group without exiting (`setsid`): the probe repeats every
+        // LINGER_PROBE while anything lingers.
         out.push(Action::ProbeGroup { pgid });
+        self.next_linger_probe = Some(now + LINGER_PROBE);
     }
 
     /// A lingering group emptied by itself: nothing is left to wait for or
@@ -1945,6 +1955,18 @@ impl Core {
             if booting && self.rolling_generation() == Some(generation) {
                 self.fail_rollout(slot, reason, now, out);
             }
+        }
+        if self.next_linger_probe.is_some_and(|t| t <= now) {
+            let groups = self
+                .lingering
+                .iter()
+                .map(|l| l.pgid)
+                .chain(self.helper_group.map(|(g, _)| g));
+            out.extend(groups.map(|pgid| Action::ProbeGroup { pgid }));
+            self.next_linger_probe = None;
+        }
+        if (!self.lingering.is_empty() || self.helper_group.is_some()) && self.next_linger_probe.is_none() {
+            self.next_linger_probe = Some(now + LINGER_PROBE);
         }
         if let Some((pgid, kill_at)) = self.helper_group
             && kill_at <= now
@@ -2321,6 +2343,9 @@ impl Core {
         }
     }
 }
+
+/// How often a lingering group is probed (see `linger`).
+const LINGER_PROBE: Duration = Duration::from_secs(1);
 
 /// The most spawns one event leads to (see `fill`).
 const SPAWN_BATCH: usize = 32;
@@ -2797,8 +2822,13 @@ mod tests {
             100,
         );
         assert_eq!(h.exit, None, "waits for the group");
-        assert_eq!(h.core.next_deadline(), Some(h.at(30_000)));
-        h.send(Event::Tick, 30_000);
+        // It looks again every second (a member may leave by setsid)...
+        assert_eq!(h.core.next_deadline(), Some(h.at(1_100)));
+        h.tick_until(29_999);
+        assert_eq!(h.probed_groups.len(), 30, "{:?}", h.probed_groups);
+        assert!(h.killed_groups.is_empty());
+        // ...and kills it at the deadline.
+        h.tick_until(30_000);
         assert_eq!(h.killed_groups, [100]);
         assert_eq!(h.exit, Some(0));
     }
