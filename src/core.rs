@@ -1439,6 +1439,11 @@ impl Core {
         self.pending
     }
 
+    /// Whether `pid` is one of the workers (a lookup, not a scan).
+    pub fn is_worker(&self, pid: i32) -> bool {
+        self.index.contains_key(&pid)
+    }
+
     /// The process groups of sup's helpers (the hook, the preflight): the
     /// one running and the one a stop is waiting for. Not strays.
     pub fn helper_groups(&self) -> Vec<Pgid> {

@@ -183,6 +183,7 @@ impl EventLoop {
             exit: None,
             exec_due: None,
             strays_seen: std::collections::HashSet::new(),
+            strays_check_at: None,
             prepared: None,
         };
         for action in first {
@@ -230,11 +231,16 @@ struct Shell<'a> {
     exec_due: Option<(u64, bool)>,
     /// Strays already logged (see [`Shell::note_strays`]).
     strays_seen: std::collections::HashSet<i32>,
+    /// When to look for strays, after a reap.
+    strays_check_at: Option<Instant>,
     /// What the workers of one generation run, resolved and checked at its
     /// first spawn into a release directory (a failed preparation is not
     /// kept: the next attempt, after the backoff, looks again).
     prepared: Option<(u64, command::Prepared)>,
 }
+
+/// How long after a reap sup looks for processes left to it.
+const STRAYS_CHECK: Duration = Duration::from_millis(200);
 
 /// How long a re-exec waits for control requests already accepted to be
 /// complete, so that they are answered rather than cut off.
@@ -283,10 +289,15 @@ impl Shell<'_> {
             }
             // One O(workers) look at the core's deadlines per wake-up: the
             // core does not change between here and the Tick check below.
+            if self.strays_check_at.is_some_and(|t| t <= Instant::now()) {
+                self.strays_check_at = None;
+                self.note_strays();
+            }
             let core_deadline = self.core.next_deadline();
             let deadline = [
                 core_deadline,
                 self.res.control.as_ref().and_then(ControlServer::next_deadline),
+                self.strays_check_at,
             ]
             .into_iter()
             .flatten()
@@ -464,7 +475,9 @@ impl Shell<'_> {
         }
         if reap {
             reap_all(&mut self.pending);
-            self.note_strays();
+            // Looked for shortly after, not at every reap: reading the child
+            // list costs O(children), and a rollout reaps once per worker.
+            self.strays_check_at.get_or_insert(Instant::now() + STRAYS_CHECK);
         }
     }
 
@@ -475,14 +488,16 @@ impl Shell<'_> {
     /// listening sockets (then the port keeps accepting connections nobody
     /// answers); they are stopped with sup. One read of the child list.
     fn note_strays(&mut self) {
-        let groups: std::collections::HashSet<i32> = (self.core.workers().iter().map(|w| w.pid))
-            .chain(self.core.helper_groups().into_iter().map(Pgid::raw))
-            .collect();
+        // Most children are workers: a lookup each; only the rest cost a
+        // getpgid (a rollout of a thousand workers reaps a thousand times).
+        let helpers: Vec<i32> = self.core.helper_groups().into_iter().map(Pgid::raw).collect();
+        let core = &self.core;
         let now: Vec<i32> = children()
             .into_iter()
+            .filter(|&p| !core.is_worker(p) && !helpers.contains(&p))
             .filter(|&p| {
                 let group = nix::unistd::getpgid(Some(Pid::from_raw(p))).map_or(p, Pid::as_raw);
-                !groups.contains(&p) && !groups.contains(&group)
+                !core.is_worker(group) && !helpers.contains(&group)
             })
             .collect();
         self.strays_seen.retain(|p| now.contains(p));
