@@ -184,6 +184,7 @@ impl EventLoop {
             exec_due: None,
             strays_seen: std::collections::HashSet::new(),
             strays_check_at: None,
+            reap_due: false,
             prepared: None,
         };
         for action in first {
@@ -233,6 +234,8 @@ struct Shell<'a> {
     strays_seen: std::collections::HashSet<i32>,
     /// When to look for strays, after a reap.
     strays_check_at: Option<Instant>,
+    /// A SIGCHLD read between events: reap after the next poll.
+    reap_due: bool,
     /// What the workers of one generation run, resolved and checked at its
     /// first spawn into a release directory (a failed preparation is not
     /// kept: the next attempt, after the backoff, looks again).
@@ -302,7 +305,11 @@ impl Shell<'_> {
             .into_iter()
             .flatten()
             .min();
-            let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let timeout = if self.reap_due {
+                Some(Duration::ZERO)
+            } else {
+                deadline.map(|d| d.saturating_duration_since(Instant::now()))
+            };
             match self.res.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 // A signal handler ran: epoll_wait is never restarted.
@@ -438,10 +445,12 @@ impl Shell<'_> {
     }
 
     /// Read the signals that have arrived (a non-blocking read of the
-    /// self-pipe): intents queue (`first`: ahead of what is queued), and a
-    /// SIGCHLD reaps every exited child.
+    /// self-pipe): intents queue (`first`: ahead of what is queued, between
+    /// events). A SIGCHLD reaps every exited child, but only after a poll
+    /// has read the notify socket: a worker's last `STOPPING=1` or
+    /// `STATUS=`, sent before it exited, must reach the core before its exit.
     fn take_signals(&mut self, first: bool) {
-        let mut reap = false;
+        let mut reap = std::mem::take(&mut self.reap_due);
         let mut intents = Vec::new();
         for signal in self.res.signals.pending() {
             match signals::translate(signal) {
@@ -473,7 +482,9 @@ impl Shell<'_> {
         } else {
             self.pending.extend(intents);
         }
-        if reap {
+        if reap && first {
+            self.reap_due = true;
+        } else if reap {
             reap_all(&mut self.pending);
             // Looked for shortly after, not at every reap: reading the child
             // list costs O(children), and a rollout reaps once per worker.
