@@ -2229,7 +2229,7 @@ impl Core {
                 )
             } else if self.age_deadline(w).is_some_and(|t| t <= now) {
                 let age = now.saturating_duration_since(w.spawned_at);
-                format!("it has run {age:.1?}, past --max-age")
+                format!("it has run {age:.2?}, past --max-age")
             } else {
                 continue;
             };
