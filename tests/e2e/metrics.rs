@@ -109,11 +109,15 @@ fn metrics_parse_as_prometheus_text_and_show_the_accept_queue_of_stopped_workers
         // SAFETY: workers of our sup.
         unsafe { libc::kill(*pid, libc::SIGSTOP) };
     }
+    // Every thread of it: an accept loop runs in a thread of its own.
     for pid in &pids {
-        wait_until("the worker to be stopped", secs(10), || {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let state = stat.rsplit(')').next()?.split_whitespace().next()?.to_string();
-            (state == "T").then_some(())
+        wait_until("the worker's threads to be stopped", secs(10), || {
+            let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+            let all_stopped = tasks.filter_map(Result::ok).all(|t| {
+                std::fs::read_to_string(t.path().join("stat"))
+                    .is_ok_and(|stat| stat.rsplit(')').next().and_then(|r| r.split_whitespace().next()) == Some("T"))
+            });
+            all_stopped.then_some(())
         });
     }
     let waiting: Vec<_> = (0..7).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect();
