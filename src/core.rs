@@ -97,6 +97,18 @@ pub enum Outcome {
     },
 }
 
+impl Outcome {
+    /// Its name in `/stats` and `/metrics`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Outcome::Running => "running",
+            Outcome::Completed => "completed",
+            Outcome::Failed { .. } => "failed",
+            Outcome::Abandoned { .. } => "abandoned",
+        }
+    }
+}
+
 /// The current or last restart, as `/stats` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestartRecord {
@@ -134,15 +146,23 @@ impl Counters {
         *map.entry(key.to_string()).or_default() += 1;
     }
 
-    /// The key of `restarts` for a restart of `kind` that ended with `outcome`.
-    pub fn restart_key(kind: RestartKind, outcome: &Outcome) -> String {
-        let outcome = match outcome {
-            Outcome::Running => "running",
-            Outcome::Completed => "completed",
-            Outcome::Failed { .. } => "failed",
-            Outcome::Abandoned { .. } => "abandoned",
-        };
+    /// The key of `restarts` for a restart of `kind` that ended with the
+    /// outcome named `outcome` (`completed`, `failed`, `abandoned`).
+    fn restart_key(kind: RestartKind, outcome: &str) -> String {
         format!("{}/{outcome}", kind.as_str())
+    }
+
+    fn count_restart(&mut self, kind: RestartKind, outcome: &Outcome) {
+        let key = Counters::restart_key(kind, outcome.name());
+        Counters::bump(&mut self.restarts, &key);
+    }
+
+    /// How many restarts of `kind` ended with the outcome named `outcome`.
+    pub fn restarts_of(&self, kind: RestartKind, outcome: &str) -> u64 {
+        self.restarts
+            .get(&Counters::restart_key(kind, outcome))
+            .copied()
+            .unwrap_or(0)
     }
 }
 
@@ -1083,7 +1103,7 @@ impl Core {
                 Phase::Rolling { generation } | Phase::Starting { generation } => Some(generation),
                 Phase::Hook { .. } | Phase::Preflight { .. } | Phase::Draining | Phase::Exec => None,
             };
-            Counters::bump(&mut self.counters.restarts, &Counters::restart_key(r.kind, &outcome));
+            self.counters.count_restart(r.kind, &outcome);
             self.last_restart = Some(RestartRecord {
                 id: r.id,
                 kind: r.kind,
@@ -1537,7 +1557,7 @@ impl Core {
             slot,
             reason: reason.clone(),
         };
-        Counters::bump(&mut self.counters.restarts, &Counters::restart_key(r.kind, &outcome));
+        self.counters.count_restart(r.kind, &outcome);
         self.last_restart = Some(RestartRecord {
             id: r.id,
             kind: r.kind,
@@ -2461,6 +2481,17 @@ mod tests {
             h
         }
 
+        /// The new image after a stop-mode hot restart: `core` (set up by
+        /// the caller) resumes restart `id` at `generation`; its spawns get
+        /// pids 200, 201, … Not told `Started` yet.
+        fn resumed(mut core: Core, id: u64, generation: u64) -> Harness {
+            let mut h = Harness::before_start(settings(1));
+            core.resume_hot(id, generation, Duration::from_millis(100), h.t0);
+            h.core = core;
+            h.next_pid = 200;
+            h
+        }
+
         /// A core that has not been told `Started` yet.
         fn before_start(settings: Settings) -> Harness {
             Harness {
@@ -3321,16 +3352,9 @@ mod tests {
         assert_eq!(h.core.pending(), Some(RestartKind::Rolling), "handed to the new image");
         // The new image: the hot restart completes, then the rolling one runs.
         let mut core = Core::new(settings(2));
-        let t0 = Instant::now();
         let carried = core.carry_over(Some(RestartKind::Rolling), Some((2, 2)), None);
         assert!(carried.is_empty(), "{carried:?}");
-        core.resume_hot(1, 1, Duration::from_millis(100), t0);
-        let mut new = Harness {
-            core,
-            ..Harness::new(1)
-        };
-        new.t0 = t0;
-        new.next_pid = 200;
+        let mut new = Harness::resumed(core, 1, 1);
         new.send(Event::Started, 0);
         new.run_checking_capacity(60_000, 0);
         let record = new.core.restart_record().unwrap();
@@ -3842,15 +3866,7 @@ mod tests {
 
     #[test]
     fn a_new_image_whose_workers_cannot_start_keeps_trying_and_says_so() {
-        let mut core = Core::new(settings(2));
-        let t0 = Instant::now();
-        core.resume_hot(7, 3, Duration::from_millis(100), t0);
-        let mut h = Harness {
-            core,
-            ..Harness::new(1)
-        };
-        h.t0 = t0;
-        h.next_pid = 200;
+        let mut h = Harness::resumed(Core::new(settings(2)), 7, 3);
         h.fail_spawns = true;
         h.send(Event::Started, 0);
         h.tick_until(20_000);
@@ -3880,15 +3896,7 @@ mod tests {
 
     #[test]
     fn the_new_image_completes_the_hot_restart_when_its_workers_are_ready() {
-        let mut core = Core::new(settings(2));
-        let t0 = Instant::now();
-        core.resume_hot(7, 3, Duration::from_millis(100), t0);
-        let mut h = Harness {
-            core,
-            ..Harness::new(1)
-        };
-        h.t0 = t0;
-        h.next_pid = 200;
+        let mut h = Harness::resumed(Core::new(settings(2)), 7, 3);
         h.send(Event::Started, 0);
         assert_eq!(h.gens(), [3, 3]);
         h.tick_until(2_000);

@@ -169,10 +169,6 @@ impl Slot {
         a.into_iter().chain(b)
     }
 
-    pub fn is_empty(&self) -> bool {
-        matches!(self.state, SlotState::Empty { .. })
-    }
-
     /// Whether a spawn into this slot is under way (its outcome not back).
     pub fn is_spawning(&self) -> bool {
         matches!(
@@ -407,7 +403,7 @@ mod tests {
     fn live_workers_spawning_and_backoff() {
         let t = Instant::now();
         let mut s = Slot::default();
-        assert!(s.is_empty() && !s.is_spawning() && s.live().next().is_none());
+        assert!(matches!(s.state, SlotState::Empty { .. }) && !s.is_spawning() && s.live().next().is_none());
         s.back_off_until(t);
         assert_eq!(s.not_before(), Some(t), "an empty slot waits");
         assert!(s.request_spawn(3));

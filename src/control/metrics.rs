@@ -86,11 +86,7 @@ pub fn render(core: &Core, sockets: &[BoundSocket], usage: &mut Usage, started: 
     );
     for kind in [RestartKind::Rolling, RestartKind::Hot, RestartKind::Reexec] {
         for outcome in ["completed", "failed", "abandoned"] {
-            let n = c
-                .restarts
-                .get(&format!("{}/{outcome}", kind.as_str()))
-                .copied()
-                .unwrap_or(0);
+            let n = c.restarts_of(kind, outcome);
             m.sample(
                 "sup_restarts_total",
                 &[("kind", kind.as_str()), ("outcome", outcome)],
