@@ -492,6 +492,19 @@ impl Shell<'_> {
         }
     }
 
+    /// sup's children in no worker's or helper's group (workers and helpers
+    /// lead their own groups, which sup stops as groups). Most children are
+    /// workers: a lookup each; only the rest cost a getpgid.
+    fn strays(&self) -> Vec<i32> {
+        let helpers: Vec<i32> = self.core.helper_groups().into_iter().map(Pgid::raw).collect();
+        let known = |p: i32| self.core.is_worker(p) || helpers.contains(&p);
+        children()
+            .into_iter()
+            .filter(|&p| !known(p))
+            .filter(|&p| !known(nix::unistd::getpgid(Some(Pid::from_raw(p))).map_or(p, Pid::as_raw)))
+            .collect()
+    }
+
     /// sup's children that are in no worker's or helper's group: processes
     /// that escaped one (a `setsid` daemon, a double fork) and were left to
     /// sup, a subreaper, when their parent exited. Each is logged once, when
@@ -499,18 +512,7 @@ impl Shell<'_> {
     /// listening sockets (then the port keeps accepting connections nobody
     /// answers); they are stopped with sup. One read of the child list.
     fn note_strays(&mut self) {
-        // Most children are workers: a lookup each; only the rest cost a
-        // getpgid (a rollout of a thousand workers reaps a thousand times).
-        let helpers: Vec<i32> = self.core.helper_groups().into_iter().map(Pgid::raw).collect();
-        let core = &self.core;
-        let now: Vec<i32> = children()
-            .into_iter()
-            .filter(|&p| !core.is_worker(p) && !helpers.contains(&p))
-            .filter(|&p| {
-                let group = nix::unistd::getpgid(Some(Pid::from_raw(p))).map_or(p, Pid::as_raw);
-                !core.is_worker(group) && !helpers.contains(&group)
-            })
-            .collect();
+        let now = self.strays();
         self.strays_seen.retain(|p| now.contains(p));
         let listening = socket_inodes(self.ctx.sockets);
         for pid in now {
@@ -605,17 +607,8 @@ impl Shell<'_> {
                 }
             }
             Action::SignalStrays { signal } => {
-                // Workers and helpers lead their own groups, which sup stops
-                // as groups; a stray is a child in none of them.
-                let groups: std::collections::HashSet<i32> = (self.core.workers().iter().map(|w| w.pid))
-                    .chain(self.core.helper_groups().into_iter().map(Pgid::raw))
-                    .collect();
                 let listening = socket_inodes(self.ctx.sockets);
-                let strays = children().into_iter().filter(|&p| {
-                    let group = nix::unistd::getpgid(Some(Pid::from_raw(p))).map_or(p, Pid::as_raw);
-                    !groups.contains(&p) && !groups.contains(&group)
-                });
-                for pid in strays {
+                for pid in self.strays() {
                     let holds = holds_socket(pid, &listening)
                         .map(|ino| format!(", holding one of sup's listening sockets (inode {ino})"))
                         .unwrap_or_default();
