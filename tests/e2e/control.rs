@@ -11,24 +11,6 @@ use sup::control::protocol::{Answer, Stats, WorkerPhase};
 
 use crate::harness::*;
 
-/// A raw exchange on the control socket: what comes back (possibly empty
-/// when the server cut the connection).
-fn raw(path: &Path, bytes: &[u8]) -> String {
-    let mut s = UnixStream::connect(path).unwrap();
-    s.set_read_timeout(Some(secs(15))).unwrap();
-    let _ = s.write_all(bytes);
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// `/stats`, read with the same types `sup ctl` uses.
-fn stats(path: &Path) -> Stats {
-    let text = raw(path, b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\n");
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    serde_json::from_str(text.split_once("\r\n\r\n").unwrap().1).unwrap()
-}
-
 #[test]
 fn stats_reports_the_real_port_and_the_workers_answering_on_it() {
     let dir = TestDir::new();

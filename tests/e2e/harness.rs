@@ -7,13 +7,16 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use sup::control::protocol::Stats;
 
 pub const SUP: &str = env!("CARGO_BIN_EXE_sup");
 /// A TCP address on loopback whose port the kernel picks: tests never
@@ -434,4 +437,34 @@ pub fn children_of(pid: i32) -> (std::collections::BTreeSet<i32>, Vec<i32>) {
         }
     }
     (live, zombies)
+}
+
+/// A raw exchange on the control socket: what comes back (possibly empty
+/// when the server cut the connection).
+pub fn raw(path: &Path, bytes: &[u8]) -> String {
+    let mut s = UnixStream::connect(path).unwrap();
+    s.set_read_timeout(Some(secs(15))).unwrap();
+    let _ = s.write_all(bytes);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `/stats`, read with the same types `sup ctl` uses.
+pub fn stats(path: &Path) -> Stats {
+    let text = raw(path, b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    serde_json::from_str(text.split_once("\r\n\r\n").unwrap().1).unwrap()
+}
+
+/// Whether this test may use `--user` (it needs root). Locally it skips
+/// with a line saying so; in CI, which runs as root, it is never skipped.
+pub fn root_or_skip() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(std::env::var("CI").is_err(), "CI runs as root");
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), b"skipped: --user needs root\n");
+    false
 }

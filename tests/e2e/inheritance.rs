@@ -209,9 +209,7 @@ fn a_worker_starts_with_an_empty_mask_and_default_dispositions() {
 
 #[test]
 fn workers_run_as_user_and_group_while_sup_binds_as_root() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        let _ = std::io::Write::write_all(&mut std::io::stderr(), b"skipped: --user needs root\n");
+    if !root_or_skip() {
         return;
     }
     let dir = TestDir::new();

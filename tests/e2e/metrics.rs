@@ -1,24 +1,10 @@
 //! `GET /metrics`, read by Prometheus's own parser (the `prometheus_client`
 //! package), with the accept queue seen from the kernel.
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::io::Write;
 use std::process::{Command, Stdio};
 
-use sup::control::protocol::Stats;
-
 use crate::harness::*;
-
-fn get(path: &Path, target: &str) -> String {
-    let mut s = UnixStream::connect(path).unwrap();
-    s.set_read_timeout(Some(secs(15))).unwrap();
-    s.write_all(format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-        .unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
-}
 
 /// Every sample, as Prometheus's Python client parses the text: a line
 /// `name{labels as JSON} value` each. None if the package is missing
@@ -98,11 +84,7 @@ fn metrics_parse_as_prometheus_text_and_show_the_accept_queue_of_stopped_workers
     sup.wait_ready(2);
     sup.signal(libc::SIGUSR1);
     sup.wait_log("rolling restart to gen 1 complete", secs(30));
-    let stats: Stats = {
-        let text = get(&sock, "/stats");
-        serde_json::from_str(text.split_once("\r\n\r\n").unwrap().1).unwrap()
-    };
-    let pids: Vec<i32> = stats.worker_status.iter().map(|w| w.pid).collect();
+    let pids: Vec<i32> = stats(&sock).worker_status.iter().map(|w| w.pid).collect();
     assert_eq!(pids.len(), 2);
     // Nobody accepts: 7 connections wait in the listener's queue.
     for pid in &pids {
@@ -121,7 +103,7 @@ fn metrics_parse_as_prometheus_text_and_show_the_accept_queue_of_stopped_workers
         });
     }
     let waiting: Vec<_> = (0..7).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect();
-    let response = get(&sock, "/metrics");
+    let response = raw(&sock, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
     for pid in &pids {
         // SAFETY: as above.
         unsafe { libc::kill(*pid, libc::SIGCONT) };

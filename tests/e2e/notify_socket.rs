@@ -110,10 +110,7 @@ fn notify_socket_is_a_private_path_kept_across_a_hot_restart_and_removed_at_stop
 
 #[test]
 fn a_worker_running_as_another_user_reaches_the_notify_socket() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(std::env::var("CI").is_err(), "CI runs as root");
-        let _ = std::io::Write::write_all(&mut std::io::stderr(), b"skipped: --user needs root\n");
+    if !root_or_skip() {
         return;
     }
     let dir = TestDir::new();
@@ -149,10 +146,7 @@ fn a_worker_running_as_another_user_reaches_the_notify_socket() {
 
 #[test]
 fn a_user_worker_sends_ready_on_the_notify_socket() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(std::env::var("CI").is_err(), "CI runs as root");
-        let _ = std::io::Write::write_all(&mut std::io::stderr(), b"skipped: --user needs root\n");
+    if !root_or_skip() {
         return;
     }
     let dir = TestDir::new();
