@@ -144,7 +144,7 @@ impl EinhornSocket {
                     conn.sender,
                     Message {
                         ready: true,
-                        mainpid: Some(pid),
+                        mainpid: Some(crate::pid::Pid::from_raw(pid)),
                         ..Message::default()
                     },
                 ));
@@ -166,10 +166,10 @@ fn peer(stream: &UnixStream) -> Option<Sender> {
     let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
     let cred = nix::sys::socket::getsockopt(&borrowed, nix::sys::socket::sockopt::PeerCredentials).ok()?;
     Some(Sender {
-        pid: cred.pid(),
+        pid: crate::pid::Pid::from_raw(cred.pid()),
         pgid: nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(cred.pid())))
             .ok()
-            .map(|p| p.as_raw()),
+            .map(|p| crate::pid::Pgid::from_raw(p.as_raw())),
         uid: cred.uid(),
     })
 }

@@ -140,32 +140,18 @@ impl EventLoop {
     }
 
     /// Run until the core says exit; returns the exit status.
-    pub fn run(self, config: &Config, credentials: Option<&Credentials>, ctx: Context<'_>) -> Result<i32, LoopError> {
+    pub fn run(
+        self,
+        config: &Config,
+        credentials: Option<&Credentials>,
+        mut ctx: Context<'_>,
+    ) -> Result<i32, LoopError> {
         let upward_watchdog = self.upward.as_ref().and_then(|_| crate::upward::watchdog_interval());
-        let mut core = Core::new(config.core_settings(credentials, upward_watchdog));
-        let mut first = Vec::new();
-        if let Some(r) = &ctx.resume {
-            let now = Instant::now();
-            first.extend(core.carry_over(r.pending, r.workers_target, r.counters.clone()));
-            match &r.adopted {
-                Some(a) => {
-                    let workers = a
-                        .workers
-                        .iter()
-                        .filter(|w| {
-                            our_worker(w.pid)
-                                .inspect_err(|why| log::error!("not adopting worker {} (pid {}): {why}", w.slot, w.pid))
-                                .is_ok()
-                        })
-                        .map(|w| w.to_worker(now))
-                        .collect();
-                    let lingering = a.lingering.iter().map(|l| l.to_lingering(now)).collect();
-                    first.extend(core.adopt(r.generation, workers, lingering, now));
-                    first.extend(core.resume_handover(r.restart_id, a.kind, r.elapsed, now));
-                }
-                None => core.resume_hot(r.restart_id, r.generation, r.elapsed, now),
-            }
-        }
+        let settings = config.core_settings(credentials, upward_watchdog);
+        let (core, first) = match ctx.resume.take() {
+            Some(snapshot) => Core::restore(settings, snapshot, Instant::now(), wall_ms(None), our_worker),
+            None => (Core::new(settings), Vec::new()),
+        };
         let notify_socket = self.own.notify.name.to_string();
         log::info!("notify socket for workers: {notify_socket}");
         let mut shell = Shell {
@@ -496,12 +482,14 @@ impl Shell<'_> {
     /// lead their own groups, which sup stops as groups). Most children are
     /// workers: a lookup each; only the rest cost a getpgid.
     fn strays(&self) -> Vec<i32> {
-        let helpers: Vec<i32> = self.core.helper_groups().into_iter().map(Pgid::raw).collect();
-        let known = |p: i32| self.core.is_worker(p) || helpers.contains(&p);
-        children()
+        let children = children().into_iter().map(|p| {
+            let group = nix::unistd::getpgid(Some(Pid::from_raw(p))).ok();
+            (crate::pid::Pid::from_raw(p), group.map(|g| Pgid::from_raw(g.as_raw())))
+        });
+        self.core
+            .strays(children)
             .into_iter()
-            .filter(|&p| !known(p))
-            .filter(|&p| !known(nix::unistd::getpgid(Some(Pid::from_raw(p))).map_or(p, Pid::as_raw)))
+            .map(crate::pid::Pid::raw)
             .collect()
     }
 
@@ -566,7 +554,11 @@ impl Shell<'_> {
                     pid
                 });
                 self.pending.push_back(match outcome {
-                    Ok(pid) => Event::Spawned { slot, generation, pid },
+                    Ok(pid) => Event::Spawned {
+                        slot,
+                        generation,
+                        pid: crate::pid::Pid::from_raw(pid),
+                    },
                     Err(reason) => Event::SpawnFailed {
                         slot,
                         generation,
@@ -620,17 +612,19 @@ impl Shell<'_> {
                     );
                     // A daemon that made its own group takes it with it.
                     if nix::unistd::getpgid(Some(Pid::from_raw(pid))).is_ok_and(|g| g.as_raw() == pid) {
-                        let _ = send_group(Pgid::led_by(pid), Some(signal));
+                        let _ = send_group(Pgid::from_raw(pid), Some(signal));
                     } else {
-                        send(pid, signal);
+                        send(crate::pid::Pid::from_raw(pid), signal);
                     }
                 }
             }
             Action::SampleMemory => {
-                let leaders: Vec<i32> = self.core.workers().iter().map(|w| w.pid).collect();
-                self.pending.push_back(Event::Memory {
-                    samples: group_pss(&leaders),
-                });
+                let leaders: Vec<i32> = self.core.workers().iter().map(|w| w.pid.raw()).collect();
+                let samples = group_pss(&leaders)
+                    .into_iter()
+                    .map(|(pid, bytes)| (crate::pid::Pid::from_raw(pid), bytes))
+                    .collect();
+                self.pending.push_back(Event::Memory { samples });
             }
             Action::ProbeStrays => {
                 if children().is_empty() {
@@ -660,39 +654,21 @@ impl Shell<'_> {
         let Context {
             sockets, exe, origin, ..
         } = &self.ctx;
-        let record = self.core.restart_record();
-        let mut handoff = Handoff::new(generation, exe.to_string(), origin.to_path_buf());
-        handoff.restart_id = record.as_ref().map_or(0, |r| r.id);
-        handoff.started_ms = wall_ms(record.as_ref().map(|r| r.started_at));
+        let snapshot = self.core.snapshot(Instant::now(), wall_ms(None));
+        let mut handoff = Handoff::new(exe.to_string(), origin.to_path_buf(), snapshot);
         handoff.sockets = sockets.iter().map(BoundSocket::handed).collect();
-        handoff.pending = self.core.pending();
-        handoff.workers_target = Some((self.core.target(), self.config.workers));
-        handoff.counters = Some(self.core.counters().clone());
         self.res.own.hand_over(&mut handoff);
-        if adopt {
-            let now = Instant::now();
-            handoff.kind = record.as_ref().map(|r| r.kind);
-            handoff.workers = Some(
-                self.core
-                    .workers()
-                    .iter()
-                    .map(|w| crate::handoff::HandedWorker::from_worker(w, now))
-                    .collect(),
-            );
-            handoff.lingering = self
-                .core
-                .lingering()
-                .iter()
-                .map(|l| crate::handoff::HandedLingering::from_lingering(l, now))
-                .collect();
-        }
         if let (Some(server), Some(configured)) = (&self.res.control, &self.config.control) {
             handoff.control = Some(server.handed(configured));
         }
         let fds = handoff.fds();
-        match &handoff.workers {
-            Some(w) => log::info!("re-executing {exe}, handing over {} worker(s)", w.len()),
-            None => log::info!("hot restart: re-executing {exe} to start gen {generation}"),
+        if adopt {
+            log::info!(
+                "re-executing {exe}, handing over {} worker(s)",
+                handoff.core.workers.len()
+            );
+        } else {
+            log::info!("hot restart: re-executing {exe} to start gen {generation}");
         }
         hot_restart::reexec(&handoff, &fds, self.config.directory.as_deref())
     }
@@ -722,37 +698,16 @@ pub struct Context<'a> {
     pub exe: &'a str,
     /// The directory the first image started in (see `Config::anchor_paths`).
     pub origin: &'a Path,
-    /// After a hot restart: where to carry on from.
-    pub resume: Option<Resume>,
-}
-
-/// What the new image carries on from after a hot restart.
-pub struct Resume {
-    pub restart_id: u64,
-    pub generation: u64,
-    /// How long ago the restart began, in the old image.
-    pub elapsed: Duration,
-    /// Overlap and reexec: the restart's kind, and the workers and
-    /// lingering groups to adopt (deadlines relative to the handoff).
-    pub adopted: Option<Adopted>,
-    /// A restart requested meanwhile, to run next.
-    pub pending: Option<crate::core::RestartKind>,
-    /// The worker count at the exec, and what the configuration said then.
-    pub workers_target: Option<(usize, usize)>,
-    pub counters: Option<crate::core::Counters>,
-}
-
-pub struct Adopted {
-    pub kind: crate::core::RestartKind,
-    pub workers: Vec<crate::handoff::HandedWorker>,
-    pub lingering: Vec<crate::handoff::HandedLingering>,
+    /// After a hot restart: the old image's core, to carry on from.
+    pub resume: Option<crate::core::Snapshot>,
 }
 
 /// Whether `pid` is a worker this sup may take over: still its child (a
 /// zombie too: it is reaped, with its status, once adopted) and the leader of
 /// its own process group, as every worker sup starts is. sup never signals a
 /// process it did not start.
-fn our_worker(pid: i32) -> Result<(), String> {
+fn our_worker(pid: crate::pid::Pid) -> Result<(), String> {
+    let pid = pid.raw();
     let stat =
         std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|_| format!("pid {pid} no longer exists"))?;
     let mut fields = stat.rsplit(')').next().unwrap_or_default().split_whitespace().skip(1);
@@ -769,7 +724,9 @@ fn our_worker(pid: i32) -> Result<(), String> {
 
 fn helper_event(result: Result<i32, String>) -> Event {
     match result {
-        Ok(pid) => Event::HelperSpawned { pid },
+        Ok(pid) => Event::HelperSpawned {
+            pid: crate::pid::Pid::from_raw(pid),
+        },
         Err(reason) => Event::HelperFailed { reason },
     }
 }
@@ -818,9 +775,10 @@ fn reap_all(pending: &mut VecDeque<Event>) {
         };
         // Does anything of its process group remain (a wrapper's children)?
         // Only meaningful for workers, which lead their own group.
-        let group_alive = send_group(Pgid::led_by(pid.as_raw()), None) != Err(Errno::ESRCH);
+        let pid = crate::pid::Pid::from_raw(pid.as_raw());
+        let group_alive = send_group(Pgid::led_by(pid), None) != Err(Errno::ESRCH);
         pending.push_back(Event::Exited {
-            pid: pid.as_raw(),
+            pid,
             status,
             group_alive,
         });
@@ -917,8 +875,8 @@ fn cmdline(pid: i32) -> String {
 }
 
 /// Send a signal to one process; one that is already gone is not an error.
-fn send(pid: i32, signal: Signal) {
-    match kill(Pid::from_raw(pid), signal) {
+fn send(pid: crate::pid::Pid, signal: Signal) {
+    match kill(Pid::from_raw(pid.raw()), signal) {
         Ok(()) | Err(Errno::ESRCH) => {}
         Err(e) => log::warn!("cannot send {signal} to pid {pid}: {e}"),
     }

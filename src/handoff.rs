@@ -1,26 +1,26 @@
 //! What one sup image hands the next across a hot restart's `execve`.
 //!
 //! The state travels in one versioned environment variable, `SUP_HANDOFF`
-//! (JSON): the generation to start, the program to re-resolve, when the
-//! restart began, and each listening socket by fd, address and name — so
-//! the new image matches sockets to its `--bind` entries by address, never
-//! by position. Workers never see the variable (spawn strips it). Inherited
+//! (JSON): the program to re-resolve, each listening socket by fd, address
+//! and name — so the new image matches sockets to its `--bind` entries by
+//! address, never by position —, sup's own sockets, and the core's
+//! [`Snapshot`] (workers, slots, the restart, counters), written by one
+//! function (`Core::snapshot`) and read by one (`Core::restore`). Workers never see the variable (spawn strips it). Inherited
 //! fds are validated before they are trusted: a socket, of the kind and
 //! family its address says.
 
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
 
 use nix::sys::socket::SockType;
 use serde::{Deserialize, Serialize};
 
-use crate::worker::{Lingering, Pgid, Worker, WorkerState};
+use crate::core::Snapshot;
 
 pub const VAR: &str = "SUP_HANDOFF";
-/// Fields added since version 1 are optional, so a newer sup still adopts
-/// what an older one hands over (an upgrade of sup by hot restart).
-const VERSION: u64 = 1;
+/// Version 2 carries the core's snapshot; version 1 (sup 0.1 before it) is
+/// still read, so upgrading sup by a hot restart adopts the old image.
+const VERSION: u64 = 2;
 
 /// One listening socket handed across.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,15 +55,8 @@ pub struct HandedControl {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Handoff {
     pub version: u64,
-    /// The restart's number, so `sup ctl --wait` can follow it across the exec.
-    #[serde(default)]
-    pub restart_id: u64,
-    pub generation: u64,
     /// How sup was started (argv[0] made absolute, or a bare name for PATH).
     pub exe: String,
-    /// Wall-clock milliseconds since the epoch when the restart was asked for.
-    #[serde(default)]
-    pub started_ms: u64,
     /// The directory the first sup image started in: relative pidfile, log
     /// file and socket paths stay anchored there across restarts.
     pub origin: PathBuf,
@@ -77,177 +70,23 @@ pub struct Handoff {
     pub einhorn: Option<HandedUnix>,
     #[serde(default)]
     pub control: Option<HandedControl>,
-    /// Overlap and reexec: the restart's kind and the workers the next image
-    /// adopts (they keep running across the exec). None: stop mode, where
-    /// every worker is gone before the exec.
-    #[serde(default)]
-    pub kind: Option<crate::core::RestartKind>,
-    #[serde(default)]
-    pub workers: Option<Vec<HandedWorker>>,
-    #[serde(default)]
-    pub lingering: Vec<HandedLingering>,
-    /// A restart requested while this one ran; the new image runs it next.
-    #[serde(default)]
-    pub pending: Option<crate::core::RestartKind>,
-    /// The worker count at the exec and what the configuration said then:
-    /// a count changed at runtime (TTIN, TTOU, `sup ctl workers`) survives
-    /// unless the new configuration changes it.
-    #[serde(default)]
-    pub workers_target: Option<(usize, usize)>,
-    /// What `/metrics` has counted so far.
-    #[serde(default)]
-    pub counters: Option<crate::core::Counters>,
-}
-
-/// A worker handed across the exec. Instants do not cross an exec: every
-/// time is in milliseconds relative to the moment of the handoff (negative
-/// in the past).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HandedWorker {
-    pub pid: i32,
-    pub slot: usize,
-    pub generation: u64,
-    pub spawned_ms: i64,
-    pub state: HandedState,
-    pub status: Option<String>,
-    pub watchdog_ms: Option<i64>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "state", rename_all = "snake_case")]
-pub enum HandedState {
-    Booting {
-        ready_at_ms: Option<i64>,
-        boot_deadline_ms: i64,
-    },
-    Ready {
-        since_ms: i64,
-    },
-    Stopping {
-        kill_at_ms: i64,
-        killed: bool,
-    },
-}
-
-/// A process group whose leader is gone and whose members are awaited.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HandedLingering {
-    pub pgid: i32,
-    pub slot: usize,
-    pub kill_at_ms: i64,
-}
-
-fn rel(at: Instant, now: Instant) -> i64 {
-    match at.checked_duration_since(now) {
-        Some(ahead) => ahead.as_millis() as i64,
-        None => -(now.saturating_duration_since(at).as_millis() as i64),
-    }
-}
-
-fn abs(ms: i64, now: Instant) -> Instant {
-    if ms >= 0 {
-        now + Duration::from_millis(ms as u64)
-    } else {
-        now.checked_sub(Duration::from_millis(ms.unsigned_abs())).unwrap_or(now)
-    }
-}
-
-impl HandedWorker {
-    pub fn from_worker(w: &Worker, now: Instant) -> HandedWorker {
-        HandedWorker {
-            pid: w.pid,
-            slot: w.slot,
-            generation: w.generation,
-            spawned_ms: rel(w.spawned_at, now),
-            state: match w.state {
-                WorkerState::Booting {
-                    ready_at,
-                    boot_deadline,
-                } => HandedState::Booting {
-                    ready_at_ms: ready_at.map(|r| rel(r, now)),
-                    boot_deadline_ms: rel(boot_deadline, now),
-                },
-                WorkerState::Ready { since } => HandedState::Ready {
-                    since_ms: rel(since, now),
-                },
-                WorkerState::Stopping { kill_at, killed } => HandedState::Stopping {
-                    kill_at_ms: rel(kill_at, now),
-                    killed,
-                },
-            },
-            status: w.status.clone(),
-            watchdog_ms: w.watchdog_deadline.map(|d| rel(d, now)),
-        }
-    }
-
-    pub fn to_worker(&self, now: Instant) -> Worker {
-        Worker {
-            slot: self.slot,
-            generation: self.generation,
-            pid: self.pid,
-            spawned_at: abs(self.spawned_ms, now),
-            state: match self.state {
-                HandedState::Booting {
-                    ready_at_ms,
-                    boot_deadline_ms,
-                } => WorkerState::Booting {
-                    ready_at: ready_at_ms.map(|r| abs(r, now)),
-                    boot_deadline: abs(boot_deadline_ms, now),
-                },
-                HandedState::Ready { since_ms } => WorkerState::Ready {
-                    since: abs(since_ms, now),
-                },
-                HandedState::Stopping { kill_at_ms, killed } => WorkerState::Stopping {
-                    kill_at: abs(kill_at_ms, now),
-                    killed,
-                },
-            },
-            status: self.status.clone(),
-            watchdog_deadline: self.watchdog_ms.map(|d| abs(d, now)),
-            memory: None,
-            over_memory: 0,
-        }
-    }
-}
-
-impl HandedLingering {
-    pub fn from_lingering(l: &Lingering, now: Instant) -> HandedLingering {
-        HandedLingering {
-            pgid: l.pgid.raw(),
-            slot: l.slot,
-            kill_at_ms: rel(l.kill_at, now),
-        }
-    }
-
-    pub fn to_lingering(&self, now: Instant) -> Lingering {
-        Lingering {
-            pgid: Pgid::led_by(self.pgid),
-            slot: self.slot,
-            kill_at: abs(self.kill_at_ms, now),
-        }
-    }
+    /// Everything the core carries: workers, slots, the restart in
+    /// progress, counters, the worker count (`Core::snapshot`).
+    pub core: Snapshot,
 }
 
 impl Handoff {
-    pub fn new(generation: u64, exe: String, origin: PathBuf) -> Handoff {
+    pub fn new(exe: String, origin: PathBuf, core: Snapshot) -> Handoff {
         Handoff {
             version: VERSION,
-            restart_id: 0,
-            generation,
             exe,
-            started_ms: 0,
             origin,
             sockets: Vec::new(),
             runtime_dir: None,
             notify: None,
             einhorn: None,
             control: None,
-            kind: None,
-            workers: None,
-            lingering: Vec::new(),
-            pending: None,
-            workers_target: None,
-            counters: None,
+            core,
         }
     }
 
@@ -256,24 +95,25 @@ impl Handoff {
         serde_json::to_string(self).unwrap_or_default()
     }
 
-    pub fn decode(text: &str) -> Result<Handoff, String> {
+    pub fn decode(text: &str) -> Result<Handoff, HandoffError> {
         #[derive(Deserialize)]
         struct Version {
             version: u64,
         }
-        let v: Version = serde_json::from_str(text).map_err(|e| format!("not JSON with a version: {e}"))?;
-        if v.version != VERSION {
-            return Err(format!("version {} is not understood (expected {VERSION})", v.version));
-        }
-        let h: Handoff = serde_json::from_str(text).map_err(|e| format!("malformed: {e}"))?;
-        if h.fds().iter().any(|fd| *fd <= 2) {
-            return Err("bad fd".into());
+        let v: Version = serde_json::from_str(text).map_err(|e| HandoffError::NotJson(e.to_string()))?;
+        let h: Handoff = match v.version {
+            VERSION => serde_json::from_str(text).map_err(|e| HandoffError::Malformed(e.to_string()))?,
+            1 => v1::read(text).map_err(|e| HandoffError::Malformed(e.to_string()))?,
+            other => return Err(HandoffError::Version(other)),
+        };
+        if let Some(fd) = h.fds().into_iter().find(|fd| *fd <= 2) {
+            return Err(HandoffError::BadFd(fd));
         }
         Ok(h)
     }
 
     /// The handoff this image was started with, if any.
-    pub fn from_env() -> Option<Result<Handoff, String>> {
+    pub fn from_env() -> Option<Result<Handoff, HandoffError>> {
         let text = std::env::var(VAR).ok()?;
         Some(Handoff::decode(&text))
     }
@@ -284,6 +124,184 @@ impl Handoff {
         fds.extend(self.notify.iter().chain(&self.einhorn).map(|u| u.fd));
         fds.extend(self.control.iter().map(|c| c.fd));
         fds
+    }
+}
+
+/// Why a handoff cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandoffError {
+    #[error("not JSON with a version: {0}")]
+    NotJson(String),
+    #[error("version {0} is not understood (expected {VERSION} or 1)")]
+    Version(u64),
+    #[error("malformed: {0}")]
+    Malformed(String),
+    #[error("fd {0} is one of stdin, stdout and stderr")]
+    BadFd(RawFd),
+}
+
+/// The handoff of sup 0.1 before the core's snapshot (version 1): its
+/// sockets, and whatever of its core state maps onto a snapshot, so that
+/// upgrading sup by a hot restart adopts the old image's sockets and workers.
+mod v1 {
+    use serde::Deserialize;
+
+    use super::{HandedControl, HandedSocket, HandedUnix, Handoff, VERSION};
+    use crate::core::RestartKind;
+    use crate::core::snapshot::{PhaseSnap, RestartSnap, SlotSnap, Snapshot, StateSnap, WorkerSnap};
+    use crate::pid::{Pgid, Pid};
+
+    #[derive(Deserialize)]
+    struct V1 {
+        #[serde(default)]
+        restart_id: u64,
+        #[serde(default)]
+        started_ms: u64,
+        generation: u64,
+        exe: String,
+        origin: std::path::PathBuf,
+        sockets: Vec<HandedSocket>,
+        #[serde(default)]
+        runtime_dir: Option<std::path::PathBuf>,
+        #[serde(default)]
+        notify: Option<HandedUnix>,
+        #[serde(default)]
+        einhorn: Option<HandedUnix>,
+        #[serde(default)]
+        control: Option<HandedControl>,
+        #[serde(default)]
+        kind: Option<RestartKind>,
+        #[serde(default)]
+        workers: Option<Vec<Worker>>,
+        #[serde(default)]
+        lingering: Vec<Lingering>,
+        #[serde(default)]
+        pending: Option<RestartKind>,
+        #[serde(default)]
+        workers_target: Option<(usize, usize)>,
+        #[serde(default)]
+        counters: Option<serde_json::Value>,
+    }
+
+    #[derive(Deserialize)]
+    struct Worker {
+        pid: i32,
+        slot: usize,
+        generation: u64,
+        spawned_ms: i64,
+        state: State,
+        status: Option<String>,
+        watchdog_ms: Option<i64>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(tag = "state", rename_all = "snake_case")]
+    enum State {
+        Booting {
+            ready_at_ms: Option<i64>,
+            boot_deadline_ms: i64,
+        },
+        Ready {
+            since_ms: i64,
+        },
+        Stopping {
+            kill_at_ms: i64,
+            killed: bool,
+        },
+    }
+
+    #[derive(Deserialize)]
+    struct Lingering {
+        pgid: i32,
+        slot: usize,
+        kill_at_ms: i64,
+    }
+
+    pub fn read(text: &str) -> Result<Handoff, serde_json::Error> {
+        let old: V1 = serde_json::from_str(text)?;
+        let adopt = old.workers.is_some();
+        // Version 1 handed the workers relative to the exec, and the
+        // generation to start (stop mode) or to adopt at (overlap).
+        let workers: Vec<WorkerSnap> = old
+            .workers
+            .unwrap_or_default()
+            .into_iter()
+            .map(|w| WorkerSnap {
+                pid: Pid::from_raw(w.pid),
+                slot: w.slot,
+                generation: w.generation,
+                spawned: w.spawned_ms,
+                state: match w.state {
+                    State::Booting {
+                        ready_at_ms,
+                        boot_deadline_ms,
+                    } => StateSnap::Booting {
+                        ready_at: ready_at_ms,
+                        boot_deadline: boot_deadline_ms,
+                    },
+                    State::Ready { since_ms } => StateSnap::Ready { since: since_ms },
+                    State::Stopping { kill_at_ms, killed } => StateSnap::Stopping {
+                        kill_at: kill_at_ms,
+                        killed,
+                    },
+                },
+                status: w.status,
+                watchdog: w.watchdog_ms,
+                memory: None,
+                over_memory: 0,
+                age_due: false,
+            })
+            .collect();
+        let (target, configured) = old.workers_target.unwrap_or((0, 0));
+        // Its times were relative to the exec, which is about now.
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let core = Snapshot {
+            taken_ms: now_ms,
+            generation: old.generation,
+            target,
+            configured,
+            slots: Vec::<SlotSnap>::new(),
+            workers,
+            lingering: old
+                .lingering
+                .into_iter()
+                .map(|l| crate::core::snapshot::LingeringSnap {
+                    pgid: Pgid::from_raw(l.pgid),
+                    slot: l.slot,
+                    kill_at: l.kill_at_ms,
+                })
+                .collect(),
+            restart: Some(RestartSnap {
+                id: old.restart_id,
+                kind: old.kind.unwrap_or(RestartKind::Hot),
+                started: -(now_ms.saturating_sub(old.started_ms).min(i64::MAX as u64) as i64),
+                phase: PhaseSnap::Exec { adopt },
+            }),
+            pending: old.pending,
+            last_restart: None,
+            restarts_begun: old.restart_id,
+            ready_announced: false,
+            // Its counters were keyed by strings: they start again.
+            counters: {
+                let _ = old.counters;
+                crate::core::Counters::default()
+            },
+            recycling: Vec::new(),
+            recycle_after: Vec::new(),
+        };
+        Ok(Handoff {
+            version: VERSION,
+            exe: old.exe,
+            origin: old.origin,
+            sockets: old.sockets,
+            runtime_dir: old.runtime_dir,
+            notify: old.notify,
+            einhorn: old.einhorn,
+            control: old.control,
+            core,
+        })
     }
 }
 
@@ -384,127 +402,92 @@ pub fn close(fd: RawFd) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     #[test]
     fn no_worker_ever_sees_the_handoff() {
         assert!(crate::command::STRIPPED.contains(&VAR));
     }
 
+    fn snapshot() -> Snapshot {
+        let mut settings = crate::core::tests::settings(2);
+        settings.hot_overlap = true;
+        let core = crate::core::Core::new(settings);
+        core.snapshot(Instant::now(), 1_700_000_000_000)
+    }
+
     #[test]
     fn round_trips() {
-        let h = Handoff {
-            version: VERSION,
-            restart_id: 3,
-            generation: 7,
-            exe: "/usr/local/bin/sup".into(),
-            started_ms: 1_700_000_000_000,
-            origin: "/srv/app".into(),
-            runtime_dir: Some("/run/sup.x1y2z3".into()),
-            notify: Some(HandedUnix {
-                fd: 7,
-                addr: "/run/sup.x1y2z3/notify".into(),
-            }),
-            einhorn: None,
-            control: Some(HandedControl {
-                fd: 8,
-                configured: "unix:/run/app/sup.sock".into(),
-                created: Some(("/run/app/sup.sock".into(), 64769, 99)),
-            }),
-            kind: Some(crate::core::RestartKind::Hot),
-            workers: Some(vec![HandedWorker {
-                pid: 4121,
-                slot: 0,
-                generation: 6,
-                spawned_ms: -5_000,
-                state: HandedState::Booting {
-                    ready_at_ms: Some(250),
-                    boot_deadline_ms: 55_000,
-                },
-                status: Some("booting".into()),
-                watchdog_ms: None,
-            }]),
-            lingering: vec![HandedLingering {
-                pgid: 4000,
-                slot: 1,
-                kill_at_ms: 12_000,
-            }],
-            pending: Some(crate::core::RestartKind::Rolling),
-            workers_target: Some((5, 2)),
-            counters: Some(crate::core::Counters::default()),
-            sockets: vec![
-                HandedSocket {
-                    fd: 5,
-                    addr: "tcp://127.0.0.1:0".into(),
-                    name: "web".into(),
-                    created: None,
-                },
-                HandedSocket {
-                    fd: 6,
-                    addr: "unix:/tmp/a.sock".into(),
-                    name: "admin".into(),
-                    created: Some(("/tmp/a.sock".into(), 64769, 1234)),
-                },
-            ],
-        };
+        let mut h = Handoff::new("/usr/local/bin/sup".into(), "/srv/app".into(), snapshot());
+        h.runtime_dir = Some("/run/sup.x1y2z3".into());
+        h.notify = Some(HandedUnix {
+            fd: 7,
+            addr: "/run/sup.x1y2z3/notify".into(),
+        });
+        h.control = Some(HandedControl {
+            fd: 8,
+            configured: "unix:/run/app/sup.sock".into(),
+            created: Some(("/run/app/sup.sock".into(), 64769, 99)),
+        });
+        h.sockets = vec![
+            HandedSocket {
+                fd: 5,
+                addr: "tcp://127.0.0.1:0".into(),
+                name: "web".into(),
+                created: None,
+            },
+            HandedSocket {
+                fd: 6,
+                addr: "unix:/tmp/a.sock".into(),
+                name: "admin".into(),
+                created: Some(("/tmp/a.sock".into(), 64769, 1234)),
+            },
+        ];
         assert_eq!(Handoff::decode(&h.encode()).unwrap(), h);
         assert_eq!(h.fds(), vec![5, 6, 7, 8]);
     }
 
     #[test]
-    fn a_worker_crosses_with_its_deadlines_as_time_left() {
-        let now = Instant::now();
-        let w = Worker {
-            slot: 2,
-            generation: 3,
-            pid: 77,
-            spawned_at: now.checked_sub(Duration::from_secs(4)).unwrap(),
-            state: WorkerState::Stopping {
-                kill_at: now + Duration::from_secs(9),
-                killed: false,
-            },
-            status: Some("draining".into()),
-            watchdog_deadline: Some(now + Duration::from_millis(1500)),
-            memory: None,
-            over_memory: 0,
-        };
-        let handed = HandedWorker::from_worker(&w, now);
-        assert_eq!((handed.spawned_ms, handed.watchdog_ms), (-4_000, Some(1_500)));
-        let later = now + Duration::from_secs(1);
-        let back = handed.to_worker(later);
-        assert_eq!(
-            back.state,
-            WorkerState::Stopping {
-                kill_at: later + Duration::from_secs(9),
-                killed: false
-            }
-        );
-        assert_eq!(back.spawned_at, later.checked_sub(Duration::from_secs(4)).unwrap());
-        assert_eq!(
-            (back.pid, back.slot, back.generation, back.status),
-            (77, 2, 3, w.status)
-        );
-    }
-
-    #[test]
     fn reads_what_the_previous_version_wrote() {
-        // A sup from before the notify socket was handed over: upgrading sup
-        // by hot restart must still adopt its listeners.
+        // sup 0.1 before the snapshot: upgrading sup by hot restart must
+        // still adopt its listeners, and in overlap mode its workers.
         let old = r#"{"version":1,"restart_id":2,"generation":3,"exe":"/usr/bin/sup","started_ms":5,"origin":"/srv","sockets":[{"fd":3,"addr":"tcp://127.0.0.1:0","name":"web","created":null}]}"#;
         let h = Handoff::decode(old).unwrap();
-        assert_eq!((h.generation, h.sockets.len(), h.notify.clone()), (3, 1, None));
+        assert_eq!((h.core.generation, h.sockets.len(), h.notify.clone()), (3, 1, None));
         assert_eq!(h.fds(), vec![3]);
+        let overlap = r#"{"version":1,"restart_id":4,"generation":6,"exe":"sup","origin":"/","sockets":[],"kind":"hot",
+            "workers":[{"pid":4121,"slot":0,"generation":6,"spawned_ms":-5000,"state":{"state":"ready","since_ms":-4000},"status":null,"watchdog_ms":null}],
+            "workers_target":[3,2]}"#;
+        let h = Handoff::decode(overlap).unwrap();
+        let w = &h.core.workers[0];
+        assert_eq!((w.pid.raw(), w.slot, w.generation, w.spawned), (4121, 0, 6, -5000));
+        assert_eq!((h.core.target, h.core.configured, h.core.restarts_begun), (3, 2, 4));
+        assert_eq!(
+            h.core.restart.map(|r| r.phase),
+            Some(crate::core::snapshot::PhaseSnap::Exec { adopt: true })
+        );
     }
 
     #[test]
     fn rejects_what_it_does_not_understand() {
-        assert!(Handoff::decode("nope").unwrap_err().contains("not JSON"));
-        let low_notify =
-            r#"{"version":1,"generation":1,"exe":"sup","origin":"/","sockets":[],"notify":{"fd":2,"addr":"@x"}}"#;
-        assert_eq!(Handoff::decode(low_notify).unwrap_err(), "bad fd");
-        assert!(Handoff::decode(r#"{"version":2}"#).unwrap_err().contains("version 2"));
+        assert!(matches!(Handoff::decode("nope"), Err(HandoffError::NotJson(_))));
+        let mut h = Handoff::new("sup".into(), "/".into(), snapshot());
+        h.notify = Some(HandedUnix {
+            fd: 2,
+            addr: "@x".into(),
+        });
+        assert_eq!(Handoff::decode(&h.encode()).unwrap_err(), HandoffError::BadFd(2));
+        assert_eq!(
+            Handoff::decode(r#"{"version":3}"#).unwrap_err(),
+            HandoffError::Version(3)
+        );
+        assert!(matches!(
+            Handoff::decode(r#"{"version":2}"#),
+            Err(HandoffError::Malformed(_))
+        ));
         let bad_fd =
             r#"{"version":1,"generation":1,"exe":"sup","origin":"/","sockets":[{"fd":1,"addr":"tcp://x","name":"n"}]}"#;
-        assert_eq!(Handoff::decode(bad_fd).unwrap_err(), "bad fd");
+        assert_eq!(Handoff::decode(bad_fd).unwrap_err(), HandoffError::BadFd(1));
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod logging;
 pub mod message;
 pub mod notify;
 pub mod own_sockets;
+pub mod pid;
 pub mod runtime_dir;
 pub mod signals;
 pub mod slots;
@@ -220,29 +221,14 @@ fn start() -> Result<u8, StartupError> {
             hot_restart::exe_spec(&argv0, &cwd)
         }
     };
-    let resume = handoff.as_ref().map(|h| {
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let elapsed = std::time::Duration::from_millis(now_ms.saturating_sub(h.started_ms));
+    // The core the old image handed over: restored in the loop.
+    let resume = handoff.map(|h| {
         log::info!(
             "this is the new sup: adopting {} socket(s) and {} worker(s)",
             h.sockets.len(),
-            h.workers.as_ref().map_or(0, Vec::len)
+            h.core.workers.len()
         );
-        event_loop::Resume {
-            restart_id: h.restart_id,
-            generation: h.generation,
-            elapsed,
-            adopted: h.workers.clone().map(|workers| event_loop::Adopted {
-                kind: h.kind.unwrap_or(core::RestartKind::Hot),
-                workers,
-                lingering: h.lingering.clone(),
-            }),
-            pending: h.pending,
-            workers_target: h.workers_target,
-            counters: h.counters.clone(),
-        }
+        h.core
     });
     let ctx = event_loop::Context {
         sockets: &sockets,

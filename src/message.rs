@@ -2,6 +2,8 @@
 //! decides on. Pure — the socket that receives them is `notify`'s; the
 //! Einhorn socket turns its acks into the same messages.
 
+use crate::pid::{Pgid, Pid};
+
 /// The parts of an sd_notify message sup acts on.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Message {
@@ -9,7 +11,7 @@ pub struct Message {
     pub stopping: bool,
     pub watchdog: bool,
     pub status: Option<String>,
-    pub mainpid: Option<i32>,
+    pub mainpid: Option<Pid>,
 }
 
 impl Message {
@@ -27,7 +29,7 @@ impl Message {
                 "STOPPING" => m.stopping = value == "1",
                 "WATCHDOG" => m.watchdog = value == "1",
                 "STATUS" => m.status = Some(value.chars().take(256).collect()),
-                "MAINPID" => m.mainpid = value.parse().ok().filter(|p| *p > 0),
+                "MAINPID" => m.mainpid = value.parse().ok().filter(|p| *p > 0).map(Pid::from_raw),
                 _ => {}
             }
         }
@@ -42,9 +44,9 @@ impl Message {
 /// Who sent a message, per the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sender {
-    pub pid: i32,
+    pub pid: Pid,
     /// The sender's process group, looked up on receipt (None if it is gone).
-    pub pgid: Option<i32>,
+    pub pgid: Option<Pgid>,
     pub uid: u32,
 }
 
@@ -57,7 +59,7 @@ mod tests {
         let m = Message::parse(b"READY=1\nSTATUS=Gunicorn arbiter booted\nMAINPID=42\nX=y\n");
         assert!(m.ready && !m.stopping && !m.watchdog);
         assert_eq!(m.status.as_deref(), Some("Gunicorn arbiter booted"));
-        assert_eq!(m.mainpid, Some(42));
+        assert_eq!(m.mainpid, Some(Pid::from_raw(42)));
         assert!(Message::parse(b"WATCHDOG=1").watchdog);
         assert!(Message::parse(b"STOPPING=1").stopping);
         assert!(!Message::parse(b"READY=0").ready);

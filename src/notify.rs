@@ -114,10 +114,10 @@ impl NotifySocket {
                         ControlMessageOwned::ScmCredentials(cred) => {
                             let pid = cred.pid();
                             sender = Some(Sender {
-                                pid,
+                                pid: crate::pid::Pid::from_raw(pid),
                                 pgid: nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid)))
                                     .ok()
-                                    .map(|p| p.as_raw()),
+                                    .map(|p| crate::pid::Pgid::from_raw(p.as_raw())),
                                 uid: cred.uid(),
                             });
                         }
@@ -210,7 +210,7 @@ mod tests {
         assert!(got[0].message.ready);
         assert_eq!(got[0].fds_closed, 1);
         let sender = got[0].sender.unwrap();
-        assert_eq!(sender.pid, std::process::id() as i32);
+        assert_eq!(sender.pid, crate::pid::Pid::this());
         // Every write end is closed now: the read end sees EOF.
         let mut b = [0u8; 1];
         assert_eq!(nix::unistd::read(&r, &mut b).unwrap(), 0);

@@ -157,10 +157,14 @@ mod tests {
         }
     }
 
+    fn snapshot() -> crate::core::Snapshot {
+        crate::core::Core::new(crate::core::tests::settings(1)).snapshot(std::time::Instant::now(), 0)
+    }
+
     #[test]
     fn a_handed_socket_is_adopted_when_it_fits_and_replaced_when_not() {
         let first = OwnSockets::open(SocketPlace::Path, true, None, None).unwrap();
-        let mut h = Handoff::new(1, "sup".into(), "/".into());
+        let mut h = Handoff::new("sup".into(), "/".into(), snapshot());
         first.hand_over(&mut h);
         let dir = h.runtime_dir.clone().unwrap();
         let (notify, einhorn) = (
@@ -177,7 +181,7 @@ mod tests {
             h.notify.as_ref().unwrap().fd,
             "the same socket, not a new one"
         );
-        let mut h2 = Handoff::new(2, "sup".into(), "/".into());
+        let mut h2 = Handoff::new("sup".into(), "/".into(), snapshot());
         second.hand_over(&mut h2);
         std::mem::forget(second);
         // Switched to abstract addresses and Einhorn off: the directory goes.

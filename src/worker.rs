@@ -10,8 +10,11 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
+pub use crate::pid::{Pgid, Pid};
+
 /// How a process ended, as `waitpid` reported it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ExitStatus {
     Code(i32),
     Signaled(i32),
@@ -50,7 +53,7 @@ pub enum WorkerState {
 pub struct Worker {
     pub slot: usize,
     pub generation: u64,
-    pub pid: i32,
+    pub pid: Pid,
     pub spawned_at: Instant,
     pub state: WorkerState,
     /// The latest `STATUS=` it sent.
@@ -62,9 +65,32 @@ pub struct Worker {
     /// and how many samples in a row were above the limit.
     pub memory: Option<u64>,
     pub over_memory: u32,
+    /// With `--max-age`: it has reached its age and is recycled when the
+    /// surge allows.
+    pub age_due: bool,
 }
 
 impl Worker {
+    /// A worker just started as `pid`: booting, ready after the `delay:`
+    /// if there is one (or on READY=1), failed if not ready by the boot timeout.
+    pub fn booting(slot: usize, generation: u64, pid: Pid, now: Instant, settings: &crate::core::Settings) -> Worker {
+        Worker {
+            slot,
+            generation,
+            pid,
+            spawned_at: now,
+            state: WorkerState::Booting {
+                ready_at: settings.ready_delay.map(|d| now + d),
+                boot_deadline: now + settings.boot_timeout,
+            },
+            status: None,
+            watchdog_deadline: None,
+            memory: None,
+            over_memory: 0,
+            age_due: false,
+        }
+    }
+
     pub fn is_stopping(&self) -> bool {
         matches!(self.state, WorkerState::Stopping { .. })
     }
@@ -72,30 +98,6 @@ impl Worker {
     /// The name log lines use: `worker 3 (pid 4121, gen 7)`.
     pub fn label(&self) -> String {
         format!("worker {} (pid {}, gen {})", self.slot, self.pid, self.generation)
-    }
-}
-
-/// A process group sup may signal as a whole. Made only from the pid of a
-/// process sup started as the leader of its own group (every worker and
-/// helper is), so a group kill reaches that group and nothing else — and
-/// can never be mistaken for a signal to one pid.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Pgid(i32);
-
-impl Pgid {
-    /// The group led by `pid` (the pid of a process sup started).
-    pub fn led_by(pid: i32) -> Pgid {
-        Pgid(pid)
-    }
-
-    pub fn raw(self) -> i32 {
-        self.0
-    }
-}
-
-impl fmt::Display for Pgid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
     }
 }
 
@@ -133,9 +135,9 @@ pub enum SlotState {
     /// A spawn of `generation` was asked for; its outcome has not come back.
     Spawning { generation: u64 },
     /// One live worker (booting or ready).
-    Running { pid: i32 },
+    Running { pid: Pid },
     /// A live worker and its replacement, still spawning or booting.
-    Replacing { old: i32, new: Replacement },
+    Replacing { old: Pid, new: Replacement },
 }
 
 impl Default for SlotState {
@@ -148,12 +150,12 @@ impl Default for SlotState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Replacement {
     Spawning { generation: u64 },
-    Started { pid: i32 },
+    Started { pid: Pid },
 }
 
 impl Slot {
     /// The live workers' pids, older first.
-    pub fn live(&self) -> impl Iterator<Item = i32> {
+    pub fn live(&self) -> impl Iterator<Item = Pid> {
         let (a, b) = match self.state {
             SlotState::Empty { .. } | SlotState::Spawning { .. } => (None, None),
             SlotState::Running { pid } => (Some(pid), None),
@@ -198,7 +200,7 @@ impl Slot {
     /// A process `pid` now runs in this slot: the spawn asked for, or an
     /// adopted worker. False (and no change) when the slot already holds
     /// two: the caller must stop `pid`.
-    pub fn take(&mut self, pid: i32) -> bool {
+    pub fn take(&mut self, pid: Pid) -> bool {
         self.state = match self.state {
             SlotState::Empty { .. } | SlotState::Spawning { .. } => SlotState::Running { pid },
             SlotState::Running { pid: old }
@@ -230,7 +232,7 @@ impl Slot {
     }
 
     /// `pid` is no longer live here (it is stopping, or was reaped).
-    pub fn release(&mut self, pid: i32) {
+    pub fn release(&mut self, pid: Pid) {
         self.state = match self.state {
             SlotState::Running { pid: p } if p == pid => SlotState::default(),
             SlotState::Replacing { old, new } if old == pid => match new {
@@ -249,6 +251,13 @@ impl Slot {
     pub fn back_off_until(&mut self, at: Instant) {
         if let SlotState::Empty { not_before } = &mut self.state {
             *not_before = Some(at);
+        }
+    }
+
+    /// The backoff has passed: the slot may be filled.
+    pub fn end_backoff(&mut self) {
+        if let SlotState::Empty { not_before } = &mut self.state {
+            *not_before = None;
         }
     }
 
@@ -331,7 +340,10 @@ mod tests {
     }
 
     const fn replacing(old: i32, new: Replacement) -> SlotState {
-        SlotState::Replacing { old, new }
+        SlotState::Replacing {
+            old: Pid::from_raw(old),
+            new,
+        }
     }
 
     #[test]
@@ -342,10 +354,13 @@ mod tests {
         // A spawn is asked for: into an empty slot, or as a replacement.
         let cases_request = [
             (empty, Some(Spawning { generation: 1 })),
-            (Running { pid: 7 }, Some(replacing(7, NewSpawning { generation: 1 }))),
+            (
+                Running { pid: Pid::from_raw(7) },
+                Some(replacing(7, NewSpawning { generation: 1 })),
+            ),
             (Spawning { generation: 0 }, None),
             (replacing(7, NewSpawning { generation: 0 }), None),
-            (replacing(7, Started { pid: 8 }), None),
+            (replacing(7, Started { pid: Pid::from_raw(8) }), None),
         ];
         for (from, to) in cases_request {
             let mut s = slot(from);
@@ -354,25 +369,31 @@ mod tests {
         }
         // A process arrives (a spawn's outcome, or an adopted worker).
         let cases_take = [
-            (empty, Some(Running { pid: 9 })),
-            (Spawning { generation: 1 }, Some(Running { pid: 9 })),
-            (Running { pid: 7 }, Some(replacing(7, Started { pid: 9 }))),
+            (empty, Some(Running { pid: Pid::from_raw(9) })),
+            (Spawning { generation: 1 }, Some(Running { pid: Pid::from_raw(9) })),
+            (
+                Running { pid: Pid::from_raw(7) },
+                Some(replacing(7, Started { pid: Pid::from_raw(9) })),
+            ),
             (
                 replacing(7, NewSpawning { generation: 1 }),
-                Some(replacing(7, Started { pid: 9 })),
+                Some(replacing(7, Started { pid: Pid::from_raw(9) })),
             ),
-            (replacing(7, Started { pid: 8 }), None),
+            (replacing(7, Started { pid: Pid::from_raw(8) }), None),
         ];
         for (from, to) in cases_take {
             let mut s = slot(from);
-            assert_eq!(s.take(9), to.is_some(), "{from:?}");
+            assert_eq!(s.take(Pid::from_raw(9)), to.is_some(), "{from:?}");
             assert_eq!(s.state, to.unwrap_or(from), "take from {from:?}");
         }
         // A spawn fails: back to what the slot was.
         let cases_failed = [
             (Spawning { generation: 1 }, empty),
-            (replacing(7, NewSpawning { generation: 1 }), Running { pid: 7 }),
-            (Running { pid: 7 }, Running { pid: 7 }),
+            (
+                replacing(7, NewSpawning { generation: 1 }),
+                Running { pid: Pid::from_raw(7) },
+            ),
+            (Running { pid: Pid::from_raw(7) }, Running { pid: Pid::from_raw(7) }),
         ];
         for (from, to) in cases_failed {
             let mut s = slot(from);
@@ -381,10 +402,18 @@ mod tests {
         }
         // A worker stops or is reaped.
         let cases_release = [
-            (Running { pid: 7 }, 7, empty),
-            (Running { pid: 7 }, 8, Running { pid: 7 }),
-            (replacing(7, Started { pid: 8 }), 7, Running { pid: 8 }),
-            (replacing(7, Started { pid: 8 }), 8, Running { pid: 7 }),
+            (Running { pid: Pid::from_raw(7) }, 7, empty),
+            (Running { pid: Pid::from_raw(7) }, 8, Running { pid: Pid::from_raw(7) }),
+            (
+                replacing(7, Started { pid: Pid::from_raw(8) }),
+                7,
+                Running { pid: Pid::from_raw(8) },
+            ),
+            (
+                replacing(7, Started { pid: Pid::from_raw(8) }),
+                8,
+                Running { pid: Pid::from_raw(7) },
+            ),
             (
                 replacing(7, NewSpawning { generation: 2 }),
                 7,
@@ -394,7 +423,7 @@ mod tests {
         ];
         for (from, pid, to) in cases_release {
             let mut s = slot(from);
-            s.release(pid);
+            s.release(Pid::from_raw(pid));
             assert_eq!(s.state, to, "release {pid} from {from:?}");
         }
     }
@@ -409,17 +438,17 @@ mod tests {
         assert!(s.request_spawn(3));
         assert_eq!(s.not_before(), None, "a spawn ends the wait");
         assert!(s.is_spawning());
-        assert!(s.take(10));
+        assert!(s.take(Pid::from_raw(10)));
         s.back_off_until(t);
         assert_eq!(s.not_before(), None, "an occupied slot has nothing to wait for");
         assert!(s.request_spawn(4));
         assert_eq!(
-            s.live().collect::<Vec<_>>(),
+            s.live().map(Pid::raw).collect::<Vec<_>>(),
             [10],
             "a spawning replacement is not live yet"
         );
-        assert!(s.take(11));
-        assert_eq!(s.live().collect::<Vec<_>>(), [10, 11], "older first");
+        assert!(s.take(Pid::from_raw(11)));
+        assert_eq!(s.live().map(Pid::raw).collect::<Vec<_>>(), [10, 11], "older first");
         s.failures = 3;
         s.forget();
         assert_eq!((s.failures, s.live().count()), (0, 2), "forgetting keeps what runs");

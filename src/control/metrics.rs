@@ -13,7 +13,8 @@ use std::time::Instant;
 use sysinfo::Pid;
 
 use super::stats::Usage;
-use crate::core::{Core, RestartKind};
+use crate::core::counters::Tally;
+use crate::core::{Core, Ended, Key, RestartKind};
 use crate::sockets::BoundSocket;
 use crate::worker::WorkerState;
 
@@ -67,7 +68,7 @@ pub fn render(core: &Core, sockets: &[BoundSocket], usage: &mut Usage, started: 
         "gauge",
         "1 while a restart of this kind is under way (rolling, hot, reexec).",
     );
-    for kind in [RestartKind::Rolling, RestartKind::Hot, RestartKind::Reexec] {
+    for &kind in RestartKind::ALL {
         let running = record
             .as_ref()
             .is_some_and(|r| r.kind == kind && r.finished_at.is_none());
@@ -84,12 +85,12 @@ pub fn render(core: &Core, sockets: &[BoundSocket], usage: &mut Usage, started: 
         "counter",
         "Restarts that ended, by kind and outcome (completed, failed, abandoned).",
     );
-    for kind in [RestartKind::Rolling, RestartKind::Hot, RestartKind::Reexec] {
-        for outcome in ["completed", "failed", "abandoned"] {
-            let n = c.restarts_of(kind, outcome);
+    for &kind in RestartKind::ALL {
+        for &ended in Ended::ALL {
+            let n = c.restarts_of(kind, ended);
             m.sample(
                 "sup_restarts_total",
-                &[("kind", kind.as_str()), ("outcome", outcome)],
+                &[("kind", kind.as_str()), ("outcome", ended.name())],
                 n as f64,
             );
         }
@@ -99,7 +100,6 @@ pub fn render(core: &Core, sockets: &[BoundSocket], usage: &mut Usage, started: 
         "sup_worker_exits_total",
         "Workers reaped, by cause: stopped (by sup) or crashed (on their own).",
         "cause",
-        &["stopped", "crashed"],
         &c.exits,
     );
     counted(
@@ -107,7 +107,6 @@ pub fn render(core: &Core, sockets: &[BoundSocket], usage: &mut Usage, started: 
         "sup_workers_killed_total",
         "Workers sup killed, by reason.",
         "reason",
-        &["boot_timeout", "watchdog", "graceful_timeout"],
         &c.kills,
     );
     counted(
@@ -115,7 +114,6 @@ pub fn render(core: &Core, sockets: &[BoundSocket], usage: &mut Usage, started: 
         "sup_workers_recycled_total",
         "Workers replaced outside a restart, by reason (--max-memory, --max-age).",
         "reason",
-        &["memory", "age"],
         &c.recycled,
     );
     m.family(
@@ -126,7 +124,11 @@ pub fn render(core: &Core, sockets: &[BoundSocket], usage: &mut Usage, started: 
     m.sample("sup_worker_spawn_failures_total", &[], c.spawn_failures as f64);
 
     // Per worker: the leader's memory and CPU (sysinfo, these pids only).
-    let pids: Vec<Pid> = core.workers().iter().map(|w| Pid::from_u32(w.pid as u32)).collect();
+    let pids: Vec<Pid> = core
+        .workers()
+        .iter()
+        .map(|w| Pid::from_u32(w.pid.raw() as u32))
+        .collect();
     let system = usage.refresh(&pids);
     m.family(
         "sup_worker_resident_memory_bytes",
@@ -135,7 +137,7 @@ pub fn render(core: &Core, sockets: &[BoundSocket], usage: &mut Usage, started: 
     );
     let mut cpu = Vec::new();
     for w in core.workers() {
-        let Some(p) = system.and_then(|s| s.process(Pid::from_u32(w.pid as u32))) else {
+        let Some(p) = system.and_then(|s| s.process(Pid::from_u32(w.pid.raw() as u32))) else {
             continue;
         };
         let (slot, pid, generation) = (w.slot.to_string(), w.pid.to_string(), w.generation.to_string());
@@ -212,17 +214,10 @@ pub fn render(core: &Core, sockets: &[BoundSocket], usage: &mut Usage, started: 
     m.out
 }
 
-fn counted(
-    m: &mut Metrics,
-    name: &str,
-    help: &str,
-    label: &str,
-    known: &[&str],
-    counts: &std::collections::BTreeMap<String, u64>,
-) {
+fn counted<K: Key>(m: &mut Metrics, name: &str, help: &str, label: &str, counts: &Tally<K>) {
     m.family(name, "counter", help);
-    for key in known {
-        m.sample(name, &[(label, key)], counts.get(*key).copied().unwrap_or(0) as f64);
+    for (key, n) in counts.all() {
+        m.sample(name, &[(label, key.name())], n as f64);
     }
 }
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 
 use super::protocol::{Bind, LastStatus, RestartOutcome, RestartStats, Stats, WorkerPhase, WorkerStats};
-use crate::core::{Core, Outcome};
+use crate::core::{Core, Key, Outcome};
 use crate::sockets::BoundSocket;
 use crate::worker::WorkerState;
 
@@ -80,7 +80,11 @@ impl Default for Usage {
 }
 
 pub fn build(core: &Core, sockets: &[BoundSocket], usage: &mut Usage, started: Instant, now: Instant) -> Stats {
-    let pids: Vec<Pid> = core.workers().iter().map(|w| Pid::from_u32(w.pid as u32)).collect();
+    let pids: Vec<Pid> = core
+        .workers()
+        .iter()
+        .map(|w| Pid::from_u32(w.pid.raw() as u32))
+        .collect();
     let system = usage.refresh(&pids);
     let generation = core.generation();
     let mut worker_status = Vec::new();
@@ -98,10 +102,10 @@ pub fn build(core: &Core, sockets: &[BoundSocket], usage: &mut Usage, started: I
             old += usize::from(w.generation < generation);
         }
         let slot = core.slot(w.slot);
-        let process = system.and_then(|s| s.process(Pid::from_u32(w.pid as u32)));
+        let process = system.and_then(|s| s.process(Pid::from_u32(w.pid.raw() as u32)));
         worker_status.push(WorkerStats {
             index: w.slot,
-            pid: w.pid,
+            pid: w.pid.raw(),
             phase: w.generation,
             booted: ready,
             started_at: iso(w.spawned_at, now),
@@ -157,7 +161,13 @@ pub fn build(core: &Core, sockets: &[BoundSocket], usage: &mut Usage, started: I
         status: core.status_line(),
         binds,
         restart,
-        recycled: core.counters().recycled.clone(),
+        recycled: core
+            .counters()
+            .recycled
+            .all()
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| (k.name().to_string(), n))
+            .collect(),
         restart_busy: core.restart_busy(),
         workers: live,
         booted_workers: booted,

@@ -1,0 +1,173 @@
+//! Recycling (`--max-memory`, `--max-age`): a worker over a limit gets a
+//! replacement of the same generation first, and is stopped only once the
+//! replacement is ready — like one slot of a rolling restart, at most
+//! `--max-surge` at a time, never while a restart runs.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+use log::Level;
+
+use super::counters::RecycleReason;
+use super::vocab::{Action, Settings, log};
+use super::{Core, PidHash};
+use crate::pid::Pid;
+use crate::worker::{SlotState, Worker, WorkerState};
+
+/// How many memory samples in a row above `--max-memory` make a worker
+/// due for recycling (a short spike is not enough).
+pub(super) const RECYCLE_SAMPLES: u32 = 3;
+
+#[derive(Debug, Clone, Default)]
+pub struct Recycling {
+    /// Slots whose worker is being recycled: why, and the pid replaced.
+    pub(super) active: BTreeMap<usize, (RecycleReason, Pid)>,
+    /// A slot whose recycling failed waits until then before another try.
+    pub(super) after: BTreeMap<usize, Instant>,
+    /// When `--max-memory` next samples.
+    pub(super) next_memory_check: Option<Instant>,
+}
+
+impl Recycling {
+    pub(super) fn is_recycling(&self, slot: usize) -> bool {
+        self.active.contains_key(&slot)
+    }
+
+    /// When a worker is due for recycling by age: its start, plus
+    /// `--max-age`, plus a jitter of up to a tenth of it, fixed per pid
+    /// (spreads workers started together; the core has no randomness).
+    pub(super) fn age_deadline(&self, w: &Worker, settings: &Settings) -> Option<Instant> {
+        let max_age = settings.max_age?;
+        let mut z = (w.pid.raw() as u64).wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        let fraction = ((z ^ (z >> 31)) % 1000) as f64 / 1000.0;
+        Some(w.spawned_at + max_age + (max_age / 10).mul_f64(fraction))
+    }
+
+    pub(super) fn on_memory(
+        &mut self,
+        samples: &[(Pid, u64)],
+        index: &HashMap<Pid, usize, PidHash>,
+        workers: &mut [Worker],
+        settings: &Settings,
+    ) {
+        let Some(limit) = settings.max_memory else { return };
+        for &(pid, bytes) in samples {
+            if let Some(&i) = index.get(&pid) {
+                let w = &mut workers[i];
+                w.memory = Some(bytes);
+                w.over_memory = if bytes > limit {
+                    w.over_memory.saturating_add(1)
+                } else {
+                    0
+                };
+            }
+        }
+    }
+}
+
+impl Core {
+    /// A worker's recycling ends when its slot is no longer being replaced:
+    /// done if the worker is gone, failed if it still serves (its
+    /// replacement did not come up), and then it waits before another try.
+    pub(super) fn end_recycling(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let ended: Vec<(usize, RecycleReason, Pid)> = self
+            .recycling
+            .active
+            .iter()
+            .filter(|(k, _)| {
+                !self
+                    .slots
+                    .get(**k)
+                    .is_some_and(|s| matches!(s.state, SlotState::Replacing { .. }))
+            })
+            .map(|(k, (why, old))| (*k, *why, *old))
+            .collect();
+        for (slot, why, old) in ended {
+            self.recycling.active.remove(&slot);
+            let still_serving =
+                matches!(self.slots.get(slot).map(|s| s.state), Some(SlotState::Running { pid }) if pid == old);
+            if still_serving {
+                let wait = self
+                    .settings
+                    .recycle_check
+                    .max(self.settings.backoff.delay(self.slots[slot].failures.max(2)));
+                log(
+                    out,
+                    Level::Warn,
+                    format!(
+                        "recycling worker {slot} (pid {old}, {}) failed: its replacement did not come up; it keeps serving, next try in {wait:?}",
+                        super::Key::name(why)
+                    ),
+                );
+                self.recycling.after.insert(slot, now + wait);
+            }
+        }
+    }
+
+    /// Recycling: arm the memory sampling; then, when no restart runs, give
+    /// each over-limit ready worker a replacement (at most `max_surge` at a
+    /// time, counting every slot being replaced).
+    pub(super) fn recycle(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if !self.started || self.stopping.is_some() {
+            return;
+        }
+        if self.settings.max_memory.is_some() && self.recycling.next_memory_check.is_none() {
+            out.push(Action::SampleMemory);
+            self.recycling.next_memory_check = Some(now + self.settings.recycle_check);
+        }
+        if self.restart.current().is_some() || (self.settings.max_memory.is_none() && self.settings.max_age.is_none()) {
+            return;
+        }
+        let replacing = self
+            .slots
+            .iter()
+            .filter(|s| matches!(s.state, SlotState::Replacing { .. }))
+            .count();
+        let mut room = self.settings.max_surge.saturating_sub(replacing);
+        for slot in 0..self.target {
+            if room == 0 {
+                break;
+            }
+            let SlotState::Running { pid } = self.slots[slot].state else {
+                continue;
+            };
+            if self.recycling.after.get(&slot).is_some_and(|t| *t > now) {
+                continue;
+            }
+            let Some(w) = self.worker(pid) else { continue };
+            if !matches!(w.state, WorkerState::Ready { .. }) {
+                continue;
+            }
+            let (reason, why) = if w.over_memory >= RECYCLE_SAMPLES {
+                let limit = self.settings.max_memory.unwrap_or_default();
+                let mib = |b: u64| b as f64 / f64::from(1 << 20);
+                let why = format!(
+                    "its memory ({:.1} MiB PSS) stayed above --max-memory ({:.1} MiB) {RECYCLE_SAMPLES} samples in a row",
+                    mib(w.memory.unwrap_or_default()),
+                    mib(limit)
+                );
+                (RecycleReason::Memory, why)
+            } else if w.age_due {
+                let age = now.saturating_duration_since(w.spawned_at);
+                (RecycleReason::Age, format!("it has run {age:.2?}, past --max-age"))
+            } else {
+                continue;
+            };
+            let (label, generation) = (w.label(), self.generation);
+            log(
+                out,
+                Level::Info,
+                format!("recycling {label}: {why}; its replacement (gen {generation}) starts first"),
+            );
+            self.counters.recycled.bump(reason);
+            self.recycling.after.remove(&slot);
+            self.recycling.active.insert(slot, (reason, pid));
+            self.slots[slot].request_spawn(generation);
+            self.note_replacing(slot);
+            out.push(Action::Spawn { slot, generation });
+            room -= 1;
+        }
+    }
+}
