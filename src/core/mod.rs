@@ -724,7 +724,11 @@ impl Core {
             s.last_exit = status;
         }
         let delay = backoff.delay(s.failures);
-        s.back_off_until(now + delay);
+        // No delay is no deadline: the slot is filled by the next pass
+        // that may fill it.
+        if !delay.is_zero() {
+            s.back_off_until(now + delay);
+        }
         delay
     }
 

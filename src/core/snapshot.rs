@@ -77,6 +77,9 @@ pub enum StateSnap {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SlotSnap {
+    /// Its live workers, the serving one first.
+    #[serde(default)]
+    pub live: Vec<Pid>,
     pub failures: u32,
     pub restarts: u32,
     pub last_exit: Option<ExitStatus>,
@@ -238,16 +241,21 @@ impl Core {
     /// moment on the wall clock).
     pub fn snapshot(&self, now: Instant, wall_ms: u64) -> Snapshot {
         let restart = &self.restart;
+        // By pid: the table's order means nothing, and one snapshot of one
+        // state is one value.
+        let mut workers: Vec<WorkerSnap> = self.workers.iter().map(|w| WorkerSnap::of(w, now)).collect();
+        workers.sort_unstable_by_key(|w| w.pid);
         Snapshot {
             taken_ms: wall_ms,
             generation: self.generation,
             target: self.target,
             configured: self.settings.workers.max(1),
-            workers: self.workers.iter().map(|w| WorkerSnap::of(w, now)).collect(),
+            workers,
             slots: self
                 .slots
                 .iter()
                 .map(|s| SlotSnap {
+                    live: s.live().collect(),
                     failures: s.failures,
                     restarts: s.restarts,
                     last_exit: s.last_exit,
@@ -364,7 +372,20 @@ impl Core {
                 kill_at: abs(l.kill_at, base),
             })
             .collect();
-        core.adopt(snap.workers, base, now, &ours, &mut out);
+        let order = |w: &Worker| {
+            let listed = snap
+                .slots
+                .get(w.slot)
+                .and_then(|s| s.live.iter().position(|&p| p == w.pid));
+            (w.slot, listed.unwrap_or(usize::MAX), w.generation, w.spawned_at)
+        };
+        core.adopt(
+            snap.workers.iter().map(|w| w.worker(base)).collect(),
+            order,
+            now,
+            &ours,
+            &mut out,
+        );
         core.recycling.active = snap
             .recycling
             .into_iter()
@@ -410,21 +431,20 @@ impl Core {
         }
     }
 
-    /// Take the old image's workers as this core's own, older first within
-    /// a slot (the slot table holds the serving one, then its replacement).
-    /// Workers in slots the configuration no longer has are stopped.
-    fn adopt(
+    /// Take the old image's workers as this core's own, in the slot table's
+    /// `order` (the serving one, then its replacement). Workers in slots the
+    /// configuration no longer has are stopped.
+    fn adopt<K: Ord>(
         &mut self,
-        workers: Vec<WorkerSnap>,
-        base: Instant,
+        workers: Vec<Worker>,
+        order: impl Fn(&Worker) -> K,
         now: Instant,
         ours: &impl Fn(Pid) -> Result<(), String>,
         out: &mut Vec<Action>,
     ) {
         let generation = self.generation;
         let mut workers: Vec<Worker> = workers
-            .iter()
-            .map(|w| w.worker(base))
+            .into_iter()
             .filter(|w| {
                 if w.generation > generation {
                     log(
@@ -442,7 +462,7 @@ impl Core {
                     .is_ok()
             })
             .collect();
-        workers.sort_by_key(|w| (w.slot, w.generation, w.spawned_at));
+        workers.sort_by_key(order);
         for w in workers {
             log(out, Level::Info, format!("adopted {}", w.label()));
             let (slot, pid, live) = (w.slot, w.pid, !w.is_stopping());

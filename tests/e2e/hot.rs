@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 
 use crate::harness::*;
+use sup::control::protocol::RestartOutcome;
 
 #[test]
 fn three_hot_restarts_of_four_workers_refuse_no_connection() {
@@ -410,4 +411,67 @@ fn a_worker_count_changed_by_ttin_survives_a_hot_restart() {
     );
     let answers = answering(addr, 4);
     assert!(answers.iter().all(|(_, g)| *g == 1), "{answers:?}");
+}
+
+/// The clock ticks sup has used (user + system), from `/proc/PID/stat`.
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn a_preflight_that_never_exits_is_abandoned_at_the_hook_timeout_without_spinning() {
+    let dir = TestDir::new();
+    std::fs::create_dir(dir.join("bin")).unwrap();
+    let installed = dir.join("bin/sup");
+    std::fs::copy(SUP, &installed).unwrap();
+    let sock = dir.join("c.sock");
+    let mut cmd = std::process::Command::new(&installed);
+    cmd.args(["--bind", ANY_PORT, "--workers", "2", "--hook-timeout", "2s"])
+        .args([
+            "--control",
+            &format!("unix:{}", dir.s("c.sock")),
+            "--",
+            WORKER,
+            "--serve",
+        ]);
+    let sup = Sup::launch(&dir, cmd);
+    wait_until("2 workers ready", secs(20), || {
+        (sock.exists() && stats(&sock).booted_workers == 2).then_some(())
+    });
+    let before = answering_pids(sup.tcp_addr(0), 2);
+    // The program at sup's path is now one whose check never ends.
+    let staged = dir.join("bin/sup.new");
+    std::fs::write(&staged, "#!/bin/sh\nexec sleep 60\n").unwrap();
+    std::fs::set_permissions(&staged, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::rename(&staged, &installed).unwrap();
+    sup.signal(libc::SIGUSR2);
+    wait_until("the preflight to run", secs(10), || {
+        stats(&sock).status.contains("checking the new sup").then_some(())
+    });
+    let ticks = cpu_ticks(sup.pid());
+    let abandoned = wait_until("the restart to be abandoned", secs(30), || {
+        let s = stats(&sock);
+        s.restart.filter(|r| r.outcome == RestartOutcome::Abandoned)
+    });
+    // A spinning loop uses every tick (100 a second); a waiting one, next to none.
+    let used = cpu_ticks(sup.pid()) - ticks;
+    assert!(used < 50, "sup used {used} clock ticks while the preflight hung");
+    assert!(
+        abandoned
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("did not finish within 2s"),
+        "{abandoned:?}"
+    );
+    assert!(sup.log().contains("hot restart abandoned"), "{}", sup.log());
+    assert_eq!(answering_pids(sup.tcp_addr(0), 2), before, "the old workers serve on");
+    // The next restart is accepted.
+    let answer = raw(
+        &sock,
+        b"POST /phased-restart HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
 }

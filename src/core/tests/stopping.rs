@@ -1,0 +1,212 @@
+use super::*;
+
+#[test]
+fn graceful_stop_signals_then_kills_then_exits() {
+    let mut h = Harness::new(2);
+    h.send(Event::Intent(Intent::Stop), 5_000);
+    assert_eq!(h.signals, [(100, TERM), (100, SIGCONT), (101, TERM), (101, SIGCONT)]);
+    assert_eq!(h.core.next_deadline(), Some(h.at(35_000)));
+    h.exit(100, ExitStatus::Signaled(TERM), 6_000);
+    assert_eq!(h.exit, None);
+    assert_eq!(h.pids(), [101], "no replacement while stopping");
+    h.send(Event::Tick, 35_000);
+    assert_eq!(h.killed_groups, [101]);
+    h.exit(101, ExitStatus::Signaled(9), 35_001);
+    assert_eq!(h.exit, Some(0));
+}
+
+#[test]
+fn second_int_is_immediate_and_quit_is_immediate() {
+    let mut h = Harness::new(2);
+    h.send(Event::Intent(Intent::Interrupt), 10);
+    assert!(h.killed_groups.is_empty());
+    h.send(Event::Intent(Intent::Interrupt), 20);
+    assert_eq!(h.killed_groups, [100, 101]);
+    h.exit(100, ExitStatus::Signaled(9), 30);
+    h.exit(101, ExitStatus::Signaled(9), 30);
+    assert_eq!(h.exit, Some(0));
+
+    let mut q = Harness::new(1);
+    q.send(Event::Intent(Intent::Halt), 10);
+    assert_eq!(q.killed_groups, [100]);
+    // A process that never dies (D state) does not keep sup forever.
+    q.send(Event::Tick, 5_010);
+    assert_eq!(q.exit, Some(0));
+}
+
+#[test]
+fn a_repeated_term_does_not_escalate() {
+    let mut h = Harness::new(1);
+    h.send(Event::Intent(Intent::Stop), 10);
+    h.send(Event::Intent(Intent::Stop), 20);
+    assert!(h.killed_groups.is_empty());
+    assert_eq!(h.signals.len(), 2);
+}
+
+#[test]
+fn processes_left_to_sup_are_stopped_then_killed_and_waited_for() {
+    let mut h = Harness::new(1);
+    h.strays_alive = true;
+    h.send(Event::Intent(Intent::Stop), 100);
+    assert_eq!(h.strays_signalled, [TERM], "the stop signal, with the workers'");
+    h.exit(100, ExitStatus::Signaled(TERM), 200);
+    assert_eq!(h.exit, None, "a stray is still alive: sup waits");
+    assert_eq!(
+        h.strays_signalled,
+        [TERM, TERM],
+        "and those left by the worker's exit get it too"
+    );
+    h.tick_until(30_100);
+    assert_eq!(
+        h.strays_signalled,
+        [TERM, TERM, libc::SIGKILL],
+        "SIGKILL at the graceful deadline"
+    );
+    assert_eq!(h.exit, None);
+    // The stray is reaped (an unknown pid): sup looks again and exits.
+    h.strays_alive = false;
+    h.exit(4242, ExitStatus::Signaled(libc::SIGKILL), 30_150);
+    assert_eq!(h.exit, Some(0));
+}
+
+#[test]
+fn a_graceful_stop_gives_the_running_hook_the_stop_then_kills_its_group_at_the_deadline() {
+    let mut h = ready_harness(1, |s| s.hook = true);
+    h.send(Event::Intent(Intent::Rolling), 2_000);
+    h.send(Event::HelperSpawned { pid: p(900) }, 2_001);
+    h.send(Event::Intent(Intent::Stop), 2_100);
+    assert!(h.signals.contains(&(900, TERM)), "{:?}", h.signals);
+    assert!(!h.killed_groups.contains(&900), "not killed at once");
+    h.exit(100, ExitStatus::Signaled(TERM), 2_200);
+    // The hook's shell is gone, something of its group is not.
+    h.exit(900, ExitStatus::Signaled(TERM), 2_300);
+    assert_eq!(h.exit, None, "sup waits for the hook's group");
+    h.tick_until(32_200);
+    assert!(h.killed_groups.contains(&900), "SIGKILL at the graceful deadline");
+    h.send(
+        Event::GroupEmpty {
+            pgid: Pgid::from_raw(900),
+        },
+        32_300,
+    );
+    assert_eq!(h.exit, Some(0));
+}
+
+#[test]
+fn an_immediate_stop_kills_what_was_left_to_sup_at_once() {
+    let mut h = Harness::new(1);
+    h.send(Event::Intent(Intent::Halt), 100);
+    assert_eq!(h.strays_signalled, [libc::SIGKILL]);
+}
+
+#[test]
+fn stop_with_no_workers_exits_at_once() {
+    let mut h = Harness::new(1);
+    h.exit(100, ExitStatus::Code(1), 10);
+    h.exit(101, ExitStatus::Code(1), 20); // now backing off, no worker
+    assert!(h.pids().is_empty());
+    h.send(Event::Intent(Intent::Stop), 30);
+    assert_eq!(h.exit, Some(0));
+}
+
+#[test]
+fn lingering_group_members_are_killed_at_the_deadline() {
+    let mut h = Harness::new(1);
+    h.send(Event::Intent(Intent::Stop), 0);
+    h.send(
+        Event::Exited {
+            pid: p(100),
+            status: ExitStatus::Signaled(TERM),
+            group_alive: true,
+        },
+        100,
+    );
+    assert_eq!(h.exit, None, "waits for the group");
+    // It looks again every second (a member may leave by setsid)...
+    assert_eq!(h.core.next_deadline(), Some(h.at(1_100)));
+    h.tick_until(29_999);
+    assert_eq!(h.probed_groups.len(), 30, "{:?}", h.probed_groups);
+    assert!(h.killed_groups.is_empty());
+    // ...and kills it at the deadline.
+    h.tick_until(30_000);
+    assert_eq!(h.killed_groups, [100]);
+    assert_eq!(h.exit, Some(0));
+}
+
+#[test]
+fn a_lingering_group_that_empties_by_itself_is_not_waited_for() {
+    let mut h = Harness::new(1);
+    h.send(Event::Intent(Intent::Stop), 0);
+    let leader_gone = Event::Exited {
+        pid: p(100),
+        status: ExitStatus::Code(0),
+        group_alive: true,
+    };
+    h.send(leader_gone, 100);
+    assert_eq!(h.probed_groups, [100], "asked at once");
+    assert_eq!(h.exit, None);
+    // A helper of the server (hypercorn's resource tracker) is reaped as
+    // an orphan: the core asks again, and the shell finds the group empty.
+    let orphan = Event::Exited {
+        pid: p(4242),
+        status: ExitStatus::Code(0),
+        group_alive: false,
+    };
+    h.send(orphan, 120);
+    assert_eq!(h.probed_groups, [100, 100]);
+    h.send(
+        Event::GroupEmpty {
+            pgid: Pgid::from_raw(100),
+        },
+        121,
+    );
+    assert_eq!(h.exit, Some(0), "stopped without waiting for the deadline");
+    assert!(h.killed_groups.is_empty(), "nothing left to kill");
+}
+
+#[test]
+fn a_hot_restart_drain_goes_on_when_the_last_group_empties() {
+    let mut h = ready_harness(1, |_| {});
+    h.send(Event::Intent(Intent::Hot), 1_000);
+    h.send(Event::HelperSpawned { pid: p(900) }, 1_001);
+    h.send(
+        Event::Exited {
+            pid: p(900),
+            status: ExitStatus::Code(0),
+            group_alive: false,
+        },
+        1_010,
+    );
+    let pid = p(h.pids()[0]);
+    h.send(
+        Event::Exited {
+            pid,
+            status: ExitStatus::Signaled(TERM),
+            group_alive: true,
+        },
+        1_100,
+    );
+    assert_eq!(h.reexec, None, "waits for the group");
+    h.send(
+        Event::GroupEmpty {
+            pgid: Pgid::led_by(pid),
+        },
+        1_150,
+    );
+    assert_eq!(h.reexec, Some(1), "re-executes as soon as nothing is left");
+}
+
+#[test]
+fn an_unexpected_exit_kills_the_rest_of_the_group_now() {
+    let mut h = Harness::new(1);
+    h.send(
+        Event::Exited {
+            pid: p(100),
+            status: ExitStatus::Code(1),
+            group_alive: true,
+        },
+        100,
+    );
+    assert_eq!(h.killed_groups, [100]);
+    assert_eq!(h.pids(), [101]);
+}
