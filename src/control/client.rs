@@ -62,7 +62,10 @@ fn target(args: &CtlArgs) -> Result<Target, Failure> {
         .control
         .clone()
         .or_else(|| file.as_ref().and_then(|f| f.control.clone()));
-    let control = control.map(|c| ControlAddr::parse(&c)).transpose().map_err(usage)?;
+    let control = control
+        .map(|c| ControlAddr::parse(&c))
+        .transpose()
+        .map_err(|e| usage(e.to_string()))?;
     Ok(Target {
         control,
         token: args
