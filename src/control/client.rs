@@ -187,14 +187,32 @@ fn execute(args: &CtlArgs) -> Result<u8, Failure> {
     }
 }
 
-fn parse_stats(status: u16, body: &str) -> Result<Stats, String> {
+/// Why a request got no usable answer. The caller names the server.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// Nothing listening, or the connection failed: sup may be between
+    /// two images, so `--wait` tries again.
+    #[error("{}", crate::files::os_error(.0))]
+    Io(#[from] std::io::Error),
+    #[error("not an HTTP answer")]
+    NotHttp,
+    /// `/stats` answered something else than 200, with sup's reason when
+    /// it gave one.
+    #[error("answered {status}{}", .error.as_ref().map(|e| format!(": {e}")).unwrap_or_default())]
+    Status { status: u16, error: Option<String> },
+    #[error("cannot read its /stats: {0}")]
+    Stats(serde_json::Error),
+}
+
+fn parse_stats(status: u16, body: &str) -> Result<Stats, RequestError> {
     if status != 200 {
-        return Err(match serde_json::from_str::<Answer>(body) {
-            Ok(Answer::Rejected { error }) => format!("answered {status}: {error}"),
-            _ => format!("answered {status}"),
-        });
+        let error = match serde_json::from_str::<Answer>(body) {
+            Ok(Answer::Rejected { error }) => Some(error),
+            _ => None,
+        };
+        return Err(RequestError::Status { status, error });
     }
-    serde_json::from_str(body).map_err(|e| format!("cannot read its /stats: {e}"))
+    serde_json::from_str(body).map_err(RequestError::Stats)
 }
 
 /// Follow restart `id` to its end. If a newer restart superseded it (a
@@ -215,7 +233,7 @@ fn wait(control: &ControlAddr, token: Option<&str>, mut id: u64, deadline: Insta
         let stats = match request(control, token, "GET", STATS_PATH).and_then(|(st, body)| parse_stats(st, &body)) {
             Ok(stats) => stats,
             Err(e) => {
-                last_error = e;
+                last_error = e.to_string();
                 continue;
             }
         };
@@ -348,7 +366,12 @@ fn by_signal(args: &CtlArgs, ask: Ask, pidfile: Option<&Path>) -> Result<u8, Fai
 }
 
 /// One HTTP request; the status and the body.
-pub fn request(control: &ControlAddr, token: Option<&str>, method: &str, path: &str) -> Result<(u16, String), String> {
+pub fn request(
+    control: &ControlAddr,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+) -> Result<(u16, String), RequestError> {
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: sup\r\nConnection: close\r\nContent-Length: 0\r\n");
     if let Some(t) = token {
         head.push_str(&format!("Authorization: Bearer {t}\r\n"));
@@ -358,17 +381,16 @@ pub fn request(control: &ControlAddr, token: Option<&str>, method: &str, path: &
     let timeout = Some(Duration::from_secs(10));
     match control {
         ControlAddr::Unix(p) => {
-            let mut s = std::os::unix::net::UnixStream::connect(p).map_err(|e| crate::files::os_error(&e))?;
-            s.set_read_timeout(timeout).map_err(|e| e.to_string())?;
-            s.write_all(head.as_bytes()).map_err(|e| crate::files::os_error(&e))?;
-            s.read_to_end(&mut text).map_err(|e| crate::files::os_error(&e))?;
+            let mut s = std::os::unix::net::UnixStream::connect(p)?;
+            s.set_read_timeout(timeout)?;
+            s.write_all(head.as_bytes())?;
+            s.read_to_end(&mut text)?;
         }
         ControlAddr::Tcp(a) => {
-            let mut s = std::net::TcpStream::connect_timeout(a, Duration::from_secs(5))
-                .map_err(|e| crate::files::os_error(&e))?;
-            s.set_read_timeout(timeout).map_err(|e| e.to_string())?;
-            s.write_all(head.as_bytes()).map_err(|e| crate::files::os_error(&e))?;
-            s.read_to_end(&mut text).map_err(|e| crate::files::os_error(&e))?;
+            let mut s = std::net::TcpStream::connect_timeout(a, Duration::from_secs(5))?;
+            s.set_read_timeout(timeout)?;
+            s.write_all(head.as_bytes())?;
+            s.read_to_end(&mut text)?;
         }
     }
     let text = String::from_utf8_lossy(&text);
@@ -376,7 +398,7 @@ pub fn request(control: &ControlAddr, token: Option<&str>, method: &str, path: &
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| "not an HTTP answer".to_string())?;
+        .ok_or(RequestError::NotHttp)?;
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
     Ok((status, body.to_string()))
 }
