@@ -113,7 +113,7 @@ impl BindSpec {
                 self.backlog = Some(n);
             }
             "name" => {
-                validate_name(value).map_err(|why| invalid(&raw, why))?;
+                validate_name(value).map_err(|why| invalid(&raw, why.to_string()))?;
                 self.name = value.to_string();
             }
             "reuseport" => self.reuseport = parse_bool(&raw, key, value)?,
@@ -230,19 +230,40 @@ fn default_name(addr: &BindAddr) -> String {
         .collect()
 }
 
+/// A socket name systemd would not accept.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum NameError {
+    #[error("a socket name must be 1 to 255 characters long")]
+    Length,
+    #[error(
+        "socket name `{name}` contains `{}`: names are printable ASCII without `:` or spaces",
+        .bad.escape_default()
+    )]
+    Character { name: String, bad: char },
+}
+
 /// systemd's rule for a file descriptor name: 1 to 255 printable ASCII
 /// characters, no `:`.
-pub fn validate_name(name: &str) -> Result<(), String> {
+pub fn validate_name(name: &str) -> Result<(), NameError> {
     if name.is_empty() || name.len() > 255 {
-        return Err("a socket name must be 1 to 255 characters long".into());
+        return Err(NameError::Length);
     }
-    if let Some(c) = name.chars().find(|c| *c == ':' || !c.is_ascii_graphic()) {
-        return Err(format!(
-            "socket name `{name}` contains `{}`: names are printable ASCII without `:` or spaces",
-            c.escape_default()
-        ));
+    if let Some(bad) = name.chars().find(|c| *c == ':' || !c.is_ascii_graphic()) {
+        return Err(NameError::Character {
+            name: name.to_string(),
+            bad,
+        });
     }
     Ok(())
+}
+
+/// An address `--control` (or `sup ctl --control`) cannot listen on.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ControlAddrError {
+    #[error("invalid --control `{0}`: a unix socket needs a path")]
+    NoPath(String),
+    #[error("invalid --control `{0}`: expected unix:PATH or tcp://HOST:PORT")]
+    Form(String),
 }
 
 /// Where the control server listens.
@@ -253,25 +274,18 @@ pub enum ControlAddr {
 }
 
 impl ControlAddr {
-    pub fn parse(s: &str) -> Result<ControlAddr, String> {
+    pub fn parse(s: &str) -> Result<ControlAddr, ControlAddrError> {
         if let Some(rest) = s.strip_prefix("unix:") {
             let path = rest.strip_prefix("//").unwrap_or(rest);
             if path.is_empty() {
-                return Err(format!("invalid --control `{s}`: a unix socket needs a path"));
+                return Err(ControlAddrError::NoPath(s.to_string()));
             }
             return Ok(ControlAddr::Unix(PathBuf::from(path)));
         }
         let hostport = s.strip_prefix("tcp://").unwrap_or(s);
-        match BindSpec::parse(hostport) {
-            Ok(spec) => match spec.addr {
-                BindAddr::Tcp(a) => Ok(ControlAddr::Tcp(a)),
-                _ => Err(format!(
-                    "invalid --control `{s}`: expected unix:PATH or tcp://HOST:PORT"
-                )),
-            },
-            Err(_) => Err(format!(
-                "invalid --control `{s}`: expected unix:PATH or tcp://HOST:PORT"
-            )),
+        match BindSpec::parse(hostport).map(|spec| spec.addr) {
+            Ok(BindAddr::Tcp(a)) => Ok(ControlAddr::Tcp(a)),
+            _ => Err(ControlAddrError::Form(s.to_string())),
         }
     }
 }

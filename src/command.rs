@@ -92,6 +92,125 @@ fn has_acl(path: &Path) -> bool {
     n > 0
 }
 
+/// The worker directory cannot be used. Shown whole (with `{}`) by callers
+/// outside this module, so the OS error is part of the message.
+#[derive(Debug, thiserror::Error)]
+pub enum DirectoryError {
+    #[error("does not resolve: {}", os_error(.0))]
+    Unresolved(std::io::Error),
+    #[error("cannot read the current directory: {}", os_error(.0))]
+    Current(std::io::Error),
+    #[error("{} is not a directory", .0.display())]
+    NotADirectory(PathBuf),
+}
+
+/// A directory on the way down that the workers' user cannot enter.
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    #[error("{}: {}", dir.display(), os_error(error))]
+    Unreadable { dir: PathBuf, error: std::io::Error },
+    #[error("{}: {who} (uid {uid}) may not enter it (mode {mode:o})", dir.display())]
+    Denied {
+        dir: PathBuf,
+        who: String,
+        uid: u32,
+        mode: u32,
+    },
+}
+
+/// Which program a [`ProgramError`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Command,
+    /// A script's `#!` interpreter.
+    Interpreter,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Command => "command",
+            Role::Interpreter => "interpreter",
+        })
+    }
+}
+
+/// The command, or its `#!` interpreter, cannot be run as the workers' user.
+#[derive(Debug, thiserror::Error)]
+pub enum ProgramError {
+    #[error("command `{name}` not found in PATH ({search})")]
+    NotInPath { name: String, search: String },
+    #[error("{role} {}: {}", path.display(), os_error(error))]
+    Missing {
+        role: Role,
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{role} {}: {why}", path.display())]
+    Unreachable {
+        role: Role,
+        path: PathBuf,
+        why: SearchError,
+    },
+    #[error("{role} {} is not a file", path.display())]
+    NotAFile { role: Role, path: PathBuf },
+    #[error("{role} {} is not executable by {who} (uid {uid}, mode {mode:o})", path.display())]
+    NotExecutable {
+        role: Role,
+        path: PathBuf,
+        who: String,
+        uid: u32,
+        mode: u32,
+    },
+    #[error("{role} {} is a script that {who} (uid {uid}) may not read (mode {mode:o})", path.display())]
+    Unreadable {
+        role: Role,
+        path: PathBuf,
+        who: String,
+        uid: u32,
+        mode: u32,
+    },
+    #[error("{role} {} has an empty #! line", path.display())]
+    EmptyShebang { role: Role, path: PathBuf },
+    /// The script's interpreter is what fails (`command X: #! interpreter Y …`).
+    #[error("{role} {}: #! {interpreter}", path.display())]
+    Interpreter {
+        role: Role,
+        path: PathBuf,
+        interpreter: Box<ProgramError>,
+    },
+}
+
+/// The arguments and environment do not fit what `execve` takes.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ExecSizeError {
+    #[error("an argument is {} KiB, over the kernel's {} KiB for one", .len / 1024, MAX_ARG_STRLEN / 1024)]
+    Argument { len: usize },
+    #[error(
+        "environment variable {name} is {} KiB, over the kernel's {} KiB for one",
+        .len / 1024,
+        MAX_ARG_STRLEN / 1024
+    )]
+    Variable { name: String, len: usize },
+    #[error(
+        "the command's arguments and environment take {} KiB, over the {} KiB exec allows (\"argument list too long\"); {vars} variables",
+        .total / 1024,
+        .arg_max / 1024
+    )]
+    Total { total: usize, arg_max: usize, vars: usize },
+}
+
+/// An argument's `{fd:…}` names a socket there is not.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PlaceholderError {
+    #[error("argument `{arg}` names socket {index}, but there are {count} --bind sockets (counted from 0)")]
+    NoSuchIndex { arg: String, index: usize, count: usize },
+    #[error("argument `{arg}` names socket `{name}`, but no --bind has that name")]
+    NoSuchName { arg: String, name: String },
+    #[error("argument `{arg}` needs a --bind socket")]
+    NoSockets { arg: String },
+}
+
 /// Every worker of a generation runs this: resolved and checked once.
 #[derive(Debug, Clone)]
 pub struct Prepared {
@@ -123,9 +242,9 @@ pub fn prepare(recipe: &Recipe<'_>) -> Result<Prepared, Vec<String>> {
         Some(d) => format!("--directory {}: {why}", d.display()),
         None => why,
     };
-    let cwd = resolve_directory(recipe.directory).map_err(|why| vec![shown_dir(why)])?;
+    let cwd = resolve_directory(recipe.directory).map_err(|why| vec![shown_dir(why.to_string())])?;
     if let Err(why) = searchable(&cwd, who) {
-        return Err(vec![shown_dir(why)]);
+        return Err(vec![shown_dir(why.to_string())]);
     }
     let mut errors = Vec::new();
     let mut env = base_env();
@@ -155,7 +274,7 @@ pub fn prepare(recipe: &Recipe<'_>) -> Result<Prepared, Vec<String>> {
             match resolve_program(p, &cwd, path_var).and_then(|prog| runnable(&prog, &cwd, who).map(|()| prog)) {
                 Ok(prog) => Some(prog),
                 Err(e) => {
-                    errors.push(e);
+                    errors.push(e.to_string());
                     None
                 }
             }
@@ -170,10 +289,10 @@ pub fn prepare(recipe: &Recipe<'_>) -> Result<Prepared, Vec<String>> {
         .iter()
         .map(|arg| expand_placeholders(arg, recipe.binds))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| errors.push(e))
+        .map_err(|e| errors.push(e.to_string()))
         .unwrap_or_default();
     if let Err(e) = fits_exec(&argv, &env) {
-        errors.push(e);
+        errors.push(e.to_string());
     }
     match program {
         Some(program) if errors.is_empty() => Ok(Prepared {
@@ -197,19 +316,21 @@ pub fn base_env() -> Vec<(OsString, OsString)> {
 }
 
 /// Every directory from `/` down to `dir` can be searched by `who`.
-fn searchable(dir: &Path, who: &RunAs) -> Result<(), String> {
+fn searchable(dir: &Path, who: &RunAs) -> Result<(), SearchError> {
     let mut chain: Vec<&Path> = dir.ancestors().collect();
     chain.reverse();
     for d in chain {
-        let m = std::fs::metadata(d).map_err(|e| format!("{}: {}", d.display(), os_error(&e)))?;
+        let m = std::fs::metadata(d).map_err(|error| SearchError::Unreadable {
+            dir: d.to_path_buf(),
+            error,
+        })?;
         if !who.may(&m, d, 1) {
-            return Err(format!(
-                "{}: {} (uid {}) may not enter it (mode {:o})",
-                d.display(),
-                who.name,
-                who.uid,
-                m.permissions().mode() & 0o7777
-            ));
+            return Err(SearchError::Denied {
+                dir: d.to_path_buf(),
+                who: who.name.clone(),
+                uid: who.uid,
+                mode: m.permissions().mode() & 0o7777,
+            });
         }
     }
     Ok(())
@@ -217,27 +338,37 @@ fn searchable(dir: &Path, who: &RunAs) -> Result<(), String> {
 
 /// The kernel would execute `program` for `who`: reachable, executable, and
 /// a script's `#!` interpreter too (a script must also be readable).
-fn runnable(program: &Path, cwd: &Path, who: &RunAs) -> Result<(), String> {
+fn runnable(program: &Path, cwd: &Path, who: &RunAs) -> Result<(), ProgramError> {
     runnable_at(program, cwd, who, 0)
 }
 
-fn runnable_at(program: &Path, cwd: &Path, who: &RunAs, depth: usize) -> Result<(), String> {
-    let what = if depth == 0 { "command" } else { "interpreter" };
-    let m = std::fs::metadata(program).map_err(|e| format!("{what} {}: {}", program.display(), os_error(&e)))?;
+fn runnable_at(program: &Path, cwd: &Path, who: &RunAs, depth: usize) -> Result<(), ProgramError> {
+    let role = if depth == 0 { Role::Command } else { Role::Interpreter };
+    let path = || program.to_path_buf();
+    let m = std::fs::metadata(program).map_err(|error| ProgramError::Missing {
+        role,
+        path: path(),
+        error,
+    })?;
     if let Some(parent) = program.parent() {
-        searchable(parent, who).map_err(|why| format!("{what} {}: {why}", program.display()))?;
+        searchable(parent, who).map_err(|why| ProgramError::Unreachable {
+            role,
+            path: path(),
+            why,
+        })?;
     }
     let mode = m.permissions().mode() & 0o7777;
     if !m.is_file() {
-        return Err(format!("{what} {} is not a file", program.display()));
+        return Err(ProgramError::NotAFile { role, path: path() });
     }
     if !who.may(&m, program, 1) {
-        return Err(format!(
-            "{what} {} is not executable by {} (uid {}, mode {mode:o})",
-            program.display(),
-            who.name,
-            who.uid
-        ));
+        return Err(ProgramError::NotExecutable {
+            role,
+            path: path(),
+            who: who.name.clone(),
+            uid: who.uid,
+            mode,
+        });
     }
     let mut head = [0u8; 256];
     let n = {
@@ -253,30 +384,35 @@ fn runnable_at(program: &Path, cwd: &Path, who: &RunAs, depth: usize) -> Result<
         return Ok(());
     };
     if !who.may(&m, program, 4) {
-        return Err(format!(
-            "{what} {} is a script that {} (uid {}) may not read (mode {mode:o})",
-            program.display(),
-            who.name,
-            who.uid
-        ));
+        return Err(ProgramError::Unreadable {
+            role,
+            path: path(),
+            who: who.name.clone(),
+            uid: who.uid,
+            mode,
+        });
     }
     let line = line.split(|&b| b == b'\n').next().unwrap_or_default();
     let interpreter = line
         .split(|b| b.is_ascii_whitespace())
         .find(|w| !w.is_empty())
-        .ok_or_else(|| format!("{what} {} has an empty #! line", program.display()))?;
+        .ok_or_else(|| ProgramError::EmptyShebang { role, path: path() })?;
     let interpreter = cwd.join(OsStr::from_bytes(interpreter));
     // The kernel follows up to 4 levels of interpreters; 2 is plenty here.
     if depth >= 2 {
         return Ok(());
     }
-    runnable_at(&interpreter, cwd, who, depth + 1).map_err(|why| format!("{what} {}: #! {why}", program.display()))
+    runnable_at(&interpreter, cwd, who, depth + 1).map_err(|why| ProgramError::Interpreter {
+        role,
+        path: path(),
+        interpreter: Box::new(why),
+    })
 }
 
 /// The arguments and environment (and room for the per-worker variables)
 /// fit what `execve` takes: each string under 128 KiB, all of them under
 /// the system's `ARG_MAX`.
-fn fits_exec(argv: &[OsString], env: &[(OsString, OsString)]) -> Result<(), String> {
+fn fits_exec(argv: &[OsString], env: &[(OsString, OsString)]) -> Result<(), ExecSizeError> {
     let arg_max = nix::unistd::sysconf(nix::unistd::SysconfVar::ARG_MAX)
         .ok()
         .flatten()
@@ -285,33 +421,26 @@ fn fits_exec(argv: &[OsString], env: &[(OsString, OsString)]) -> Result<(), Stri
     let mut total = PER_WORKER_ROOM;
     for a in argv {
         if a.len() >= MAX_ARG_STRLEN {
-            return Err(format!(
-                "an argument is {} KiB, over the kernel's {} KiB for one",
-                a.len() / 1024,
-                MAX_ARG_STRLEN / 1024
-            ));
+            return Err(ExecSizeError::Argument { len: a.len() });
         }
         total += a.len() + 1 + pointer;
     }
     for (k, v) in env {
         let len = k.len() + 1 + v.len();
         if len >= MAX_ARG_STRLEN {
-            return Err(format!(
-                "environment variable {} is {} KiB, over the kernel's {} KiB for one",
-                k.to_string_lossy(),
-                len / 1024,
-                MAX_ARG_STRLEN / 1024
-            ));
+            return Err(ExecSizeError::Variable {
+                name: k.to_string_lossy().into_owned(),
+                len,
+            });
         }
         total += len + 1 + pointer;
     }
     if total > arg_max {
-        return Err(format!(
-            "the command's arguments and environment take {} KiB, over the {} KiB exec allows (\"argument list too long\"); {} variables",
-            total / 1024,
-            arg_max / 1024,
-            env.len()
-        ));
+        return Err(ExecSizeError::Total {
+            total,
+            arg_max,
+            vars: env.len(),
+        });
     }
     Ok(())
 }
@@ -322,43 +451,47 @@ pub const FIRST_SOCKET_FD: usize = 3;
 /// Resolve the worker directory: `--directory` followed through every
 /// symlink now (a Capistrano `current` that was re-pointed resolves to the
 /// new release), or sup's own working directory.
-pub fn resolve_directory(dir: Option<&Path>) -> Result<PathBuf, String> {
+pub fn resolve_directory(dir: Option<&Path>) -> Result<PathBuf, DirectoryError> {
     let resolved = match dir {
-        Some(d) => std::fs::canonicalize(d).map_err(|e| format!("does not resolve: {}", os_error(&e)))?,
-        None => std::env::current_dir().map_err(|e| format!("cannot read the current directory: {}", os_error(&e)))?,
+        Some(d) => std::fs::canonicalize(d).map_err(DirectoryError::Unresolved)?,
+        None => std::env::current_dir().map_err(DirectoryError::Current)?,
     };
     if !resolved.is_dir() {
-        return Err(format!("{} is not a directory", resolved.display()));
+        return Err(DirectoryError::NotADirectory(resolved));
     }
     Ok(resolved)
 }
 
 /// Resolve the program: a name without a slash through PATH, a relative
 /// path against the worker's directory, an absolute path as it is.
-pub fn resolve_program(program: &OsStr, cwd: &Path, path_var: Option<&OsStr>) -> Result<PathBuf, String> {
-    let shown = Path::new(program).display();
+pub fn resolve_program(program: &OsStr, cwd: &Path, path_var: Option<&OsStr>) -> Result<PathBuf, ProgramError> {
     if program.as_bytes().contains(&b'/') {
         // `components()` drops `.` segments: report /srv/app/bin/run, not /srv/app/./bin/run.
         let path: PathBuf = cwd.join(program).components().collect();
         match std::fs::metadata(&path) {
             Ok(m) if m.is_file() => Ok(path),
-            Ok(_) => Err(format!("command {} is not a file", path.display())),
-            Err(e) => Err(format!("command {}: {}", path.display(), os_error(&e))),
+            Ok(_) => Err(ProgramError::NotAFile {
+                role: Role::Command,
+                path,
+            }),
+            Err(error) => Err(ProgramError::Missing {
+                role: Role::Command,
+                path,
+                error,
+            }),
         }
     } else {
         let path_var = path_var.unwrap_or(OsStr::new("/usr/local/bin:/usr/bin:/bin"));
-        which::which_in(program, Some(path_var), cwd).map_err(|_| {
-            format!(
-                "command `{shown}` not found in PATH ({})",
-                Path::new(path_var).display()
-            )
+        which::which_in(program, Some(path_var), cwd).map_err(|_| ProgramError::NotInPath {
+            name: Path::new(program).display().to_string(),
+            search: Path::new(path_var).display().to_string(),
         })
     }
 }
 
 /// Replace `{fd}`, `{fd:N}` and `{fd:NAME}` inside an argument with the fd
 /// number the worker will find that socket at. Other braces are left alone.
-pub fn expand_placeholders(arg: &OsStr, binds: &[BindSpec]) -> Result<OsString, String> {
+pub fn expand_placeholders(arg: &OsStr, binds: &[BindSpec]) -> Result<OsString, PlaceholderError> {
     let bytes = arg.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut rest = bytes;
@@ -375,19 +508,20 @@ pub fn expand_placeholders(arg: &OsStr, binds: &[BindSpec]) -> Result<OsString, 
             let key = String::from_utf8_lossy(&after[1..end]).into_owned();
             let index = match key.parse::<usize>() {
                 Ok(n) if n < binds.len() => n,
-                Ok(n) => {
-                    return Err(format!(
-                        "argument `{}` names socket {n}, but there are {} --bind sockets (counted from 0)",
-                        arg.to_string_lossy(),
-                        binds.len()
-                    ));
+                Ok(index) => {
+                    return Err(PlaceholderError::NoSuchIndex {
+                        arg: arg.to_string_lossy().into_owned(),
+                        index,
+                        count: binds.len(),
+                    });
                 }
-                Err(_) => binds.iter().position(|b| b.name == key).ok_or_else(|| {
-                    format!(
-                        "argument `{}` names socket `{key}`, but no --bind has that name",
-                        arg.to_string_lossy()
-                    )
-                })?,
+                Err(_) => binds
+                    .iter()
+                    .position(|b| b.name == key)
+                    .ok_or_else(|| PlaceholderError::NoSuchName {
+                        arg: arg.to_string_lossy().into_owned(),
+                        name: key.clone(),
+                    })?,
             };
             (Some(index), end + 1)
         } else {
@@ -396,7 +530,9 @@ pub fn expand_placeholders(arg: &OsStr, binds: &[BindSpec]) -> Result<OsString, 
         match index {
             Some(i) => {
                 if binds.is_empty() {
-                    return Err(format!("argument `{}` needs a --bind socket", arg.to_string_lossy()));
+                    return Err(PlaceholderError::NoSockets {
+                        arg: arg.to_string_lossy().into_owned(),
+                    });
                 }
                 out.extend_from_slice(&rest[..start]);
                 out.extend_from_slice((FIRST_SOCKET_FD + i).to_string().as_bytes());
@@ -428,7 +564,9 @@ mod tests {
     }
 
     fn expand(s: &str) -> Result<String, String> {
-        expand_placeholders(OsStr::new(s), &binds()).map(|o| o.into_string().unwrap())
+        expand_placeholders(OsStr::new(s), &binds())
+            .map(|o| o.into_string().unwrap())
+            .map_err(|e| e.to_string())
     }
 
     #[test]
@@ -440,10 +578,17 @@ mod tests {
         assert_eq!(expand("plain").unwrap(), "plain");
         assert!(expand("{fd:2}").unwrap_err().contains("there are 2 --bind sockets"));
         assert!(expand("{fd:nope}").unwrap_err().contains("no --bind has that name"));
-        assert!(
-            expand_placeholders(OsStr::new("{fd}"), &[])
-                .unwrap_err()
-                .contains("needs a --bind")
+        assert_eq!(
+            expand_placeholders(OsStr::new("{fd}"), &[]).unwrap_err(),
+            PlaceholderError::NoSockets { arg: "{fd}".into() }
+        );
+        assert_eq!(
+            expand_placeholders(OsStr::new("{fd:7}"), &binds()).unwrap_err(),
+            PlaceholderError::NoSuchIndex {
+                arg: "{fd:7}".into(),
+                index: 7,
+                count: 2
+            }
         );
     }
 
@@ -452,15 +597,22 @@ mod tests {
         let tmp = std::env::temp_dir();
         assert!(resolve_program(OsStr::new("sh"), &tmp, None).unwrap().ends_with("sh"));
         let e = resolve_program(OsStr::new("no-such-program-xyz"), &tmp, Some(OsStr::new("/usr/bin"))).unwrap_err();
-        assert_eq!(e, "command `no-such-program-xyz` not found in PATH (/usr/bin)");
+        assert_eq!(
+            e.to_string(),
+            "command `no-such-program-xyz` not found in PATH (/usr/bin)"
+        );
         let e = resolve_program(OsStr::new("./nope"), Path::new("/"), None).unwrap_err();
-        assert_eq!(e, "command /nope: no such file or directory");
+        assert_eq!(e.to_string(), "command /nope: no such file or directory");
+        assert!(
+            matches!(&e, ProgramError::Missing { role: Role::Command, error, .. } if error.kind() == std::io::ErrorKind::NotFound)
+        );
     }
 
     #[test]
     fn directories() {
         assert!(resolve_directory(None).is_ok());
         let e = resolve_directory(Some(Path::new("/no/such/release"))).unwrap_err();
-        assert_eq!(e, "does not resolve: no such file or directory");
+        assert_eq!(e.to_string(), "does not resolve: no such file or directory");
+        assert!(matches!(e, DirectoryError::Unresolved(_)));
     }
 }

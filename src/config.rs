@@ -83,7 +83,9 @@ pub struct Config {
 }
 
 /// A usage or configuration error: reported as one line, exit status 2.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+/// They are shown one per line with `{}` (a list of problems, not a chain),
+/// so a variant that wraps another error puts its text in the message.
+#[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error(transparent)]
     Bind(#[from] crate::bind::BindParseError),
@@ -105,7 +107,7 @@ pub enum ConfigError {
     Duration {
         flag: &'static str,
         value: String,
-        why: String,
+        why: DurationError,
     },
     #[error("invalid --stop-signal `{0}`: not a signal name or number (e.g. TERM, SIGINT, QUIT, 15)")]
     Signal(String),
@@ -115,17 +117,20 @@ pub enum ConfigError {
     DuplicateName(String),
     #[error("--bind `{0}` is given twice")]
     DuplicateBind(String),
-    #[error("{0}")]
-    Placeholder(String),
+    #[error(transparent)]
+    Placeholder(#[from] command::PlaceholderError),
     /// A check a spawn would make failed (directory, env file, program).
     #[error("{0}")]
     Unrunnable(String),
-    #[error("{0}")]
-    Credentials(String),
+    #[error("{}", crate::exit::chain(.0))]
+    Credentials(CredentialsError),
     #[error("--config {}: {why}", path.display())]
-    File { path: PathBuf, why: String },
-    #[error("{0}")]
-    Control(String),
+    File {
+        path: PathBuf,
+        why: crate::config_file::FileError,
+    },
+    #[error(transparent)]
+    Control(#[from] crate::bind::ControlAddrError),
     #[error("--control on TCP needs --control-token: anyone who can reach the port could stop sup")]
     ControlToken,
 }
@@ -270,13 +275,13 @@ impl Config {
         }
         for arg in &cli.command {
             if let Err(why) = command::expand_placeholders(arg, &binds) {
-                errors.push(ConfigError::Placeholder(why));
+                errors.push(why.into());
             }
         }
         let control = match cli.control.as_deref().map(crate::bind::ControlAddr::parse) {
             Some(Ok(a)) => Some(a),
             Some(Err(e)) => {
-                errors.push(ConfigError::Control(e));
+                errors.push(e.into());
                 None
             }
             None => None,
@@ -477,24 +482,33 @@ fn merge_file(cli: &mut Cli, file: FileConfig) {
     fill(&mut cli.log_file, file.log_file);
 }
 
+/// Why a duration does not parse; the caller names the flag and value.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum DurationError {
+    #[error("expected a duration such as 500ms, 30s or 2m")]
+    NotANumber,
+    #[error("unknown unit `{0}` (use ms, s, m or h)")]
+    Unit(String),
+    #[error("duration out of range")]
+    OutOfRange,
+}
+
 /// Parse `500ms`, `30s`, `2m`, `1h` (or a bare number of seconds).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
     let (number, unit) = s.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| "expected a duration such as 500ms, 30s or 2m".to_string())?;
+    let value: f64 = number.parse().map_err(|_| DurationError::NotANumber)?;
     let scale = match unit.trim() {
         "" | "s" | "sec" | "secs" => 1.0,
         "ms" => 0.001,
         "m" | "min" | "mins" => 60.0,
         "h" => 3600.0,
-        other => return Err(format!("unknown unit `{other}` (use ms, s, m or h)")),
+        other => return Err(DurationError::Unit(other.to_string())),
     };
     let secs = value * scale;
     if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
-        return Err("duration out of range".into());
+        return Err(DurationError::OutOfRange);
     }
     Ok(Duration::from_secs_f64(secs))
 }
@@ -513,8 +527,6 @@ pub fn parse_signal(s: &str) -> Option<Signal> {
     name.parse::<Signal>().ok()
 }
 
-/// Resolve `--user` / `--group` into ids. Without root, only the current
-/// user is accepted (a no-op), since setuid would fail at every spawn.
 /// A size: bytes, or a number with K, M, G or T (powers of 1024; `512M`,
 /// `1.5G`).
 pub fn parse_size(s: &str) -> Option<u64> {
@@ -535,28 +547,61 @@ pub fn parse_size(s: &str) -> Option<u64> {
     (n.is_finite() && n >= 0.0).then_some((n * scale as f64) as u64)
 }
 
-fn credentials(user: Option<&str>, group: Option<&str>) -> Result<Option<Credentials>, String> {
+/// Why `--user` / `--group` cannot be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CredentialsError {
+    #[error("cannot look up {what} `{name}`")]
+    Lookup {
+        /// `user` or `group`.
+        what: &'static str,
+        name: String,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("--user `{0}`: no such user")]
+    NoSuchUser(String),
+    #[error("--group `{0}`: no such group")]
+    NoSuchGroup(String),
+    #[error("user name contains NUL")]
+    NulInName,
+    #[error("cannot list the groups of `{user}`")]
+    Groups {
+        user: String,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("--user and --group need sup to run as root")]
+    NotRoot,
+}
+
+/// Resolve `--user` / `--group` into ids. Without root, only the current
+/// user is accepted (a no-op), since setuid would fail at every spawn.
+fn credentials(user: Option<&str>, group: Option<&str>) -> Result<Option<Credentials>, CredentialsError> {
     use nix::unistd::{Gid, Group, Uid, User};
     if user.is_none() && group.is_none() {
         return Ok(None);
     }
-    let lookup_user = |name: &str| -> Result<User, String> {
+    fn lookup(what: &'static str, name: &str) -> impl FnOnce(nix::Error) -> CredentialsError {
+        let name = name.to_string();
+        move |source| CredentialsError::Lookup { what, name, source }
+    }
+    let lookup_user = |name: &str| -> Result<User, CredentialsError> {
         let found = match name.parse::<u32>() {
             Ok(id) => User::from_uid(Uid::from_raw(id)),
             Err(_) => User::from_name(name),
         };
         found
-            .map_err(|e| format!("cannot look up user `{name}`: {e}"))?
-            .ok_or_else(|| format!("--user `{name}`: no such user"))
+            .map_err(lookup("user", name))?
+            .ok_or_else(|| CredentialsError::NoSuchUser(name.to_string()))
     };
-    let lookup_group = |name: &str| -> Result<Group, String> {
+    let lookup_group = |name: &str| -> Result<Group, CredentialsError> {
         let found = match name.parse::<u32>() {
             Ok(id) => Group::from_gid(Gid::from_raw(id)),
             Err(_) => Group::from_name(name),
         };
         found
-            .map_err(|e| format!("cannot look up group `{name}`: {e}"))?
-            .ok_or_else(|| format!("--group `{name}`: no such group"))
+            .map_err(lookup("group", name))?
+            .ok_or_else(|| CredentialsError::NoSuchGroup(name.to_string()))
     };
     let user = user.map(lookup_user).transpose()?;
     let group = group.map(lookup_group).transpose()?;
@@ -569,9 +614,12 @@ fn credentials(user: Option<&str>, group: Option<&str>) -> Result<Option<Credent
     }
     let groups = match &user {
         Some(u) => {
-            let cname = std::ffi::CString::new(u.name.as_str()).map_err(|_| "user name contains NUL".to_string())?;
+            let cname = std::ffi::CString::new(u.name.as_str()).map_err(|_| CredentialsError::NulInName)?;
             nix::unistd::getgrouplist(&cname, Gid::from_raw(gid))
-                .map_err(|e| format!("cannot list the groups of `{}`: {e}", u.name))?
+                .map_err(|source| CredentialsError::Groups {
+                    user: u.name.clone(),
+                    source,
+                })?
                 .into_iter()
                 .map(|g| g.as_raw())
                 .collect()
@@ -580,7 +628,7 @@ fn credentials(user: Option<&str>, group: Option<&str>) -> Result<Option<Credent
     };
     let is_root = Uid::effective().is_root();
     if !is_root && (uid != Uid::current().as_raw() || gid != Gid::current().as_raw()) {
-        return Err("--user and --group need sup to run as root".into());
+        return Err(CredentialsError::NotRoot);
     }
     let description = match (&user, &group) {
         (Some(u), Some(g)) => format!("{}:{}", u.name, g.name),
@@ -668,9 +716,15 @@ mod tests {
     #[test]
     fn duplicate_binds_and_names() {
         let e = cfg(&["-b", "127.0.0.1:1", "-b", "tcp://127.0.0.1:1", "--", "x"]).unwrap_err();
-        assert_eq!(e, vec![ConfigError::DuplicateBind("tcp://127.0.0.1:1".into())]);
+        assert!(
+            matches!(e.as_slice(), [ConfigError::DuplicateBind(b)] if b == "tcp://127.0.0.1:1"),
+            "{e:?}"
+        );
         let e = cfg(&["-b", "127.0.0.1:1?name=a", "-b", "127.0.0.1:2?name=a", "--", "x"]).unwrap_err();
-        assert_eq!(e, vec![ConfigError::DuplicateName("a".into())]);
+        assert!(
+            matches!(e.as_slice(), [ConfigError::DuplicateName(n)] if n == "a"),
+            "{e:?}"
+        );
     }
 
     #[test]
@@ -721,13 +775,12 @@ mod tests {
             "x",
         ])
         .unwrap_err();
-        assert_eq!(
-            e,
-            vec![
-                ConfigError::Ready("sometimes".into()),
-                ConfigError::MaxSurge("0".into()),
-                ConfigError::EmptyHook
-            ]
+        assert!(
+            matches!(
+                e.as_slice(),
+                [ConfigError::Ready(r), ConfigError::MaxSurge(m), ConfigError::EmptyHook] if r == "sometimes" && m == "0"
+            ),
+            "{e:?}"
         );
     }
 

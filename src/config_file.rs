@@ -54,14 +54,29 @@ pub struct FileConfig {
 /// hundred bytes; a bigger one is refused before it costs memory).
 pub const MAX_BYTES: u64 = 64 << 10;
 
-/// Read and parse `path`; the error is one line naming the file, the line
-/// and the column.
-pub fn read(path: &Path) -> Result<FileConfig, String> {
+/// Why the file was refused; the caller names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error(transparent)]
+    Read(#[from] crate::files::ReadError),
+    /// The parser's message, which names the line and column too
+    /// (`line 2 column 1: unknown field `wrkers` …`).
+    #[error("{message}")]
+    Yaml {
+        message: String,
+        /// (line, column), from 1.
+        at: Option<(u64, u64)>,
+    },
+}
+
+/// Read and parse `path`; the error is one line naming the line and the
+/// column.
+pub fn read(path: &Path) -> Result<FileConfig, FileError> {
     let text = crate::files::read_capped(path, MAX_BYTES)?;
     parse(&text)
 }
 
-pub fn parse(text: &str) -> Result<FileConfig, String> {
+pub fn parse(text: &str) -> Result<FileConfig, FileError> {
     let options = serde_saphyr::options! { strict_booleans: true };
     serde_saphyr::from_str_with_options::<Option<FileConfig>>(text, options)
         .map(Option::unwrap_or_default)
@@ -70,7 +85,10 @@ pub fn parse(text: &str) -> Result<FileConfig, String> {
             // snippet follows, which does not fit one line.
             let text = e.to_string();
             let first = text.lines().next().unwrap_or("invalid YAML");
-            first.strip_prefix("error: ").unwrap_or(first).to_string()
+            FileError::Yaml {
+                message: first.strip_prefix("error: ").unwrap_or(first).to_string(),
+                at: e.location().map(|l| (l.line(), l.column())),
+            }
         })
 }
 
@@ -131,14 +149,18 @@ mod tests {
 
     #[test]
     fn errors_name_the_key_line_and_column() {
-        let e = parse("workers: 2\nwrkers: 3\n").unwrap_err();
+        assert!(matches!(
+            parse("workers: 2\nwrkers: 3\n").unwrap_err(),
+            FileError::Yaml { at: Some((2, 1)), .. }
+        ));
+        let e = parse("workers: 2\nwrkers: 3\n").unwrap_err().to_string();
         assert!(e.starts_with("line 2 column 1: unknown field `wrkers`"), "{e}");
         assert_eq!(e.lines().count(), 1);
-        let e = parse("einhorn_ack: yes\n").unwrap_err();
+        let e = parse("einhorn_ack: yes\n").unwrap_err().to_string();
         assert!(e.starts_with("line 1 column 14: invalid boolean"), "{e}");
-        let e = parse("workers: 2\nworkers: 3\n").unwrap_err();
+        let e = parse("workers: 2\nworkers: 3\n").unwrap_err().to_string();
         assert!(e.contains("line 2") && e.contains("duplicate"), "{e}");
-        let e = parse("workers: three\n").unwrap_err();
+        let e = parse("workers: three\n").unwrap_err().to_string();
         assert!(e.starts_with("line 1 column 10"), "{e}");
     }
 }

@@ -20,7 +20,7 @@ use mio::net::{UnixListener, UnixStream};
 
 use crate::handoff::HandedUnix;
 use crate::message::{Message, Sender};
-use crate::runtime_dir::UnixName;
+use crate::runtime_dir::{AdoptError, UnixName};
 use crate::slots::Slots;
 
 const MAX_CONNECTIONS: usize = 64;
@@ -65,10 +65,12 @@ impl EinhornSocket {
     }
 
     /// Take over the listener a previous sup image handed across its exec.
-    pub fn adopt(handed: &HandedUnix) -> Result<EinhornSocket, String> {
-        let fd = crate::handoff::adopt_unix(handed, nix::sys::socket::SockType::Stream)?;
+    pub fn adopt(handed: &HandedUnix) -> Result<EinhornSocket, AdoptError> {
+        let fd = crate::handoff::adopt_unix(handed, nix::sys::socket::SockType::Stream)
+            .map_err(|e| AdoptError::Handed(e.to_string()))?;
         let l = std::os::unix::net::UnixListener::from(fd);
-        l.set_nonblocking(true).map_err(|e| format!("fd {}: {e}", handed.fd))?;
+        l.set_nonblocking(true)
+            .map_err(|error| AdoptError::Fd { fd: handed.fd, error })?;
         Ok(EinhornSocket::with(
             UnixListener::from_std(l),
             UnixName::parse(&handed.addr),

@@ -16,20 +16,51 @@ use std::path::Path;
 /// The largest env file sup reads.
 pub const MAX_BYTES: u64 = 1 << 20;
 
+/// Why an env file was refused. Every error in the text names its line.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvFileError {
+    #[error(transparent)]
+    Read(#[from] crate::files::ReadError),
+    #[error("line {line}: contains a NUL byte")]
+    Nul { line: usize },
+    #[error("line {line}: expected KEY=VALUE")]
+    NoAssignment { line: usize },
+    #[error("line {line}: `{key}` is not a variable name")]
+    BadName { line: usize, key: String },
+    #[error("line {line}: unterminated {quote} quote")]
+    Unterminated { line: usize, quote: Quote },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quote {
+    Single,
+    Double,
+}
+
+impl std::fmt::Display for Quote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Quote::Single => "single",
+            Quote::Double => "double",
+        })
+    }
+}
+
 /// Read and parse a dotenv file. Errors name the line.
-pub fn read(path: &Path) -> Result<Vec<(String, String)>, String> {
+pub fn read(path: &Path) -> Result<Vec<(String, String)>, EnvFileError> {
     let text = crate::files::read_capped(path, MAX_BYTES)?;
     parse(&text)
 }
 
 /// The variables in file order, each once (the last assignment wins, at the
 /// place of the first).
-pub fn parse(text: &str) -> Result<Vec<(String, String)>, String> {
+pub fn parse(text: &str) -> Result<Vec<(String, String)>, EnvFileError> {
     let mut vars: Vec<(String, String)> = Vec::new();
     let mut seen: HashMap<String, usize> = HashMap::new();
     for (i, line) in text.lines().enumerate() {
+        let number = i + 1;
         if line.contains('\0') {
-            return Err(format!("line {}: contains a NUL byte", i + 1));
+            return Err(EnvFileError::Nul { line: number });
         }
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -38,15 +69,18 @@ pub fn parse(text: &str) -> Result<Vec<(String, String)>, String> {
         let line = line.strip_prefix("export ").map(str::trim_start).unwrap_or(line);
         let (key, value) = line
             .split_once('=')
-            .ok_or_else(|| format!("line {}: expected KEY=VALUE", i + 1))?;
+            .ok_or(EnvFileError::NoAssignment { line: number })?;
         let key = key.trim();
         let valid_key = !key.is_empty()
             && !key.starts_with(|c: char| c.is_ascii_digit())
             && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !valid_key {
-            return Err(format!("line {}: `{key}` is not a variable name", i + 1));
+            return Err(EnvFileError::BadName {
+                line: number,
+                key: key.to_string(),
+            });
         }
-        let value = parse_value(value.trim()).map_err(|why| format!("line {}: {why}", i + 1))?;
+        let value = parse_value(value.trim()).map_err(|quote| EnvFileError::Unterminated { line: number, quote })?;
         match seen.get(key) {
             Some(&at) => vars[at].1 = value,
             None => {
@@ -58,9 +92,10 @@ pub fn parse(text: &str) -> Result<Vec<(String, String)>, String> {
     Ok(vars)
 }
 
-fn parse_value(v: &str) -> Result<String, String> {
+/// The value, or the quote left open.
+fn parse_value(v: &str) -> Result<String, Quote> {
     if let Some(rest) = v.strip_prefix('\'') {
-        let end = rest.find('\'').ok_or("unterminated single quote")?;
+        let end = rest.find('\'').ok_or(Quote::Single)?;
         return Ok(rest[..end].to_string());
     }
     if let Some(rest) = v.strip_prefix('"') {
@@ -79,7 +114,7 @@ fn parse_value(v: &str) -> Result<String, String> {
                 c => out.push(c),
             }
         }
-        return Err("unterminated double quote".into());
+        return Err(Quote::Double);
     }
     let v = match v.find(" #") {
         Some(i) => &v[..i],
@@ -112,10 +147,19 @@ mod tests {
 
     #[test]
     fn errors_name_the_line() {
-        assert_eq!(parse("A=1\nnonsense\n").unwrap_err(), "line 2: expected KEY=VALUE");
-        assert_eq!(parse("1A=x").unwrap_err(), "line 1: `1A` is not a variable name");
-        assert_eq!(parse("A=\"open").unwrap_err(), "line 1: unterminated double quote");
-        assert_eq!(parse("A=1\nB=x\0y\n").unwrap_err(), "line 2: contains a NUL byte");
+        let text = |s: &str| parse(s).unwrap_err().to_string();
+        assert_eq!(text("A=1\nnonsense\n"), "line 2: expected KEY=VALUE");
+        assert_eq!(text("1A=x"), "line 1: `1A` is not a variable name");
+        assert_eq!(text("A=\"open"), "line 1: unterminated double quote");
+        assert_eq!(text("A='open"), "line 1: unterminated single quote");
+        assert_eq!(text("A=1\nB=x\0y\n"), "line 2: contains a NUL byte");
+        assert!(matches!(
+            parse("A=1\nB='x").unwrap_err(),
+            EnvFileError::Unterminated {
+                line: 2,
+                quote: Quote::Single
+            }
+        ));
     }
 
     #[test]
@@ -136,6 +180,10 @@ mod tests {
         std::fs::write(&path, "A=".to_string() + &"x".repeat(MAX_BYTES as usize)).unwrap();
         let err = read(&path).unwrap_err();
         std::fs::remove_file(&path).unwrap();
-        assert_eq!(err, "larger than 1024 KiB, the most sup reads");
+        assert!(matches!(
+            err,
+            EnvFileError::Read(crate::files::ReadError::TooLarge { cap: MAX_BYTES })
+        ));
+        assert_eq!(err.to_string(), "larger than 1024 KiB, the most sup reads");
     }
 }

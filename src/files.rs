@@ -4,17 +4,32 @@
 
 use std::path::Path;
 
+/// Why a file could not be read. The callers name the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The OS refused to open or read it (`no such file or directory`):
+    /// the OS error is the whole message, as a lowercase fragment.
+    #[error("{}", os_error(.0))]
+    Io(std::io::Error),
+    #[error("larger than {} KiB, the most sup reads", .cap / 1024)]
+    TooLarge { cap: u64 },
+    #[error("not UTF-8 (at byte {at})")]
+    NotUtf8 { at: usize },
+}
+
 /// Read a text file of at most `cap` bytes: a bigger one is refused
 /// before it is read, so a huge file costs neither time nor memory.
-pub fn read_capped(path: &Path, cap: u64) -> Result<String, String> {
+pub fn read_capped(path: &Path, cap: u64) -> Result<String, ReadError> {
     use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|e| os_error(&e))?;
+    let file = std::fs::File::open(path).map_err(ReadError::Io)?;
     let mut bytes = Vec::new();
-    file.take(cap + 1).read_to_end(&mut bytes).map_err(|e| os_error(&e))?;
+    file.take(cap + 1).read_to_end(&mut bytes).map_err(ReadError::Io)?;
     if bytes.len() as u64 > cap {
-        return Err(format!("larger than {} KiB, the most sup reads", cap / 1024));
+        return Err(ReadError::TooLarge { cap });
     }
-    String::from_utf8(bytes).map_err(|e| format!("not UTF-8 (at byte {})", e.utf8_error().valid_up_to()))
+    String::from_utf8(bytes).map_err(|e| ReadError::NotUtf8 {
+        at: e.utf8_error().valid_up_to(),
+    })
 }
 
 /// An OS error as a lowercase fragment: `no such file or directory`.

@@ -21,7 +21,7 @@ use nix::sys::socket::{self, AddressFamily, ControlMessageOwned, MsgFlags, SockF
 
 use crate::handoff::HandedUnix;
 pub use crate::message::{Message, Sender};
-use crate::runtime_dir::UnixName;
+use crate::runtime_dir::{AdoptError, UnixName};
 
 /// One received datagram.
 #[derive(Debug)]
@@ -64,13 +64,17 @@ impl NotifySocket {
 
     /// Take over the socket a previous sup image handed across its exec,
     /// after checking that the fd is a unix datagram socket bound there.
-    pub fn adopt(handed: &HandedUnix) -> Result<NotifySocket, String> {
-        let fd = crate::handoff::adopt_unix(handed, SockType::Datagram)?;
+    pub fn adopt(handed: &HandedUnix) -> Result<NotifySocket, AdoptError> {
+        let fd =
+            crate::handoff::adopt_unix(handed, SockType::Datagram).map_err(|e| AdoptError::Handed(e.to_string()))?;
+        let failed = |errno: nix::Error| AdoptError::Fd {
+            fd: handed.fd,
+            error: errno.into(),
+        };
         // SO_PASSCRED is a property of the socket and survived the exec;
         // set it again in case an older image did not.
-        socket::setsockopt(&fd, sockopt::PassCred, &true).map_err(|e| format!("fd {}: {e}", handed.fd))?;
-        nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))
-            .map_err(|e| format!("fd {}: {e}", handed.fd))?;
+        socket::setsockopt(&fd, sockopt::PassCred, &true).map_err(failed)?;
+        nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK)).map_err(failed)?;
         Ok(NotifySocket {
             fd,
             name: UnixName::parse(&handed.addr),

@@ -44,6 +44,26 @@ pub enum RuntimeDirError {
     },
 }
 
+/// Why a handed-over directory, or a socket in it (notify, Einhorn), is
+/// not adopted: the caller logs it and makes a new one.
+#[derive(Debug, thiserror::Error)]
+pub enum AdoptError {
+    #[error("{}: {error}", path.display())]
+    Inspect { path: PathBuf, error: std::io::Error },
+    #[error("{} is not a directory", .0.display())]
+    NotADirectory(PathBuf),
+    #[error("{} belongs to uid {uid}", path.display())]
+    Owner { path: PathBuf, uid: u32 },
+    #[error("{} is open to others (mode {mode:o})", path.display())]
+    OpenToOthers { path: PathBuf, mode: u32 },
+    /// The fd failed the handoff's checks (not a unix socket of that kind,
+    /// not bound where the handoff says).
+    #[error("{0}")]
+    Handed(String),
+    #[error("fd {fd}: {}", crate::files::os_error(error))]
+    Fd { fd: i32, error: std::io::Error },
+}
+
 /// The private directory; removed on drop.
 #[derive(Debug)]
 pub struct RuntimeDir {
@@ -84,22 +104,27 @@ impl RuntimeDir {
     /// Take over the directory a previous sup image made, after checking it
     /// is still what sup made: a real directory (not a link), owned by sup's
     /// user or the workers', closed to everyone else.
-    pub fn adopt(path: &Path, owner: Option<(u32, u32)>) -> Result<RuntimeDir, String> {
+    pub fn adopt(path: &Path, owner: Option<(u32, u32)>) -> Result<RuntimeDir, AdoptError> {
         use std::os::unix::fs::MetadataExt;
-        let meta = std::fs::symlink_metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let meta = std::fs::symlink_metadata(path).map_err(|error| AdoptError::Inspect {
+            path: path.to_path_buf(),
+            error,
+        })?;
         if !meta.file_type().is_dir() {
-            return Err(format!("{} is not a directory", path.display()));
+            return Err(AdoptError::NotADirectory(path.to_path_buf()));
         }
         let me = nix::unistd::Uid::effective().as_raw();
         if meta.uid() != me && Some(meta.uid()) != owner.map(|o| o.0) {
-            return Err(format!("{} belongs to uid {}", path.display(), meta.uid()));
+            return Err(AdoptError::Owner {
+                path: path.to_path_buf(),
+                uid: meta.uid(),
+            });
         }
         if meta.mode() & 0o077 != 0 {
-            return Err(format!(
-                "{} is open to others (mode {:o})",
-                path.display(),
-                meta.mode() & 0o777
-            ));
+            return Err(AdoptError::OpenToOthers {
+                path: path.to_path_buf(),
+                mode: meta.mode() & 0o777,
+            });
         }
         Ok(RuntimeDir {
             path: path.to_path_buf(),
@@ -246,14 +271,15 @@ mod tests {
         assert_eq!(adopted.path(), dir.path());
         std::mem::forget(adopted);
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        assert!(
-            RuntimeDir::adopt(dir.path(), None)
-                .unwrap_err()
-                .contains("open to others")
-        );
+        let e = RuntimeDir::adopt(dir.path(), None).unwrap_err();
+        assert!(matches!(e, AdoptError::OpenToOthers { mode: 0o755, .. }), "{e:?}");
+        assert!(e.to_string().ends_with("is open to others (mode 755)"), "{e}");
         let link = dir.path().with_extension("link");
         std::os::unix::fs::symlink(dir.path(), &link).unwrap();
-        assert!(RuntimeDir::adopt(&link, None).unwrap_err().contains("not a directory"));
+        assert!(matches!(
+            RuntimeDir::adopt(&link, None).unwrap_err(),
+            AdoptError::NotADirectory(_)
+        ));
         std::fs::remove_file(&link).unwrap();
     }
 

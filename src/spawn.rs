@@ -28,13 +28,12 @@
 use std::ffi::{CString, OsString};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use libc::{c_char, c_int};
 
-use crate::command::{self, FIRST_SOCKET_FD, Prepared};
+use crate::command::{self, DirectoryError, FIRST_SOCKET_FD, Prepared};
 use crate::config::{Config, Credentials};
-use crate::files::errno_text;
 use crate::signals::BlockedSignals;
 use crate::sockets::{BoundSocket, LocalAddr};
 
@@ -67,10 +66,43 @@ pub struct HelperRequest<'a> {
     pub devnull: RawFd,
 }
 
+/// Why a worker or a helper did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// `--directory` no longer resolves (a release removed, a symlink
+    /// re-pointed at nothing).
+    #[error("--directory {} {why}", path.display())]
+    Directory { path: PathBuf, why: DirectoryError },
+    /// sup's own working directory is gone.
+    #[error(transparent)]
+    OwnDirectory(DirectoryError),
+    /// An argument, a variable, the directory or the program path.
+    #[error("{what} contains a NUL byte")]
+    Nul { what: &'static str },
+    #[error("cannot create a pipe")]
+    Pipe(#[source] nix::Error),
+    #[error("cannot block signals")]
+    BlockSignals(#[source] nix::Error),
+    /// Out of processes or memory: worth retrying later.
+    #[error("fork failed")]
+    Fork(#[source] std::io::Error),
+    #[error("cannot read the spawn error pipe")]
+    ErrorPipe(#[source] nix::Error),
+    /// The child reported a failure before exec: where, on what, and the
+    /// errno (`Stage::Exec` with ENOENT or EACCES is the program itself).
+    #[error("{stage}{}", .path.as_deref().map(|p| format!(" {p}")).unwrap_or_default())]
+    Child {
+        stage: Stage,
+        path: Option<String>,
+        #[source]
+        error: std::io::Error,
+    },
+}
+
 /// Where the child failed, reported through the error pipe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
-enum Stage {
+pub enum Stage {
     ErrorPipe = 1,
     ProcessGroup,
     Stdin,
@@ -81,23 +113,49 @@ enum Stage {
 }
 
 impl Stage {
-    fn from_u32(n: u32) -> &'static str {
+    fn from_u32(n: u32) -> Stage {
         match n {
-            1 => "cannot set up the error pipe",
-            2 => "cannot create a process group",
-            3 => "cannot redirect stdin",
-            4 => "cannot pass the sockets",
-            5 => "cannot switch user or group",
-            6 => "cannot change into the directory",
-            _ => "cannot execute",
+            1 => Stage::ErrorPipe,
+            2 => Stage::ProcessGroup,
+            3 => Stage::Stdin,
+            4 => Stage::Sockets,
+            5 => Stage::Credentials,
+            6 => Stage::Directory,
+            _ => Stage::Exec,
         }
     }
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stage::ErrorPipe => "cannot set up the error pipe",
+            Stage::ProcessGroup => "cannot create a process group",
+            Stage::Stdin => "cannot redirect stdin",
+            Stage::Sockets => "cannot pass the sockets",
+            Stage::Credentials => "cannot switch user or group",
+            Stage::Directory => "cannot change into the directory",
+            Stage::Exec => "cannot execute",
+        })
+    }
+}
+
+/// [`start`], with the error as the one line the loop hands to the core
+/// (`Event::SpawnFailed` carries text). Goes once the loop takes
+/// [`SpawnError`].
+pub fn spawn(req: &SpawnRequest<'_>, prepared: &Prepared) -> Result<i32, String> {
+    start(req, prepared).map_err(|e| crate::exit::chain(&e))
+}
+
+/// [`start_helper`], with the error as one line (`Event::HelperFailed`).
+pub fn spawn_helper(req: &HelperRequest<'_>) -> Result<i32, String> {
+    start_helper(req).map_err(|e| crate::exit::chain(&e))
 }
 
 /// Start a worker of the prepared command (resolved and checked once for
 /// its generation): the prepared environment plus this worker's own
 /// variables. Returns its pid, or why it could not run.
-pub fn spawn(req: &SpawnRequest<'_>, prepared: &Prepared) -> Result<i32, String> {
+pub fn start(req: &SpawnRequest<'_>, prepared: &Prepared) -> Result<i32, SpawnError> {
     let mut env = prepared.env.clone();
     for (k, v) in protocol_env(req, &prepared.cwd) {
         set_var(&mut env, k.into(), v.into());
@@ -130,7 +188,7 @@ pub fn hook_script(command: &str) -> String {
 /// reaches it, it gets its own process group (so a timeout kills all of
 /// it), and it runs in the resolved directory. Its output goes where sup's
 /// goes, so it lands in sup's log.
-pub fn spawn_helper(req: &HelperRequest<'_>) -> Result<i32, String> {
+pub fn start_helper(req: &HelperRequest<'_>) -> Result<i32, SpawnError> {
     let cwd = resolve_directory(req.config)?;
     let mut env = command::base_env();
     set_var(&mut env, "PWD".into(), cwd.as_os_str().to_os_string());
@@ -141,10 +199,10 @@ pub fn spawn_helper(req: &HelperRequest<'_>) -> Result<i32, String> {
     plan.fork_exec(req.program)
 }
 
-fn resolve_directory(config: &Config) -> Result<std::path::PathBuf, String> {
+fn resolve_directory(config: &Config) -> Result<PathBuf, SpawnError> {
     command::resolve_directory(config.directory.as_deref()).map_err(|why| match &config.directory {
-        Some(d) => format!("--directory {} {why}", d.display()),
-        None => why,
+        Some(d) => SpawnError::Directory { path: d.clone(), why },
+        None => SpawnError::OwnDirectory(why),
     })
 }
 
@@ -208,8 +266,8 @@ fn set_var(env: &mut Vec<(OsString, OsString)>, key: OsString, value: OsString) 
     }
 }
 
-fn cstring(bytes: &[u8], what: &str) -> Result<CString, String> {
-    CString::new(bytes).map_err(|_| format!("{what} contains a NUL byte"))
+fn cstring(bytes: &[u8], what: &'static str) -> Result<CString, SpawnError> {
+    CString::new(bytes).map_err(|_| SpawnError::Nul { what })
 }
 
 /// Variables whose value is the worker's own pid, known only after fork:
@@ -244,7 +302,7 @@ impl Plan {
         credentials: Option<&Credentials>,
         devnull: RawFd,
         pid_vars: &'static [&'static [u8]],
-    ) -> Result<Plan, String> {
+    ) -> Result<Plan, SpawnError> {
         let argv = argv
             .iter()
             .map(|a| cstring(a.as_bytes(), "an argument"))
@@ -255,7 +313,9 @@ impl Plan {
             e.push(b'=');
             e.extend_from_slice(v.as_bytes());
             if e.contains(&0) {
-                return Err("an environment variable contains a NUL byte".into());
+                return Err(SpawnError::Nul {
+                    what: "an environment variable",
+                });
             }
             e.push(0);
             entries.push(e);
@@ -276,7 +336,7 @@ impl Plan {
         })
     }
 
-    fn fork_exec(mut self, program: &Path) -> Result<i32, String> {
+    fn fork_exec(mut self, program: &Path) -> Result<i32, SpawnError> {
         let path = cstring(program.as_os_str().as_bytes(), "the program path")?;
         let mut argv_ptrs: Vec<*const c_char> = self.argv.iter().map(|a| a.as_ptr()).collect();
         argv_ptrs.push(std::ptr::null());
@@ -326,9 +386,8 @@ impl Plan {
             },
         };
 
-        let (err_read, err_write) =
-            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("cannot create a pipe: {e}"))?;
-        let guard = BlockedSignals::block_handled().map_err(|e| format!("cannot block signals: {e}"))?;
+        let (err_read, err_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(SpawnError::Pipe)?;
+        let guard = BlockedSignals::block_handled().map_err(SpawnError::BlockSignals)?;
         // SAFETY: sup is single-threaded, so no lock can be held by another
         // thread at fork. The child branch runs only `Child::exec`, which uses
         // async-signal-safe calls on memory prepared above and never returns.
@@ -340,7 +399,7 @@ impl Plan {
         drop(guard);
         drop(err_write);
         if pid < 0 {
-            return Err(format!("fork failed: {}", errno_text(nix::errno::Errno::last_raw())));
+            return Err(SpawnError::Fork(std::io::Error::last_os_error()));
         }
         // Keep the buffers the child pointed into alive until after fork
         // (the child has its own copy; this is for the reader).
@@ -355,7 +414,7 @@ impl Plan {
                 Ok(0) => break,
                 Ok(n) => got += n,
                 Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(format!("cannot read the spawn error pipe: {e}")),
+                Err(e) => return Err(SpawnError::ErrorPipe(e)),
             }
         }
         if got == 0 {
@@ -372,15 +431,17 @@ impl Plan {
         }
         let stage = u32::from_ne_bytes([report[0], report[1], report[2], report[3]]);
         let errno = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
-        let what = Stage::from_u32(stage);
-        let detail = if stage == Stage::Exec as u32 {
-            format!("{what} {}", program.display())
-        } else if stage == Stage::Directory as u32 {
-            format!("{what} {}", self.cwd.to_string_lossy())
-        } else {
-            what.to_string()
+        let stage = Stage::from_u32(stage);
+        let path = match stage {
+            Stage::Exec => Some(program.display().to_string()),
+            Stage::Directory => Some(self.cwd.to_string_lossy().into_owned()),
+            _ => None,
         };
-        Err(format!("{detail}: {}", errno_text(errno)))
+        Err(SpawnError::Child {
+            stage,
+            path,
+            error: std::io::Error::from_raw_os_error(errno),
+        })
     }
 }
 

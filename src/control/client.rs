@@ -14,8 +14,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::ControlAddr;
-use super::protocol::{Answer, RestartOutcome, Stats, WorkerPhase};
+use nix::sys::signal::Signal;
+
+use super::protocol::{Answer, Command, RestartOutcome, STATS_PATH, Stats, WorkerPhase};
 use crate::cli::{CtlArgs, CtlCommand};
+use crate::signals::SignalEvent;
 
 fn out(line: &str) {
     let _ = writeln!(std::io::stdout().lock(), "{line}");
@@ -59,7 +62,10 @@ fn target(args: &CtlArgs) -> Result<Target, Failure> {
         .control
         .clone()
         .or_else(|| file.as_ref().and_then(|f| f.control.clone()));
-    let control = control.map(|c| ControlAddr::parse(&c)).transpose().map_err(usage)?;
+    let control = control
+        .map(|c| ControlAddr::parse(&c))
+        .transpose()
+        .map_err(|e| usage(e.to_string()))?;
     Ok(Target {
         control,
         token: args
@@ -70,36 +76,78 @@ fn target(args: &CtlArgs) -> Result<Target, Failure> {
     })
 }
 
+/// What a `sup ctl` subcommand asks of sup: `GET /stats`, or one
+/// [`Command`] posted to its path. Everything the client sends derives from
+/// this, so a command is named in `protocol` and in the clap definitions and
+/// nowhere else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ask {
+    /// Shown as a table (`status`) or as the raw JSON (`stats`).
+    Stats { raw: bool },
+    /// `count` is the argument of `workers` (0 for the others).
+    Send { command: Command, count: usize },
+}
+
+impl Ask {
+    /// Exhaustive on purpose: a subcommand added to the CLI does not compile
+    /// until it says what it sends.
+    fn of(command: &CtlCommand) -> Ask {
+        let send = |command| Ask::Send { command, count: 0 };
+        match *command {
+            CtlCommand::Status => Ask::Stats { raw: false },
+            CtlCommand::Stats => Ask::Stats { raw: true },
+            CtlCommand::Restart => send(Command::Restart),
+            CtlCommand::PhasedRestart => send(Command::PhasedRestart),
+            CtlCommand::Stop => send(Command::Stop),
+            CtlCommand::Halt => send(Command::Halt),
+            CtlCommand::Incr => send(Command::Incr),
+            CtlCommand::Decr => send(Command::Decr),
+            CtlCommand::Workers { count } => Ask::Send {
+                command: Command::Workers,
+                count,
+            },
+            CtlCommand::ReopenLogs => send(Command::ReopenLogs),
+            CtlCommand::Reexec => send(Command::Reexec),
+        }
+    }
+}
+
+/// Whether sup answers `command` with a restart that `--wait` can follow.
+fn starts_restart(command: Command) -> bool {
+    match command {
+        Command::Restart | Command::PhasedRestart | Command::Reexec => true,
+        Command::Stop | Command::Halt | Command::Incr | Command::Decr | Command::Workers | Command::ReopenLogs => false,
+    }
+}
+
+/// The signal that asks sup for what `command` does, if one does: read from
+/// sup's own table of what each handled signal means.
+fn signal_for(command: Command, count: usize) -> Option<Signal> {
+    let intent = command.intent(count);
+    crate::signals::HANDLED
+        .into_iter()
+        .find(|s| crate::signals::translate(*s as i32) == Some(SignalEvent::Intent(intent)))
+}
+
 fn execute(args: &CtlArgs) -> Result<u8, Failure> {
     let t = target(args)?;
+    let ask = Ask::of(&args.command);
     let Some(control) = &t.control else {
-        return by_signal(args, t.pidfile.as_deref());
+        return by_signal(args, ask, t.pidfile.as_deref());
     };
     let token = t.token.as_deref();
-    let (method, path) = match &args.command {
-        CtlCommand::Status | CtlCommand::Stats => ("GET", "/stats".to_string()),
-        CtlCommand::Restart => ("POST", "/restart".into()),
-        CtlCommand::PhasedRestart => ("POST", "/phased-restart".into()),
-        CtlCommand::Stop => ("POST", "/stop".into()),
-        CtlCommand::Halt => ("POST", "/halt".into()),
-        CtlCommand::Incr => ("POST", "/incr".into()),
-        CtlCommand::Decr => ("POST", "/decr".into()),
-        CtlCommand::Workers { count } => ("POST", format!("/workers?count={count}")),
-        CtlCommand::ReopenLogs => ("POST", "/reopen-logs".into()),
-        CtlCommand::Reexec => ("POST", "/reexec".into()),
+    let (method, path) = match ask {
+        Ask::Stats { .. } => ("GET", STATS_PATH.to_string()),
+        Ask::Send { command, count } => ("POST", command.target(count)),
     };
-    let waits = matches!(
-        args.command,
-        CtlCommand::Restart | CtlCommand::PhasedRestart | CtlCommand::Reexec
-    );
-    if args.wait && !waits {
+    if args.wait && !matches!(ask, Ask::Send { command, .. } if starts_restart(command)) {
         return Err(usage("--wait goes with restart, phased-restart and reexec"));
     }
     let timeout = crate::config::parse_duration(&args.timeout).map_err(|e| usage(format!("--timeout: {e}")))?;
     let (status, body) = request(control, token, method, &path).map_err(|e| runtime(format!("{control}: {e}")))?;
-    if matches!(args.command, CtlCommand::Status | CtlCommand::Stats) {
+    if let Ask::Stats { raw } = ask {
         let stats = parse_stats(status, &body).map_err(|e| runtime(format!("{control}: {e}")))?;
-        if matches!(args.command, CtlCommand::Stats) {
+        if raw {
             out(&serde_json::to_string_pretty(&stats).unwrap_or_default());
         } else {
             print_status(&stats);
@@ -139,14 +187,32 @@ fn execute(args: &CtlArgs) -> Result<u8, Failure> {
     }
 }
 
-fn parse_stats(status: u16, body: &str) -> Result<Stats, String> {
+/// Why a request got no usable answer. The caller names the server.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// Nothing listening, or the connection failed: sup may be between
+    /// two images, so `--wait` tries again.
+    #[error("{}", crate::files::os_error(.0))]
+    Io(#[from] std::io::Error),
+    #[error("not an HTTP answer")]
+    NotHttp,
+    /// `/stats` answered something else than 200, with sup's reason when
+    /// it gave one.
+    #[error("answered {status}{}", .error.as_ref().map(|e| format!(": {e}")).unwrap_or_default())]
+    Status { status: u16, error: Option<String> },
+    #[error("cannot read its /stats: {0}")]
+    Stats(serde_json::Error),
+}
+
+fn parse_stats(status: u16, body: &str) -> Result<Stats, RequestError> {
     if status != 200 {
-        return Err(match serde_json::from_str::<Answer>(body) {
-            Ok(Answer::Rejected { error }) => format!("answered {status}: {error}"),
-            _ => format!("answered {status}"),
-        });
+        let error = match serde_json::from_str::<Answer>(body) {
+            Ok(Answer::Rejected { error }) => Some(error),
+            _ => None,
+        };
+        return Err(RequestError::Status { status, error });
     }
-    serde_json::from_str(body).map_err(|e| format!("cannot read its /stats: {e}"))
+    serde_json::from_str(body).map_err(RequestError::Stats)
 }
 
 /// Follow restart `id` to its end. If a newer restart superseded it (a
@@ -164,10 +230,10 @@ fn wait(control: &ControlAddr, token: Option<&str>, mut id: u64, deadline: Insta
         std::thread::sleep(Duration::from_millis(100));
         // A connection can still fail (sup killed and restarted by systemd,
         // a request cut at the exec): retry until the deadline.
-        let stats = match request(control, token, "GET", "/stats").and_then(|(st, body)| parse_stats(st, &body)) {
+        let stats = match request(control, token, "GET", STATS_PATH).and_then(|(st, body)| parse_stats(st, &body)) {
             Ok(stats) => stats,
             Err(e) => {
-                last_error = e;
+                last_error = e.to_string();
                 continue;
             }
         };
@@ -266,21 +332,15 @@ fn print_status(s: &Stats) {
 }
 
 /// Without a control server: the same commands as signals to the pidfile's pid.
-fn by_signal(args: &CtlArgs, pidfile: Option<&Path>) -> Result<u8, Failure> {
-    use nix::sys::signal::Signal;
-    let signal = match args.command {
-        CtlCommand::Restart => Signal::SIGUSR2,
-        CtlCommand::PhasedRestart => Signal::SIGUSR1,
-        CtlCommand::Stop => Signal::SIGTERM,
-        CtlCommand::Halt => Signal::SIGQUIT,
-        CtlCommand::Incr => Signal::SIGTTIN,
-        CtlCommand::Decr => Signal::SIGTTOU,
-        CtlCommand::ReopenLogs => Signal::SIGHUP,
-        CtlCommand::Status | CtlCommand::Stats | CtlCommand::Workers { .. } | CtlCommand::Reexec => {
-            return Err(usage(
-                "this command needs a control server: give --control (or a --config with control:)",
-            ));
-        }
+fn by_signal(args: &CtlArgs, ask: Ask, pidfile: Option<&Path>) -> Result<u8, Failure> {
+    let signal = match ask {
+        Ask::Send { command, count } => signal_for(command, count),
+        Ask::Stats { .. } => None,
+    };
+    let Some(signal) = signal else {
+        return Err(usage(
+            "this command needs a control server: give --control (or a --config with control:)",
+        ));
     };
     if args.wait {
         return Err(usage(
@@ -306,7 +366,12 @@ fn by_signal(args: &CtlArgs, pidfile: Option<&Path>) -> Result<u8, Failure> {
 }
 
 /// One HTTP request; the status and the body.
-pub fn request(control: &ControlAddr, token: Option<&str>, method: &str, path: &str) -> Result<(u16, String), String> {
+pub fn request(
+    control: &ControlAddr,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+) -> Result<(u16, String), RequestError> {
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: sup\r\nConnection: close\r\nContent-Length: 0\r\n");
     if let Some(t) = token {
         head.push_str(&format!("Authorization: Bearer {t}\r\n"));
@@ -316,17 +381,16 @@ pub fn request(control: &ControlAddr, token: Option<&str>, method: &str, path: &
     let timeout = Some(Duration::from_secs(10));
     match control {
         ControlAddr::Unix(p) => {
-            let mut s = std::os::unix::net::UnixStream::connect(p).map_err(|e| crate::files::os_error(&e))?;
-            s.set_read_timeout(timeout).map_err(|e| e.to_string())?;
-            s.write_all(head.as_bytes()).map_err(|e| crate::files::os_error(&e))?;
-            s.read_to_end(&mut text).map_err(|e| crate::files::os_error(&e))?;
+            let mut s = std::os::unix::net::UnixStream::connect(p)?;
+            s.set_read_timeout(timeout)?;
+            s.write_all(head.as_bytes())?;
+            s.read_to_end(&mut text)?;
         }
         ControlAddr::Tcp(a) => {
-            let mut s = std::net::TcpStream::connect_timeout(a, Duration::from_secs(5))
-                .map_err(|e| crate::files::os_error(&e))?;
-            s.set_read_timeout(timeout).map_err(|e| e.to_string())?;
-            s.write_all(head.as_bytes()).map_err(|e| crate::files::os_error(&e))?;
-            s.read_to_end(&mut text).map_err(|e| crate::files::os_error(&e))?;
+            let mut s = std::net::TcpStream::connect_timeout(a, Duration::from_secs(5))?;
+            s.set_read_timeout(timeout)?;
+            s.write_all(head.as_bytes())?;
+            s.read_to_end(&mut text)?;
         }
     }
     let text = String::from_utf8_lossy(&text);
@@ -334,7 +398,96 @@ pub fn request(control: &ControlAddr, token: Option<&str>, method: &str, path: &
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| "not an HTTP answer".to_string())?;
+        .ok_or(RequestError::NotHttp)?;
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
     Ok((status, body.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+    use crate::cli::{Cli, Sub};
+
+    /// Every `sup ctl` subcommand, parsed from its name (and `3` for each
+    /// positional argument).
+    fn every_subcommand() -> Vec<(String, CtlCommand)> {
+        let cli = Cli::command();
+        let Some(ctl) = cli.find_subcommand("ctl") else {
+            panic!("no `sup ctl`");
+        };
+        ctl.get_subcommands()
+            .filter(|sub| sub.get_name() != "help")
+            .map(|sub| {
+                let mut argv = vec!["sup".to_string(), "ctl".into(), sub.get_name().into()];
+                argv.extend(sub.get_positionals().map(|_| "3".to_string()));
+                let Some(Sub::Ctl(args)) = Cli::try_parse_from(&argv).unwrap().sub else {
+                    panic!("{argv:?} is not `sup ctl`");
+                };
+                (sub.get_name().to_string(), args.command)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_command_is_reachable_from_the_cli_and_round_trips() {
+        let mut reached = Vec::new();
+        for (name, sub) in every_subcommand() {
+            match Ask::of(&sub) {
+                Ask::Stats { .. } => assert!(name == "status" || name == "stats", "{name}"),
+                Ask::Send { command, count } => {
+                    assert_eq!(Command::from_path(command.path()), Some(command));
+                    // `sup ctl NAME` posts to `/NAME`.
+                    assert_eq!(command.path(), format!("/{name}"));
+                    let target = command.target(count);
+                    assert_eq!(target.split('?').next(), Some(command.path()));
+                    reached.push(command);
+                }
+            }
+        }
+        for c in Command::ALL {
+            assert!(reached.contains(&c), "{c:?} has no `sup ctl` subcommand");
+        }
+        assert_eq!(reached.len(), Command::ALL.len(), "{reached:?}");
+        assert_eq!(
+            Ask::of(&CtlCommand::Workers { count: 3 }),
+            Ask::Send {
+                command: Command::Workers,
+                count: 3
+            }
+        );
+        assert_eq!(Command::Workers.target(3), "/workers?count=3");
+    }
+
+    #[test]
+    fn signals_and_waits_are_what_they_were() {
+        let by_name: Vec<(String, Option<Signal>, bool)> = every_subcommand()
+            .into_iter()
+            .map(|(name, sub)| match Ask::of(&sub) {
+                Ask::Stats { .. } => (name, None, false),
+                Ask::Send { command, count } => (name, signal_for(command, count), starts_restart(command)),
+            })
+            .collect();
+        let expected = [
+            ("status", None, false),
+            ("stats", None, false),
+            ("restart", Some(Signal::SIGUSR2), true),
+            ("phased-restart", Some(Signal::SIGUSR1), true),
+            ("stop", Some(Signal::SIGTERM), false),
+            ("halt", Some(Signal::SIGQUIT), false),
+            ("incr", Some(Signal::SIGTTIN), false),
+            ("decr", Some(Signal::SIGTTOU), false),
+            ("workers", None, false),
+            ("reopen-logs", Some(Signal::SIGHUP), false),
+            ("reexec", None, true),
+        ];
+        assert_eq!(by_name.len(), expected.len(), "{by_name:?}");
+        for (name, signal, waits) in expected {
+            assert!(
+                by_name.contains(&(name.to_string(), signal, waits)),
+                "{name}: {by_name:?}"
+            );
+        }
+    }
 }

@@ -50,10 +50,10 @@ pub fn route(req: &Request, token: Option<&str>) -> Route {
     let path = req.path.trim_end_matches('/');
     let path = if path.is_empty() { "/" } else { path };
     match (req.method.as_str(), path, protocol::Command::from_path(path)) {
-        ("GET" | "HEAD", "/stats", _) => Route::Stats,
-        (_, "/stats", _) => Route::WrongMethod { allow: "GET" },
-        ("GET" | "HEAD", "/metrics", _) => Route::Metrics,
-        (_, "/metrics", _) => Route::WrongMethod { allow: "GET" },
+        ("GET" | "HEAD", protocol::STATS_PATH, _) => Route::Stats,
+        (_, protocol::STATS_PATH, _) => Route::WrongMethod { allow: "GET" },
+        ("GET" | "HEAD", protocol::METRICS_PATH, _) => Route::Metrics,
+        (_, protocol::METRICS_PATH, _) => Route::WrongMethod { allow: "GET" },
         ("POST", _, Some(protocol::Command::Workers)) => {
             let count = req.query.iter().find(|(k, _)| k == "count").map(|(_, v)| v.as_str());
             match count.and_then(|c| c.parse::<usize>().ok()) {

@@ -14,6 +14,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::{Intent, Reply, RestartKind};
 
+/// `GET /stats`: the JSON [`Stats`].
+pub const STATS_PATH: &str = "/stats";
+/// `GET /metrics`: Prometheus text.
+pub const METRICS_PATH: &str = "/metrics";
+
 /// A command, named by its endpoint (`POST /phased-restart` is `phased_restart`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -62,6 +67,14 @@ impl Command {
 
     pub fn from_path(path: &str) -> Option<Command> {
         Command::ALL.into_iter().find(|c| c.path() == path)
+    }
+
+    /// The request target: the path, with `?count=N` for `workers`.
+    pub fn target(self, count: usize) -> String {
+        match self {
+            Command::Workers => format!("{}?count={count}", self.path()),
+            _ => self.path().to_string(),
+        }
     }
 
     /// What it asks of the core (`count` only for `workers`).

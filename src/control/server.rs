@@ -23,6 +23,23 @@ use super::http::{self, Parsed};
 use crate::handoff::HandedControl;
 use crate::slots::Slots;
 
+/// Why the control socket cannot be listened on or taken over.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The OS refused (`address already in use`, `permission denied`):
+    /// its words are the whole message.
+    #[error("{}", crate::files::os_error(.0))]
+    Io(#[from] std::io::Error),
+    /// The address handed over is not one this version can read.
+    #[error(transparent)]
+    Address(#[from] crate::bind::ControlAddrError),
+    /// The handed fd is not the socket the handoff says.
+    #[error("{0}")]
+    Handed(String),
+    #[error("fd {fd}: {}", crate::files::os_error(error))]
+    Fd { fd: i32, error: std::io::Error },
+}
+
 pub const MAX_CONNECTIONS: usize = 64;
 pub const READ_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -87,17 +104,22 @@ pub struct ControlServer {
 }
 
 impl ControlServer {
+    /// [`ControlServer::listen`], with the error as the text the loop's
+    /// `LoopError::Control` carries. Goes once that takes [`ControlError`].
+    pub fn bind(addr: &ControlAddr, base: usize) -> Result<ControlServer, String> {
+        ControlServer::listen(addr, base).map_err(|e| e.to_string())
+    }
+
     /// Bind `addr`. A unix socket gets mode 0600; a stale file is replaced
     /// and a live one is an error, as for `--bind`.
-    pub fn bind(addr: &ControlAddr, base: usize) -> Result<ControlServer, String> {
+    pub fn listen(addr: &ControlAddr, base: usize) -> Result<ControlServer, ControlError> {
         let (listener, created, actual) = match addr {
             ControlAddr::Unix(path) => {
-                let path = std::path::absolute(path).map_err(|e| e.to_string())?;
-                crate::sockets::clear_stale(&path).map_err(|e| crate::files::os_error(&e))?;
-                let l = UnixListener::bind(&path).map_err(|e| crate::files::os_error(&e))?;
-                std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-                    .map_err(|e| e.to_string())?;
-                let meta = std::fs::symlink_metadata(&path).map_err(|e| e.to_string())?;
+                let path = std::path::absolute(path)?;
+                crate::sockets::clear_stale(&path)?;
+                let l = UnixListener::bind(&path)?;
+                std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+                let meta = std::fs::symlink_metadata(&path)?;
                 (
                     Listener::Unix(l),
                     Some((path.clone(), meta.dev(), meta.ino())),
@@ -105,8 +127,8 @@ impl ControlServer {
                 )
             }
             ControlAddr::Tcp(a) => {
-                let l = TcpListener::bind(*a).map_err(|e| crate::files::os_error(&e))?;
-                let actual = l.local_addr().map_err(|e| e.to_string())?;
+                let l = TcpListener::bind(*a)?;
+                let actual = l.local_addr()?;
                 (Listener::Tcp(l), None, ControlAddr::Tcp(actual))
             }
         };
@@ -326,27 +348,34 @@ impl ControlServer {
     /// Take over the listener a previous sup image handed across its exec:
     /// connections queued in its backlog meanwhile are answered now, and a
     /// client never finds the socket missing.
-    pub fn adopt(h: &HandedControl, base: usize) -> Result<ControlServer, String> {
+    pub fn adopt(h: &HandedControl, base: usize) -> Result<ControlServer, ControlError> {
         let configured = ControlAddr::parse(&h.configured)?;
         let (ty, domains): (SockType, &[i32]) = match configured {
             ControlAddr::Unix(_) => (SockType::Stream, &[libc::AF_UNIX]),
             ControlAddr::Tcp(_) => (SockType::Stream, &[libc::AF_INET, libc::AF_INET6]),
         };
-        crate::handoff::check_socket(h.fd, ty, domains, &h.configured).inspect_err(|_| crate::handoff::close(h.fd))?;
+        crate::handoff::check_socket(h.fd, ty, domains, &h.configured).map_err(|e| {
+            crate::handoff::close(h.fd);
+            ControlError::Handed(e.to_string())
+        })?;
         // SAFETY: checked open just above; handed to this image for sup alone.
         let fd = unsafe { OwnedFd::from_raw_fd(h.fd) };
-        nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
-            .map_err(|e| format!("fd {}: {e}", h.fd))?;
+        nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC)).map_err(|errno| {
+            ControlError::Fd {
+                fd: h.fd,
+                error: errno.into(),
+            }
+        })?;
         let (listener, addr) = match configured {
             ControlAddr::Unix(path) => {
                 let l = std::os::unix::net::UnixListener::from(fd);
-                l.set_nonblocking(true).map_err(|e| e.to_string())?;
+                l.set_nonblocking(true)?;
                 (Listener::Unix(UnixListener::from_std(l)), ControlAddr::Unix(path))
             }
             ControlAddr::Tcp(_) => {
                 let l = std::net::TcpListener::from(fd);
-                l.set_nonblocking(true).map_err(|e| e.to_string())?;
-                let actual = l.local_addr().map_err(|e| e.to_string())?;
+                l.set_nonblocking(true)?;
+                let actual = l.local_addr()?;
                 (Listener::Tcp(TcpListener::from_std(l)), ControlAddr::Tcp(actual))
             }
         };
