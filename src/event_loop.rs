@@ -60,8 +60,10 @@ pub enum LoopError {
     Setup(#[source] std::io::Error),
     #[error(transparent)]
     OwnSockets(#[from] OwnSocketError),
-    #[error("cannot serve the control API on {0}: {1}")]
-    Control(String, String),
+    #[error("cannot serve the control API on {0}")]
+    Control(String, #[source] crate::control::server::ControlError),
+    #[error("cannot watch the control API on {0}")]
+    ControlPoll(String, #[source] std::io::Error),
     #[error("the event loop failed")]
     Poll(#[source] std::io::Error),
 }
@@ -114,12 +116,12 @@ impl EventLoop {
                 };
                 let mut server = match adopted {
                     Some(s) => s,
-                    None => ControlServer::bind(addr, CONTROL_CONN)
+                    None => ControlServer::listen(addr, CONTROL_CONN)
                         .map_err(|why| LoopError::Control(addr.to_string(), why))?,
                 };
                 server
                     .register(poll.registry(), CONTROL)
-                    .map_err(|e| LoopError::Control(addr.to_string(), e.to_string()))?;
+                    .map_err(|e| LoopError::ControlPoll(addr.to_string(), e))?;
                 log::info!("control server on {}", server.addr);
                 Some(server)
             }
@@ -549,7 +551,7 @@ impl Shell<'_> {
                         .map_err(|errors| errors.join("; ")),
                 };
                 let outcome = prepared.and_then(|p| {
-                    let pid = spawn::spawn(&req, &p);
+                    let pid = spawn::start(&req, &p).map_err(|e| crate::exit::chain(&e));
                     self.prepared = Some((generation, p));
                     pid
                 });
@@ -580,7 +582,7 @@ impl Shell<'_> {
                     credentials: self.credentials,
                     devnull,
                 };
-                self.pending.push_back(helper_event(spawn::spawn_helper(&req)));
+                self.pending.push_back(helper_event(spawn::start_helper(&req)));
             }
             Action::RunPreflight => {
                 self.pending
@@ -722,30 +724,41 @@ fn our_worker(pid: crate::pid::Pid) -> Result<(), String> {
     Ok(())
 }
 
-fn helper_event(result: Result<i32, String>) -> Event {
+fn helper_event<E: std::error::Error>(result: Result<i32, E>) -> Event {
     match result {
         Ok(pid) => Event::HelperSpawned {
             pid: crate::pid::Pid::from_raw(pid),
         },
-        Err(reason) => Event::HelperFailed { reason },
+        Err(e) => Event::HelperFailed {
+            reason: crate::exit::chain(&e),
+        },
     }
+}
+
+/// Why the preflight could not start.
+#[derive(Debug, thiserror::Error)]
+enum PreflightError {
+    #[error(transparent)]
+    Exe(#[from] hot_restart::ExecError),
+    #[error(transparent)]
+    Spawn(#[from] spawn::SpawnError),
 }
 
 /// Start the new sup (the program at sup's path now) with `--check` and
 /// sup's own arguments, in the resolved directory, as sup's user.
-fn preflight(exe: &str, config: &Config, devnull: std::os::fd::RawFd) -> Result<i32, String> {
+fn preflight(exe: &str, config: &Config, devnull: std::os::fd::RawFd) -> Result<i32, PreflightError> {
     let program = hot_restart::resolve_exe(exe)?;
     log::info!("checking the new sup: {} --check", program.display());
     let mut argv = vec![program.clone().into_os_string(), "--check".into()];
     argv.extend(hot_restart::own_args());
-    spawn::spawn_helper(&HelperRequest {
+    Ok(spawn::start_helper(&HelperRequest {
         program: &program,
         argv,
         env: Vec::new(),
         config,
         credentials: None,
         devnull,
-    })
+    })?)
 }
 
 /// Wall-clock milliseconds at `instant` (now if unknown).

@@ -9,7 +9,7 @@
 //! fds are validated before they are trusted: a socket, of the kind and
 //! family its address says.
 
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
 use nix::sys::socket::SockType;
@@ -305,23 +305,46 @@ mod v1 {
     }
 }
 
+/// Why a handed or inherited fd is not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum FdError {
+    #[error("fd {fd} for {what} is not open")]
+    NotOpen { fd: RawFd, what: String },
+    #[error("fd {fd} for {what} is not a socket")]
+    NotSocket { fd: RawFd, what: String },
+    #[error("fd {fd} is not a socket of the kind {what} needs")]
+    WrongKind { fd: RawFd, what: String },
+    #[error("fd {fd} is not a TCP, UDP or unix socket")]
+    Unsupported { fd: RawFd },
+    #[error("fd {fd} is not bound to {addr}")]
+    NotBound { fd: RawFd, addr: String },
+    #[error("fd {fd}: {source}")]
+    Os {
+        fd: RawFd,
+        #[source]
+        source: nix::Error,
+    },
+}
+
 /// What an fd sup did not open itself is, after checking that it is an
 /// open socket: its type and address family. The one place every inherited
 /// fd is looked at (hot-restart handoff, socket activation).
-pub fn inspect_socket(fd: RawFd, what: &str) -> Result<(SockType, i32), String> {
+pub fn inspect_socket(fd: RawFd, what: &str) -> Result<(SockType, i32), FdError> {
     use nix::sys::socket::{getsockopt, sockopt};
     // SAFETY: fstat on a number; an invalid fd is reported as EBADF.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: st is valid for writes.
     if unsafe { libc::fstat(fd, &mut st) } != 0 {
-        return Err(format!("fd {fd} for {what} is not open"));
+        let what = what.to_string();
+        return Err(FdError::NotOpen { fd, what });
     }
     if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
-        return Err(format!("fd {fd} for {what} is not a socket"));
+        let what = what.to_string();
+        return Err(FdError::NotSocket { fd, what });
     }
     // SAFETY: the fd is open (fstat succeeded) and stays open for this call.
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    let ty = getsockopt(&borrowed, sockopt::SockType).map_err(|e| format!("fd {fd}: {e}"))?;
+    let ty = getsockopt(&borrowed, sockopt::SockType).map_err(|source| FdError::Os { fd, source })?;
     let mut domain: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: reading an int-sized option into `domain`.
@@ -335,35 +358,37 @@ pub fn inspect_socket(fd: RawFd, what: &str) -> Result<(SockType, i32), String> 
         )
     } != 0
     {
-        return Err(format!("fd {fd}: cannot read its address family"));
+        let source = nix::Error::last();
+        return Err(FdError::Os { fd, source });
     }
     Ok((ty, domain))
 }
 
 /// Check that a handed or inherited fd is an open socket of type `ty` and
 /// one of `domains`.
-pub fn check_socket(fd: RawFd, ty: SockType, domains: &[i32], what: &str) -> Result<(), String> {
+pub fn check_socket(fd: RawFd, ty: SockType, domains: &[i32], what: &str) -> Result<(), FdError> {
     let (got_ty, domain) = inspect_socket(fd, what)?;
     if got_ty != ty || !domains.contains(&domain) {
-        return Err(format!("fd {fd} is not a socket of the kind {what} needs"));
+        let what = what.to_string();
+        return Err(FdError::WrongKind { fd, what });
     }
     Ok(())
 }
 
 /// Own `fd` from here on, CLOEXEC again (it was cleared for the exec).
-fn own(fd: RawFd) -> Result<OwnedFd, String> {
+fn own(fd: RawFd) -> Result<OwnedFd, FdError> {
     // SAFETY: the caller checked that the fd is open, and it was handed to
     // this image for sup alone: nothing else in the process refers to it.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     nix::fcntl::fcntl(&owned, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
-        .map_err(|e| format!("fd {}: {e}", owned.as_raw_fd()))?;
+        .map_err(|source| FdError::Os { fd, source })?;
     Ok(owned)
 }
 
 /// Take ownership of a handed listener after checking it is what the
 /// handoff says: stream for tcp/unix or datagram for udp, of the right
 /// address family.
-pub fn adopt(s: &HandedSocket) -> Result<OwnedFd, String> {
+pub fn adopt(s: &HandedSocket) -> Result<OwnedFd, FdError> {
     let (ty, domains): (SockType, &[i32]) = if s.addr.starts_with("udp://") {
         (SockType::Datagram, &[libc::AF_INET, libc::AF_INET6])
     } else if s.addr.starts_with("unix:") {
@@ -377,18 +402,20 @@ pub fn adopt(s: &HandedSocket) -> Result<OwnedFd, String> {
 
 /// Take ownership of one of sup's own unix sockets after checking its type
 /// and that it is bound where the handoff says. On error the fd is closed.
-pub fn adopt_unix(h: &HandedUnix, ty: SockType) -> Result<OwnedFd, String> {
-    let checked = check_socket(h.fd, ty, &[libc::AF_UNIX], &h.addr).and_then(|()| {
+pub fn adopt_unix(h: &HandedUnix, ty: SockType) -> Result<OwnedFd, FdError> {
+    let fd = h.fd;
+    let checked = check_socket(fd, ty, &[libc::AF_UNIX], &h.addr).and_then(|()| {
         let bound: nix::sys::socket::UnixAddr =
-            nix::sys::socket::getsockname(h.fd).map_err(|e| format!("fd {}: {e}", h.fd))?;
+            nix::sys::socket::getsockname(fd).map_err(|source| FdError::Os { fd, source })?;
         if crate::runtime_dir::UnixName::parse(&h.addr).is(&bound) {
             Ok(())
         } else {
-            Err(format!("fd {} is not bound to {}", h.fd, h.addr))
+            let addr = h.addr.clone();
+            Err(FdError::NotBound { fd, addr })
         }
     });
-    checked.inspect_err(|_| close(h.fd))?;
-    own(h.fd)
+    checked.inspect_err(|_| close(fd))?;
+    own(fd)
 }
 
 /// Close a handed fd that this image does not adopt (the configuration no
@@ -402,6 +429,7 @@ pub fn close(fd: RawFd) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsRawFd;
     use std::time::Instant;
 
     #[test]
@@ -502,7 +530,7 @@ mod tests {
             name: "x".into(),
             created: None,
         };
-        assert!(adopt(&wrong).unwrap_err().contains("not a socket of the kind"));
+        assert!(matches!(adopt(&wrong), Err(FdError::WrongKind { .. })));
         // A failed adoption closes the fd: hand it over as a bare number.
         let file = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
         let raw_file = file.as_raw_fd();
@@ -513,6 +541,6 @@ mod tests {
             name: "x".into(),
             created: None,
         };
-        assert!(adopt(&not_sock).unwrap_err().contains("is not a socket"));
+        assert!(matches!(adopt(&not_sock), Err(FdError::NotSocket { .. })));
     }
 }

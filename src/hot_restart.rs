@@ -41,17 +41,41 @@ pub fn exe_spec(argv0: &OsStr, startup_cwd: &Path) -> String {
     }
 }
 
+/// Why the new image cannot be started; the old one serves on.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("{0} is not a file")]
+    NotAFile(String),
+    #[error("{spec}: {}", crate::files::os_error(.error))]
+    Missing { spec: String, error: std::io::Error },
+    #[error("`{0}` is no longer in PATH")]
+    NotInPath(String),
+    #[error("an argument or variable contains a NUL byte")]
+    Nul,
+    #[error("--directory {}: {why}", .directory.display())]
+    Directory { directory: PathBuf, why: String },
+    #[error("cannot block signals: {0}")]
+    Signals(nix::Error),
+    #[error("cannot change into {}: {error}", .directory.display())]
+    Chdir { directory: PathBuf, error: std::io::Error },
+    #[error("cannot execute {}: {}", .program.display(), crate::files::os_error(.error))]
+    Exec { program: PathBuf, error: std::io::Error },
+}
+
 /// The program to run now for `spec`.
-pub fn resolve_exe(spec: &str) -> Result<PathBuf, String> {
+pub fn resolve_exe(spec: &str) -> Result<PathBuf, ExecError> {
     if spec.contains('/') {
         let path = PathBuf::from(spec);
         match std::fs::metadata(&path) {
             Ok(m) if m.is_file() => Ok(path),
-            Ok(_) => Err(format!("{spec} is not a file")),
-            Err(e) => Err(format!("{spec}: {}", crate::files::os_error(&e))),
+            Ok(_) => Err(ExecError::NotAFile(spec.to_string())),
+            Err(error) => Err(ExecError::Missing {
+                spec: spec.to_string(),
+                error,
+            }),
         }
     } else {
-        which::which(spec).map_err(|_| format!("`{spec}` is no longer in PATH"))
+        which::which(spec).map_err(|_| ExecError::NotInPath(spec.to_string()))
     }
 }
 
@@ -60,8 +84,8 @@ pub fn own_args() -> Vec<OsString> {
     std::env::args_os().skip(1).collect()
 }
 
-fn cstring(bytes: &[u8]) -> Result<CString, String> {
-    CString::new(bytes).map_err(|_| "an argument or variable contains a NUL byte".to_string())
+fn cstring(bytes: &[u8]) -> Result<CString, ExecError> {
+    CString::new(bytes).map_err(|_| ExecError::Nul)
 }
 
 /// Replace this process with a new sup image. Returns only on failure,
@@ -69,17 +93,20 @@ fn cstring(bytes: &[u8]) -> Result<CString, String> {
 pub fn reexec(handoff: &Handoff, fds: &[RawFd], directory: Option<&Path>) -> String {
     match try_reexec(handoff, fds, directory) {
         Ok(never) => match never {},
-        Err(e) => e,
+        Err(e) => e.to_string(),
     }
 }
 
 enum Never {}
 
-fn try_reexec(handoff: &Handoff, fds: &[RawFd], directory: Option<&Path>) -> Result<Never, String> {
+fn try_reexec(handoff: &Handoff, fds: &[RawFd], directory: Option<&Path>) -> Result<Never, ExecError> {
     let exe = resolve_exe(&handoff.exe)?;
     let cwd = match directory {
         Some(d) => Some(
-            crate::command::resolve_directory(Some(d)).map_err(|why| format!("--directory {}: {why}", d.display()))?,
+            crate::command::resolve_directory(Some(d)).map_err(|why| ExecError::Directory {
+                directory: d.to_path_buf(),
+                why: why.to_string(),
+            })?,
         ),
         None => None,
     };
@@ -112,7 +139,7 @@ fn try_reexec(handoff: &Handoff, fds: &[RawFd], directory: Option<&Path>) -> Res
     env_ptrs.push(std::ptr::null());
     let previous_cwd = std::env::current_dir().ok();
 
-    let guard = BlockedSignals::block_handled().map_err(|e| format!("cannot block signals: {e}"))?;
+    let guard = BlockedSignals::block_handled().map_err(ExecError::Signals)?;
     for fd in fds {
         // SAFETY: clearing FD_CLOEXEC on a socket sup owns; the only place
         // besides a worker's child branch where CLOEXEC is cleared.
@@ -123,7 +150,10 @@ fn try_reexec(handoff: &Handoff, fds: &[RawFd], directory: Option<&Path>) -> Res
     {
         restore(fds, None);
         drop(guard);
-        return Err(format!("cannot change into {}: {e}", dir.display()));
+        return Err(ExecError::Chdir {
+            directory: dir.clone(),
+            error: e,
+        });
     }
     // SAFETY: every pointer refers to a NUL-terminated string that lives
     // until this call returns; both arrays end with a null pointer.
@@ -131,11 +161,10 @@ fn try_reexec(handoff: &Handoff, fds: &[RawFd], directory: Option<&Path>) -> Res
     let err = std::io::Error::last_os_error();
     restore(fds, previous_cwd.as_deref());
     drop(guard);
-    Err(format!(
-        "cannot execute {}: {}",
-        exe.display(),
-        crate::files::os_error(&err)
-    ))
+    Err(ExecError::Exec {
+        program: exe,
+        error: err,
+    })
 }
 
 /// Undo the exec preparations after a failed exec.
@@ -162,6 +191,8 @@ mod tests {
         );
         assert_eq!(exe_spec(OsStr::new("/usr/bin/sup"), Path::new("/srv")), "/usr/bin/sup");
         assert!(resolve_exe("sh").is_ok());
-        assert!(resolve_exe("/no/such/sup").unwrap_err().contains("no such file"));
+        let missing = resolve_exe("/no/such/sup").unwrap_err();
+        assert!(matches!(missing, ExecError::Missing { .. }));
+        assert!(missing.to_string().contains("no such file"), "{missing}");
     }
 }

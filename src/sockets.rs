@@ -204,7 +204,7 @@ pub fn adopt_and_bind(specs: &[BindSpec], handed: Vec<HandedSocket>) -> (Vec<Bou
         let result = match handed.iter().position(|h| h.addr == addr) {
             Some(i) => {
                 let h = handed.remove(i);
-                crate::handoff::adopt(&h).map_err(other).and_then(|fd| {
+                crate::handoff::adopt(&h).map_err(std::io::Error::other).and_then(|fd| {
                     let local = local_of(&fd, &spec.addr)?;
                     Ok(BoundSocket {
                         spec: spec.clone(),
@@ -276,7 +276,7 @@ pub fn take_activated(fds: Vec<(RawFd, Option<String>)>) -> Vec<Activated> {
             if kinds {
                 Ok(())
             } else {
-                Err(format!("fd {fd} is not a TCP, UDP or unix socket"))
+                Err(crate::handoff::FdError::Unsupported { fd })
             }
         });
         if let Err(why) = usable {

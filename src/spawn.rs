@@ -140,18 +140,6 @@ impl std::fmt::Display for Stage {
     }
 }
 
-/// [`start`], with the error as the one line the loop hands to the core
-/// (`Event::SpawnFailed` carries text). Goes once the loop takes
-/// [`SpawnError`].
-pub fn spawn(req: &SpawnRequest<'_>, prepared: &Prepared) -> Result<i32, String> {
-    start(req, prepared).map_err(|e| crate::exit::chain(&e))
-}
-
-/// [`start_helper`], with the error as one line (`Event::HelperFailed`).
-pub fn spawn_helper(req: &HelperRequest<'_>) -> Result<i32, String> {
-    start_helper(req).map_err(|e| crate::exit::chain(&e))
-}
-
 /// Start a worker of the prepared command (resolved and checked once for
 /// its generation): the prepared environment plus this worker's own
 /// variables. Returns its pid, or why it could not run.

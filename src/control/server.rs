@@ -104,12 +104,6 @@ pub struct ControlServer {
 }
 
 impl ControlServer {
-    /// [`ControlServer::listen`], with the error as the text the loop's
-    /// `LoopError::Control` carries. Goes once that takes [`ControlError`].
-    pub fn bind(addr: &ControlAddr, base: usize) -> Result<ControlServer, String> {
-        ControlServer::listen(addr, base).map_err(|e| e.to_string())
-    }
-
     /// Bind `addr`. A unix socket gets mode 0600; a stale file is replaced
     /// and a live one is an error, as for `--bind`.
     pub fn listen(addr: &ControlAddr, base: usize) -> Result<ControlServer, ControlError> {
