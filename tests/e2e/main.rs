@@ -1,5 +1,5 @@
 //! End-to-end tests: the real sup binary, the helper worker, real sockets
-//! and real signals. Run with `cargo nextest run --features test-helpers`.
+//! and real signals. Run with `cargo test --features test-helpers`.
 
 #![expect(
     clippy::unwrap_used,
