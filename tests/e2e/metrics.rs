@@ -141,3 +141,80 @@ fn metrics_parse_as_prometheus_text_and_show_the_accept_queue_of_stopped_workers
         assert!(value(&samples, "sup_worker_cpu_seconds_total", &[("pid", &p)]).is_some());
     }
 }
+
+/// One sample's value, read from the text as a scraper sees it.
+fn sample(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn counters_survive_a_reexec_and_an_overlap_hot_restart() {
+    let dir = TestDir::new();
+    let sock = dir.join("c.sock");
+    let control = format!("unix:{}", sock.display());
+    let sup = Sup::serving(
+        &dir,
+        &[
+            "--workers",
+            "2",
+            "--hot-restart",
+            "overlap",
+            "--control",
+            &control,
+            "--",
+            WORKER,
+            "--serve",
+        ],
+    );
+    let ready = |n: usize| {
+        wait_until("workers ready", secs(30), || {
+            let s = stats(&sock);
+            (s.booted_workers == n && !s.restart_busy).then_some(s)
+        })
+    };
+    wait_until("the control socket", secs(10), || sock.exists().then_some(()));
+    let first = ready(2);
+    // One crash, counted.
+    let victim = first.worker_status[0].pid;
+    // SAFETY: a worker of our sup.
+    unsafe { libc::kill(victim, libc::SIGKILL) };
+    wait_until("the crash to be replaced", secs(30), || {
+        let s = stats(&sock);
+        (s.booted_workers == 2 && s.worker_status.iter().all(|w| w.pid != victim)).then_some(())
+    });
+    let metrics = || {
+        let text = raw(&sock, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        text.split_once("\r\n\r\n").unwrap().1.to_string()
+    };
+    let crashed = r#"sup_worker_exits_total{cause="crashed"}"#;
+    assert_eq!(sample(&metrics(), crashed), Some(1.0));
+    let (code, _, stderr) = ctl(&["--control", &control, "reexec", "--wait"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let body = metrics();
+    assert_eq!(sample(&body, crashed), Some(1.0), "after the reexec:\n{body}");
+    assert_eq!(
+        sample(&body, r#"sup_restarts_total{kind="reexec",outcome="completed"}"#),
+        Some(1.0),
+        "{body}"
+    );
+    let (code, _, stderr) = ctl(&["--control", &control, "restart", "--wait"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    ready(2);
+    let body = metrics();
+    assert_eq!(sample(&body, crashed), Some(1.0), "after the hot restart:\n{body}");
+    assert_eq!(
+        sample(&body, r#"sup_restarts_total{kind="reexec",outcome="completed"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&body, r#"sup_restarts_total{kind="hot",outcome="completed"}"#),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(&body, r#"sup_worker_exits_total{cause="stopped"}"#),
+        Some(2.0),
+        "the overlap restart stopped the two adopted workers:\n{body}"
+    );
+}
