@@ -153,7 +153,7 @@ fn counters_survive_a_reexec_and_an_overlap_hot_restart() {
     let dir = TestDir::new();
     let sock = dir.join("c.sock");
     let control = format!("unix:{}", sock.display());
-    let sup = Sup::serving(
+    let _sup = Sup::serving(
         &dir,
         &[
             "--workers",
