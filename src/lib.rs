@@ -23,6 +23,7 @@ pub mod logging;
 pub mod message;
 pub mod notify;
 pub mod own_sockets;
+pub mod procfs;
 pub mod runtime_dir;
 pub mod signals;
 pub mod slots;
