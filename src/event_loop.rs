@@ -32,6 +32,7 @@ use crate::core::{Action, Core, Event};
 use crate::handoff::Handoff;
 use crate::hot_restart;
 use crate::own_sockets::{OwnSocketError, OwnSockets};
+use crate::procfs;
 use crate::signals::{self, SignalEvent};
 use crate::sockets::BoundSocket;
 use crate::spawn::{self, HelperRequest, SpawnRequest};
@@ -498,7 +499,8 @@ impl Shell<'_> {
     fn strays(&self) -> Vec<i32> {
         let helpers: Vec<i32> = self.core.helper_groups().into_iter().map(Pgid::raw).collect();
         let known = |p: i32| self.core.is_worker(p) || helpers.contains(&p);
-        children()
+        procfs::own_children()
+            .unwrap_or_default()
             .into_iter()
             .filter(|&p| !known(p))
             .filter(|&p| !known(nix::unistd::getpgid(Some(Pid::from_raw(p))).map_or(p, Pid::as_raw)))
@@ -629,11 +631,11 @@ impl Shell<'_> {
             Action::SampleMemory => {
                 let leaders: Vec<i32> = self.core.workers().iter().map(|w| w.pid).collect();
                 self.pending.push_back(Event::Memory {
-                    samples: group_pss(&leaders),
+                    samples: procfs::pss_by_group(&leaders).unwrap_or_default(),
                 });
             }
             Action::ProbeStrays => {
-                if children().is_empty() {
+                if procfs::own_children().unwrap_or_default().is_empty() {
                     self.pending.push_back(Event::StraysGone);
                 }
             }
@@ -753,11 +755,8 @@ pub struct Adopted {
 /// its own process group, as every worker sup starts is. sup never signals a
 /// process it did not start.
 fn our_worker(pid: i32) -> Result<(), String> {
-    let stat =
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|_| format!("pid {pid} no longer exists"))?;
-    let mut fields = stat.rsplit(')').next().unwrap_or_default().split_whitespace().skip(1);
-    let ppid: i32 = fields.next().and_then(|f| f.parse().ok()).unwrap_or(0);
-    let pgrp: i32 = fields.next().and_then(|f| f.parse().ok()).unwrap_or(0);
+    let stat = procfs::stat(pid).map_err(|e| e.to_string())?;
+    let (ppid, pgrp) = (stat.ppid, stat.pgrp);
     if ppid != std::process::id() as i32 {
         return Err(format!("pid {pid} is not sup's child (its parent is {ppid})"));
     }
@@ -827,60 +826,6 @@ fn reap_all(pending: &mut VecDeque<Event>) {
     }
 }
 
-/// sup's child processes, zombies included: `/proc/thread-self/children`
-/// (sup has one thread), or a scan of `/proc` where the kernel lacks it.
-fn children() -> Vec<i32> {
-    if let Ok(text) = std::fs::read_to_string("/proc/thread-self/children") {
-        return text.split_whitespace().filter_map(|p| p.parse().ok()).collect();
-    }
-    let me = std::process::id() as i32;
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            // The parent pid is the 2nd field after the `(comm)`, which may hold spaces.
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-                stat.rsplit_once(')')
-                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok())
-                    == Some(me)
-            })
-        })
-        .collect()
-}
-
-/// Each worker's memory: the PSS (`/proc/PID/smaps_rollup`) of every
-/// process in the group it leads, summed: a preloading parent's shared
-/// pages count once across the workers, not once per worker as RSS would.
-/// One pass over `/proc`, whatever the number of workers.
-fn group_pss(leaders: &[i32]) -> Vec<(i32, u64)> {
-    let mut sums: std::collections::HashMap<i32, u64> = leaders.iter().map(|&p| (p, 0)).collect();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    for pid in dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
-        // The process group is the 3rd field after the `(comm)`.
-        let Some(pgrp) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|stat| stat.rsplit_once(')')?.1.split_whitespace().nth(2)?.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Some(sum) = sums.get_mut(&pgrp) else { continue };
-        let pss_kib = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-            .ok()
-            .and_then(|text| {
-                let line = text.lines().find(|l| l.starts_with("Pss:"))?;
-                line.split_whitespace().nth(1)?.parse::<u64>().ok()
-            })
-            .unwrap_or(0);
-        *sum += pss_kib * 1024;
-    }
-    let mut out: Vec<(i32, u64)> = sums.into_iter().filter(|(_, b)| *b > 0).collect();
-    out.sort_unstable();
-    out
-}
-
 /// The inodes of sup's listening sockets.
 fn socket_inodes(sockets: &[BoundSocket]) -> Vec<u64> {
     sockets
@@ -891,28 +836,23 @@ fn socket_inodes(sockets: &[BoundSocket]) -> Vec<u64> {
 
 /// The inode of one of `inodes` that `pid` holds an fd on, if any.
 fn holds_socket(pid: i32, inodes: &[u64]) -> Option<u64> {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
+    procfs::socket_inodes(pid)
         .ok()?
-        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-        .filter_map(|link| {
-            let link = link.to_string_lossy().into_owned();
-            link.strip_prefix("socket:[")?.strip_suffix(']')?.parse::<u64>().ok()
-        })
+        .into_iter()
         .find(|ino| inodes.contains(ino))
 }
 
 /// A process's command line, for the log.
 fn cmdline(pid: i32) -> String {
-    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let text: Vec<String> = raw
-        .split(|&b| b == 0)
+    let args: Vec<String> = procfs::cmdline(pid)
+        .unwrap_or_default()
+        .into_iter()
         .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect();
-    if text.is_empty() {
+    if args.is_empty() {
         "?".to_string()
     } else {
-        text.join(" ")
+        args.join(" ")
     }
 }
 

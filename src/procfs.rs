@@ -164,7 +164,9 @@ fn parse_pss_kib(text: &str) -> Result<u64, ParseError> {
 }
 
 /// The summed PSS, in bytes, of every process in each of `groups` (process
-/// group ids), in one pass over `/proc` whatever the number of groups. A
+/// group ids), in one pass over `/proc` whatever the number of groups: a
+/// preloading parent's shared pages count once across the workers, not once
+/// per worker as RSS would. A
 /// group of which no PSS could be read (it has gone, or it is unreadable)
 /// is left out; the rest come sorted by group id.
 pub fn pss_by_group(groups: &[i32]) -> Result<Vec<(i32, u64)>, Error> {
