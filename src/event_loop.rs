@@ -20,6 +20,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use signal_hook_mio::v1_0::Signals;
 
+use crate::children::{self, NotAdoptable};
 use crate::command;
 use crate::config::{self, Config, Credentials};
 use crate::control::http::{self, Parsed};
@@ -183,7 +184,7 @@ impl EventLoop {
             sup_pid: std::process::id() as i32,
             exit: None,
             exec_due: None,
-            strays_seen: std::collections::HashSet::new(),
+            strays_seen: children::Seen::default(),
             strays_check_at: None,
             reap_due: false,
             prepared: None,
@@ -232,7 +233,7 @@ struct Shell<'a> {
     /// are handed over.
     exec_due: Option<(u64, bool)>,
     /// Strays already logged (see [`Shell::note_strays`]).
-    strays_seen: std::collections::HashSet<i32>,
+    strays_seen: children::Seen,
     /// When to look for strays, after a reap.
     strays_check_at: Option<Instant>,
     /// A SIGCHLD read between events: reap after the next poll.
@@ -493,18 +494,15 @@ impl Shell<'_> {
         }
     }
 
-    /// sup's children in no worker's or helper's group (workers and helpers
-    /// lead their own groups, which sup stops as groups). Most children are
-    /// workers: a lookup each; only the rest cost a getpgid.
+    /// sup's children in no worker's or helper's group (see
+    /// [`children::strays`]).
     fn strays(&self) -> Vec<i32> {
         let helpers: Vec<i32> = self.core.helper_groups().into_iter().map(Pgid::raw).collect();
-        let known = |p: i32| self.core.is_worker(p) || helpers.contains(&p);
-        procfs::own_children()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|&p| !known(p))
-            .filter(|&p| !known(nix::unistd::getpgid(Some(Pid::from_raw(p))).map_or(p, Pid::as_raw)))
-            .collect()
+        children::strays(
+            procfs::own_children().unwrap_or_default(),
+            |p| self.core.is_worker(p) || helpers.contains(&p),
+            |p| nix::unistd::getpgid(Some(Pid::from_raw(p))).ok().map(Pid::as_raw),
+        )
     }
 
     /// sup's children that are in no worker's or helper's group: processes
@@ -515,23 +513,20 @@ impl Shell<'_> {
     /// answers); they are stopped with sup. One read of the child list.
     fn note_strays(&mut self) {
         let now = self.strays();
-        self.strays_seen.retain(|p| now.contains(p));
         let listening = socket_inodes(self.ctx.sockets);
-        for pid in now {
-            if self.strays_seen.insert(pid) {
-                match holds_socket(pid, &listening) {
-                    Some(ino) => log::warn!(
-                        "pid {pid} ({}) escaped a worker's or the hook's process group and was left to sup; it holds \
-                         one of sup's listening sockets (inode {ino}), so that port keeps accepting connections it \
-                         may never answer; it is stopped with sup",
-                        cmdline(pid)
-                    ),
-                    None => log::info!(
-                        "pid {pid} ({}) escaped a worker's or the hook's process group and was left to sup; it is \
-                         stopped with sup",
-                        cmdline(pid)
-                    ),
-                }
+        for pid in self.strays_seen.fresh(&now) {
+            match holds_socket(pid, &listening) {
+                Some(ino) => log::warn!(
+                    "pid {pid} ({}) escaped a worker's or the hook's process group and was left to sup; it holds \
+                     one of sup's listening sockets (inode {ino}), so that port keeps accepting connections it \
+                     may never answer; it is stopped with sup",
+                    cmdline(pid)
+                ),
+                None => log::info!(
+                    "pid {pid} ({}) escaped a worker's or the hook's process group and was left to sup; it is \
+                     stopped with sup",
+                    cmdline(pid)
+                ),
             }
         }
     }
@@ -750,20 +745,10 @@ pub struct Adopted {
     pub lingering: Vec<crate::handoff::HandedLingering>,
 }
 
-/// Whether `pid` is a worker this sup may take over: still its child (a
-/// zombie too: it is reaped, with its status, once adopted) and the leader of
-/// its own process group, as every worker sup starts is. sup never signals a
-/// process it did not start.
-fn our_worker(pid: i32) -> Result<(), String> {
-    let stat = procfs::stat(pid).map_err(|e| e.to_string())?;
-    let (ppid, pgrp) = (stat.ppid, stat.pgrp);
-    if ppid != std::process::id() as i32 {
-        return Err(format!("pid {pid} is not sup's child (its parent is {ppid})"));
-    }
-    if pgrp != pid {
-        return Err(format!("pid {pid} does not lead its own process group"));
-    }
-    Ok(())
+/// Whether `pid` is a worker this sup may take over (see
+/// [`children::adoptable`]).
+fn our_worker(pid: i32) -> Result<(), NotAdoptable> {
+    children::adoptable(&procfs::stat(pid)?, std::process::id() as i32)
 }
 
 fn helper_event(result: Result<i32, String>) -> Event {

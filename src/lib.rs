@@ -6,6 +6,7 @@
 //! [`sockets`]. [`run`] wires them together for `main`.
 
 pub mod bind;
+pub mod children;
 pub mod cli;
 pub mod command;
 pub mod config;
