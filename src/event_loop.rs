@@ -187,7 +187,7 @@ impl EventLoop {
             strays_seen: children::Seen::default(),
             strays_check_at: None,
             reap_due: false,
-            prepared: None,
+            prepared: command::PreparedCache::default(),
         };
         for action in first {
             shell.execute(action);
@@ -238,10 +238,8 @@ struct Shell<'a> {
     strays_check_at: Option<Instant>,
     /// A SIGCHLD read between events: reap after the next poll.
     reap_due: bool,
-    /// What the workers of one generation run, resolved and checked at its
-    /// first spawn into a release directory (a failed preparation is not
-    /// kept: the next attempt, after the backoff, looks again).
-    prepared: Option<(u64, command::Prepared)>,
+    /// What the workers of the generation being spawned run.
+    prepared: command::PreparedCache,
 }
 
 /// How long after a reap sup looks for processes left to it.
@@ -548,20 +546,18 @@ impl Shell<'_> {
                     einhorn_socket: self.einhorn_socket.as_deref(),
                     watchdog: config.watchdog,
                 };
-                // The release directory is looked up at every spawn (a
-                // `current` symlink re-pointed since is followed); the rest
-                // is reused while the generation and the release are the same.
+                // The release directory is looked up at every spawn; the
+                // rest is reused while the generation and the release are
+                // the same.
                 let release = command::resolve_directory(config.directory.as_deref());
-                let prepared = match (self.prepared.take(), release) {
-                    (Some((g, p)), Ok(dir)) if g == generation && p.cwd == dir => Ok(p),
-                    _ => command::prepare(&config.recipe(&config::run_as(self.credentials)))
-                        .map_err(|errors| errors.join("; ")),
-                };
-                let outcome = prepared.and_then(|p| {
-                    let pid = spawn::spawn(&req, &p);
-                    self.prepared = Some((generation, p));
-                    pid
-                });
+                let credentials = self.credentials;
+                let outcome = self
+                    .prepared
+                    .get(generation, release, || {
+                        command::prepare(&config.recipe(&config::run_as(credentials)))
+                            .map_err(|errors| errors.join("; "))
+                    })
+                    .and_then(|p| spawn::spawn(&req, p));
                 self.pending.push_back(match outcome {
                     Ok(pid) => Event::Spawned { slot, generation, pid },
                     Err(reason) => Event::SpawnFailed {
