@@ -222,6 +222,35 @@ pub struct Prepared {
     pub argv: Vec<OsString>,
 }
 
+/// The [`Prepared`] command of the generation being spawned, kept between
+/// its spawns so that [`prepare`] runs once per generation, not once per
+/// worker. A failed preparation is not kept: the next attempt, after the
+/// backoff, looks again.
+#[derive(Debug, Default)]
+pub struct PreparedCache {
+    kept: Option<(u64, Prepared)>,
+}
+
+impl PreparedCache {
+    /// What a worker of `generation` runs: the kept preparation if it is
+    /// `generation`'s and `release` (the directory as resolved for this
+    /// spawn, so that a `current` symlink re-pointed since is followed) is
+    /// still its directory; otherwise `prepare()` afresh, which also reports
+    /// a directory that no longer resolves.
+    pub fn get<E>(
+        &mut self,
+        generation: u64,
+        release: Option<PathBuf>,
+        prepare: impl FnOnce() -> Result<Prepared, E>,
+    ) -> Result<&Prepared, E> {
+        let prepared = match (self.kept.take(), release) {
+            (Some((g, p)), Some(dir)) if g == generation && p.cwd == dir => p,
+            _ => prepare()?,
+        };
+        Ok(&self.kept.insert((generation, prepared)).1)
+    }
+}
+
 /// What [`prepare`] needs from the configuration.
 pub struct Recipe<'a> {
     pub directory: Option<&'a Path>,
@@ -614,5 +643,50 @@ mod tests {
         let e = resolve_directory(Some(Path::new("/no/such/release"))).unwrap_err();
         assert_eq!(e.to_string(), "does not resolve: no such file or directory");
         assert!(matches!(e, DirectoryError::Unresolved(_)));
+    }
+
+    #[test]
+    fn a_generation_is_prepared_once_per_release() {
+        let prepared = |cwd: &str| Prepared {
+            cwd: PathBuf::from(cwd),
+            env: Vec::new(),
+            program: PathBuf::from("/bin/true"),
+            argv: Vec::new(),
+        };
+        let calls = std::cell::Cell::new(0);
+        let fresh = |cwd: &'static str| {
+            let calls = &calls;
+            move || {
+                calls.set(calls.get() + 1);
+                Ok::<_, String>(prepared(cwd))
+            }
+        };
+        let mut cache = PreparedCache::default();
+        let r1 = || Some(PathBuf::from("/srv/r1"));
+        assert_eq!(cache.get(1, r1(), fresh("/srv/r1")).unwrap().cwd, Path::new("/srv/r1"));
+        cache.get(1, r1(), fresh("/srv/r1")).unwrap();
+        assert_eq!(calls.get(), 1, "same generation, same release: kept");
+        cache.get(2, r1(), fresh("/srv/r1")).unwrap();
+        assert_eq!(calls.get(), 2, "a new generation is prepared");
+        let r2 = cache.get(2, Some(PathBuf::from("/srv/r2")), fresh("/srv/r2")).unwrap();
+        assert_eq!(
+            (calls.get(), r2.cwd.as_path()),
+            (3, Path::new("/srv/r2")),
+            "re-pointed release"
+        );
+        cache.get(2, None, fresh("/srv/r2")).unwrap();
+        assert_eq!(
+            calls.get(),
+            4,
+            "a release that does not resolve is prepared (and reported) again"
+        );
+        assert_eq!(
+            cache
+                .get(2, r1(), || Err::<Prepared, _>("no such program"))
+                .unwrap_err(),
+            "no such program"
+        );
+        cache.get(2, r1(), fresh("/srv/r1")).unwrap();
+        assert_eq!(calls.get(), 5, "a failed preparation is not kept");
     }
 }

@@ -20,6 +20,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use signal_hook_mio::v1_0::Signals;
 
+use crate::children::{self, NotAdoptable};
 use crate::command;
 use crate::config::{self, Config, Credentials};
 use crate::control::http::{self, Parsed};
@@ -32,6 +33,7 @@ use crate::core::{Action, Core, Event};
 use crate::handoff::Handoff;
 use crate::hot_restart;
 use crate::own_sockets::{OwnSocketError, OwnSockets};
+use crate::procfs;
 use crate::signals::{self, SignalEvent};
 use crate::sockets::BoundSocket;
 use crate::spawn::{self, HelperRequest, SpawnRequest};
@@ -170,10 +172,10 @@ impl EventLoop {
             sup_pid: std::process::id() as i32,
             exit: None,
             exec_due: None,
-            strays_seen: std::collections::HashSet::new(),
+            strays_seen: children::Seen::default(),
             strays_check_at: None,
             reap_due: false,
-            prepared: None,
+            prepared: command::PreparedCache::default(),
         };
         for action in first {
             shell.execute(action);
@@ -219,15 +221,13 @@ struct Shell<'a> {
     /// are handed over.
     exec_due: Option<(u64, bool)>,
     /// Strays already logged (see [`Shell::note_strays`]).
-    strays_seen: std::collections::HashSet<i32>,
+    strays_seen: children::Seen,
     /// When to look for strays, after a reap.
     strays_check_at: Option<Instant>,
     /// A SIGCHLD read between events: reap after the next poll.
     reap_due: bool,
-    /// What the workers of one generation run, resolved and checked at its
-    /// first spawn into a release directory (a failed preparation is not
-    /// kept: the next attempt, after the backoff, looks again).
-    prepared: Option<(u64, command::Prepared)>,
+    /// What the workers of the generation being spawned run.
+    prepared: command::PreparedCache,
 }
 
 /// How long after a reap sup looks for processes left to it.
@@ -480,16 +480,15 @@ impl Shell<'_> {
         }
     }
 
-    /// sup's children in no worker's or helper's group (workers and helpers
-    /// lead their own groups, which sup stops as groups). Most children are
-    /// workers: a lookup each; only the rest cost a getpgid.
+    /// sup's children in no worker's or helper's group (the core says which).
     fn strays(&self) -> Vec<i32> {
-        let children = children().into_iter().map(|p| {
-            let group = nix::unistd::getpgid(Some(Pid::from_raw(p))).ok();
-            (crate::pid::Pid::from_raw(p), group.map(|g| Pgid::from_raw(g.as_raw())))
-        });
+        let children = procfs::own_children().unwrap_or_default();
+        let group_of = |p: crate::pid::Pid| {
+            let group = nix::unistd::getpgid(Some(Pid::from_raw(p.raw()))).ok();
+            group.map(|g| Pgid::from_raw(g.as_raw()))
+        };
         self.core
-            .strays(children)
+            .strays(children.into_iter().map(crate::pid::Pid::from_raw), group_of)
             .into_iter()
             .map(crate::pid::Pid::raw)
             .collect()
@@ -503,23 +502,20 @@ impl Shell<'_> {
     /// answers); they are stopped with sup. One read of the child list.
     fn note_strays(&mut self) {
         let now = self.strays();
-        self.strays_seen.retain(|p| now.contains(p));
         let listening = socket_inodes(self.ctx.sockets);
-        for pid in now {
-            if self.strays_seen.insert(pid) {
-                match holds_socket(pid, &listening) {
-                    Some(ino) => log::warn!(
-                        "pid {pid} ({}) escaped a worker's or the hook's process group and was left to sup; it holds \
-                         one of sup's listening sockets (inode {ino}), so that port keeps accepting connections it \
-                         may never answer; it is stopped with sup",
-                        cmdline(pid)
-                    ),
-                    None => log::info!(
-                        "pid {pid} ({}) escaped a worker's or the hook's process group and was left to sup; it is \
-                         stopped with sup",
-                        cmdline(pid)
-                    ),
-                }
+        for pid in self.strays_seen.fresh(&now) {
+            match holds_socket(pid, &listening) {
+                Some(ino) => log::warn!(
+                    "pid {pid} ({}) escaped a worker's or the hook's process group and was left to sup; it holds \
+                     one of sup's listening sockets (inode {ino}), so that port keeps accepting connections it \
+                     may never answer; it is stopped with sup",
+                    cmdline(pid)
+                ),
+                None => log::info!(
+                    "pid {pid} ({}) escaped a worker's or the hook's process group and was left to sup; it is \
+                     stopped with sup",
+                    cmdline(pid)
+                ),
             }
         }
     }
@@ -541,20 +537,18 @@ impl Shell<'_> {
                     einhorn_socket: self.einhorn_socket.as_deref(),
                     watchdog: config.watchdog,
                 };
-                // The release directory is looked up at every spawn (a
-                // `current` symlink re-pointed since is followed); the rest
-                // is reused while the generation and the release are the same.
+                // The release directory is looked up at every spawn; the
+                // rest is reused while the generation and the release are
+                // the same.
                 let release = command::resolve_directory(config.directory.as_deref());
-                let prepared = match (self.prepared.take(), release) {
-                    (Some((g, p)), Ok(dir)) if g == generation && p.cwd == dir => Ok(p),
-                    _ => command::prepare(&config.recipe(&config::run_as(self.credentials)))
-                        .map_err(|errors| errors.join("; ")),
-                };
-                let outcome = prepared.and_then(|p| {
-                    let pid = spawn::start(&req, &p).map_err(|e| crate::exit::chain(&e));
-                    self.prepared = Some((generation, p));
-                    pid
-                });
+                let credentials = self.credentials;
+                let outcome = self
+                    .prepared
+                    .get(generation, release.ok(), || {
+                        command::prepare(&config.recipe(&config::run_as(credentials)))
+                            .map_err(|errors| errors.join("; "))
+                    })
+                    .and_then(|p| spawn::start(&req, p).map_err(|e| crate::exit::chain(&e)));
                 self.pending.push_back(match outcome {
                     Ok(pid) => Event::Spawned {
                         slot,
@@ -622,14 +616,15 @@ impl Shell<'_> {
             }
             Action::SampleMemory => {
                 let leaders: Vec<i32> = self.core.workers().iter().map(|w| w.pid.raw()).collect();
-                let samples = group_pss(&leaders)
+                let samples = procfs::pss_by_group(&leaders)
+                    .unwrap_or_default()
                     .into_iter()
                     .map(|(pid, bytes)| (crate::pid::Pid::from_raw(pid), bytes))
                     .collect();
                 self.pending.push_back(Event::Memory { samples });
             }
             Action::ProbeStrays => {
-                if children().is_empty() {
+                if procfs::own_children().unwrap_or_default().is_empty() {
                     self.pending.push_back(Event::StraysGone);
                 }
             }
@@ -704,24 +699,10 @@ pub struct Context<'a> {
     pub resume: Option<crate::core::Snapshot>,
 }
 
-/// Whether `pid` is a worker this sup may take over: still its child (a
-/// zombie too: it is reaped, with its status, once adopted) and the leader of
-/// its own process group, as every worker sup starts is. sup never signals a
-/// process it did not start.
-fn our_worker(pid: crate::pid::Pid) -> Result<(), String> {
-    let pid = pid.raw();
-    let stat =
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|_| format!("pid {pid} no longer exists"))?;
-    let mut fields = stat.rsplit(')').next().unwrap_or_default().split_whitespace().skip(1);
-    let ppid: i32 = fields.next().and_then(|f| f.parse().ok()).unwrap_or(0);
-    let pgrp: i32 = fields.next().and_then(|f| f.parse().ok()).unwrap_or(0);
-    if ppid != std::process::id() as i32 {
-        return Err(format!("pid {pid} is not sup's child (its parent is {ppid})"));
-    }
-    if pgrp != pid {
-        return Err(format!("pid {pid} does not lead its own process group"));
-    }
-    Ok(())
+/// Whether `pid` is a worker this sup may take over (see
+/// [`children::adoptable`]).
+fn our_worker(pid: crate::pid::Pid) -> Result<(), NotAdoptable> {
+    children::adoptable(&procfs::stat(pid.raw())?, std::process::id() as i32)
 }
 
 fn helper_event<E: std::error::Error>(result: Result<i32, E>) -> Event {
@@ -798,60 +779,6 @@ fn reap_all(pending: &mut VecDeque<Event>) {
     }
 }
 
-/// sup's child processes, zombies included: `/proc/thread-self/children`
-/// (sup has one thread), or a scan of `/proc` where the kernel lacks it.
-fn children() -> Vec<i32> {
-    if let Ok(text) = std::fs::read_to_string("/proc/thread-self/children") {
-        return text.split_whitespace().filter_map(|p| p.parse().ok()).collect();
-    }
-    let me = std::process::id() as i32;
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            // The parent pid is the 2nd field after the `(comm)`, which may hold spaces.
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-                stat.rsplit_once(')')
-                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok())
-                    == Some(me)
-            })
-        })
-        .collect()
-}
-
-/// Each worker's memory: the PSS (`/proc/PID/smaps_rollup`) of every
-/// process in the group it leads, summed: a preloading parent's shared
-/// pages count once across the workers, not once per worker as RSS would.
-/// One pass over `/proc`, whatever the number of workers.
-fn group_pss(leaders: &[i32]) -> Vec<(i32, u64)> {
-    let mut sums: std::collections::HashMap<i32, u64> = leaders.iter().map(|&p| (p, 0)).collect();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    for pid in dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
-        // The process group is the 3rd field after the `(comm)`.
-        let Some(pgrp) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|stat| stat.rsplit_once(')')?.1.split_whitespace().nth(2)?.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Some(sum) = sums.get_mut(&pgrp) else { continue };
-        let pss_kib = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-            .ok()
-            .and_then(|text| {
-                let line = text.lines().find(|l| l.starts_with("Pss:"))?;
-                line.split_whitespace().nth(1)?.parse::<u64>().ok()
-            })
-            .unwrap_or(0);
-        *sum += pss_kib * 1024;
-    }
-    let mut out: Vec<(i32, u64)> = sums.into_iter().filter(|(_, b)| *b > 0).collect();
-    out.sort_unstable();
-    out
-}
-
 /// The inodes of sup's listening sockets.
 fn socket_inodes(sockets: &[BoundSocket]) -> Vec<u64> {
     sockets
@@ -862,28 +789,23 @@ fn socket_inodes(sockets: &[BoundSocket]) -> Vec<u64> {
 
 /// The inode of one of `inodes` that `pid` holds an fd on, if any.
 fn holds_socket(pid: i32, inodes: &[u64]) -> Option<u64> {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
+    procfs::socket_inodes(pid)
         .ok()?
-        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-        .filter_map(|link| {
-            let link = link.to_string_lossy().into_owned();
-            link.strip_prefix("socket:[")?.strip_suffix(']')?.parse::<u64>().ok()
-        })
+        .into_iter()
         .find(|ino| inodes.contains(ino))
 }
 
 /// A process's command line, for the log.
 fn cmdline(pid: i32) -> String {
-    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let text: Vec<String> = raw
-        .split(|&b| b == 0)
+    let args: Vec<String> = procfs::cmdline(pid)
+        .unwrap_or_default()
+        .into_iter()
         .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect();
-    if text.is_empty() {
+    if args.is_empty() {
         "?".to_string()
     } else {
-        text.join(" ")
+        args.join(" ")
     }
 }
 

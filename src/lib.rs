@@ -6,6 +6,7 @@
 //! [`sockets`]. [`run`] wires them together for `main`.
 
 pub mod bind;
+pub mod children;
 pub mod cli;
 pub mod command;
 pub mod config;
@@ -24,6 +25,7 @@ pub mod message;
 pub mod notify;
 pub mod own_sockets;
 pub mod pid;
+pub mod procfs;
 pub mod runtime_dir;
 pub mod signals;
 pub mod slots;

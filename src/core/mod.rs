@@ -198,16 +198,18 @@ impl Core {
             .collect()
     }
 
-    /// Which of sup's children are strays (in no worker's or helper's
-    /// group), given each child's pid and process group: processes that
-    /// escaped a worker's or the hook's group and were left to sup.
-    pub fn strays(&self, children: impl IntoIterator<Item = (Pid, Option<Pgid>)>) -> Vec<Pid> {
+    /// Which of sup's `children` are strays: in no worker's or helper's
+    /// group (workers and helpers lead their own groups, which sup stops as
+    /// groups), so they escaped one and were left to sup, a subreaper.
+    /// `group_of` reads a child's process group (if it can: if not, the
+    /// child is judged by its pid alone); most children are workers, a
+    /// lookup each, and only the rest cost a `group_of`.
+    pub fn strays(&self, children: impl IntoIterator<Item = Pid>, group_of: impl Fn(Pid) -> Option<Pgid>) -> Vec<Pid> {
         let helpers = self.helper_groups();
         let known = |p: Pid| self.is_worker(p) || helpers.contains(&Pgid::led_by(p));
         children
             .into_iter()
-            .filter(|&(p, group)| !known(p) && !known(group.map_or(p, Pgid::leader)))
-            .map(|(p, _)| p)
+            .filter(|&p| !known(p) && !known(group_of(p).map_or(p, Pgid::leader)))
             .collect()
     }
 

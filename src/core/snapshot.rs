@@ -306,12 +306,12 @@ impl Core {
     /// signalled, and so is a worker of a generation from the future. A
     /// restart that was at its exec carries on: stop mode boots the new
     /// generation, overlap rolls the adopted workers, reexec is complete.
-    pub fn restore(
+    pub fn restore<E: std::fmt::Display>(
         settings: Settings,
         snap: Snapshot,
         now: Instant,
         wall_ms: u64,
-        ours: impl Fn(Pid) -> Result<(), String>,
+        ours: impl Fn(Pid) -> Result<(), E>,
     ) -> (Core, Vec<Action>) {
         let mut out = Vec::new();
         let gap = Duration::from_millis(wall_ms.saturating_sub(snap.taken_ms)).min(MAX_GAP);
@@ -434,12 +434,12 @@ impl Core {
     /// Take the old image's workers as this core's own, in the slot table's
     /// `order` (the serving one, then its replacement). Workers in slots the
     /// configuration no longer has are stopped.
-    fn adopt<K: Ord>(
+    fn adopt<K: Ord, E: std::fmt::Display>(
         &mut self,
         workers: Vec<Worker>,
         order: impl Fn(&Worker) -> K,
         now: Instant,
-        ours: &impl Fn(Pid) -> Result<(), String>,
+        ours: &impl Fn(Pid) -> Result<(), E>,
         out: &mut Vec<Action>,
     ) {
         let generation = self.generation;

@@ -11,6 +11,11 @@ fn p(pid: i32) -> Pid {
     Pid::from_raw(pid)
 }
 
+/// A new image that may adopt every pid it is handed.
+fn anyone(_: Pid) -> Result<(), String> {
+    Ok(())
+}
+
 /// The wall clock the tests' snapshots are taken and restored at.
 const WALL: u64 = 1_700_000_000_000;
 
@@ -99,7 +104,7 @@ impl Harness {
     /// the shell does before `Started`; its spawns get pids 200, 201, …
     fn restored(settings: Settings, snap: Snapshot, ms: u64) -> (Harness, Vec<Action>) {
         let mut h = Harness::before_start(settings.clone());
-        let (core, actions) = Core::restore(settings, snap, h.at(ms), WALL, |_| Ok(()));
+        let (core, actions) = Core::restore(settings, snap, h.at(ms), WALL, anyone);
         h.core = core;
         h.next_pid = 200;
         (h, actions)

@@ -98,7 +98,7 @@ fn random_run(seed: u64, steps: usize, recycling: bool) {
         // at its exec, which the new image carries on).
         if step % 7 == 0 && !core.exec_due() {
             let snap = core.snapshot(now, WALL);
-            let (back, _) = Core::restore(st.clone(), snap.clone(), now, WALL, |_| Ok(()));
+            let (back, _) = Core::restore(st.clone(), snap.clone(), now, WALL, anyone);
             assert_eq!(back.snapshot(now, WALL), snap, "seed {seed}, step {step}");
             if let Err(e) = back.check_invariants() {
                 panic!("seed {seed}, step {step}, restored: {e}");

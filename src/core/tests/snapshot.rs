@@ -15,7 +15,7 @@ fn a_core_rebuilt_from_its_snapshot_is_the_same_in_every_restart_phase() {
         if h.core.exec_due() {
             continue;
         }
-        let (back, _) = Core::restore(h.core.settings.clone(), snap.clone(), now, WALL, |_| Ok(()));
+        let (back, _) = Core::restore(h.core.settings.clone(), snap.clone(), now, WALL, anyone);
         assert_eq!(back.snapshot(now, WALL), snap, "{state:?}");
         assert_eq!(back.restart_record(), h.core.restart_record(), "{state:?}");
         assert_eq!(
@@ -101,7 +101,7 @@ fn every_slot_state_and_the_time_left_cross() {
     let snap = core.snapshot(now, WALL);
     // Restored 250 ms later on the wall clock, at another instant.
     let later = now + Duration::from_secs(7);
-    let (back, _) = Core::restore(st, snap.clone(), later, WALL + 250, |_| Ok(()));
+    let (back, _) = Core::restore(st, snap.clone(), later, WALL + 250, anyone);
     back.check_invariants().unwrap();
     let base = later - Duration::from_millis(250);
     let by_pid = |c: &Core| {

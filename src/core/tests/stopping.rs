@@ -210,3 +210,22 @@ fn an_unexpected_exit_kills_the_rest_of_the_group_now() {
     assert_eq!(h.killed_groups, [100]);
     assert_eq!(h.pids(), [101]);
 }
+
+#[test]
+fn a_stray_is_a_child_in_no_worker_s_or_helper_s_group() {
+    let mut h = ready_harness(2, |_| {});
+    h.send(Event::Intent(Intent::Hot), 1_000);
+    h.send(Event::HelperSpawned { pid: p(900) }, 1_001);
+    // Workers 100 and 101, the preflight 900; 150 is in worker 100's group,
+    // 901 in the helper's; 40 left its group; 50's group is unreadable.
+    let group_of = |pid: Pid| match pid.raw() {
+        150 => Some(Pgid::from_raw(100)),
+        901 => Some(Pgid::from_raw(900)),
+        40 => Some(Pgid::from_raw(40)),
+        _ => None,
+    };
+    let children = [100, 150, 101, 900, 901, 40, 50].map(p);
+    assert_eq!(h.core.strays(children, group_of), [p(40), p(50)]);
+    let no_lookup = |_| panic!("a worker needs no lookup");
+    assert_eq!(h.core.strays([p(100), p(101)], no_lookup), []);
+}
