@@ -15,7 +15,7 @@ const AFTER_HELP: &str = "\
 Signals (to sup's pid or --pidfile):
   USR1        rolling restart: each worker's replacement starts and is ready before the old one stops
   USR2        hot restart: old workers stop, sup re-executes itself in place (same pid), new workers start
-  TERM, INT   graceful stop: stop signal to every worker, KILL after --graceful-timeout; a second INT stops at once
+  TERM, INT   graceful stop: after --stop-delay, drain the accept queues, then the stop signal to every worker, KILL after --graceful-timeout; a second INT stops at once
   QUIT        immediate stop: KILL to every worker's process group
   TTIN, TTOU  one worker more / fewer (never below 1)
   HUP         reopen --log-file
@@ -94,6 +94,16 @@ pub struct Cli {
     /// Durations read as 500ms, 30s, 2m or 1h; a bare number is seconds.
     #[arg(long, value_name = "DURATION", env = "SUP_GRACEFUL_TIMEOUT")]
     pub graceful_timeout: Option<String>,
+
+    /// At a stop, report not ready for DURATION while still serving [default: 0s]
+    ///
+    /// TERM, INT, `sup ctl stop`: GET /health answers 503 at once and the workers keep
+    /// serving for DURATION, so a load balancer or a Kubernetes readiness probe takes sup out
+    /// of rotation first. Then new connections are kept out (TCP SYNs are dropped, which
+    /// clients retry; a unix socket's path is removed), the workers take what is already
+    /// queued, and only then get the stop signal.
+    #[arg(long, value_name = "DURATION", env = "SUP_STOP_DELAY")]
+    pub stop_delay: Option<String>,
 
     /// Write sup's pid to FILE (removed when sup stops)
     ///
@@ -313,6 +323,9 @@ pub struct CtlArgs {
 pub enum CtlCommand {
     /// Workers, binds and the last restart, as a table
     Status,
+    /// Whether sup serves: exit 0 when every worker slot is ready, 1 when not (starting,
+    /// stopping); GET /health, which needs no token
+    Health,
     /// The raw /stats JSON
     Stats,
     /// Hot restart (like SIGUSR2)

@@ -55,6 +55,8 @@ pub struct Config {
     pub directory: Option<PathBuf>,
     pub stop_signal: Signal,
     pub graceful_timeout: Duration,
+    /// `--stop-delay`: at a stop, how long sup reports not ready while serving.
+    pub stop_delay: Duration,
     pub pidfile: Option<PathBuf>,
     pub user: Option<String>,
     pub group: Option<String>,
@@ -210,6 +212,7 @@ impl Config {
             }),
         };
         let boot_timeout = duration("boot-timeout", cli.boot_timeout.as_deref(), Duration::from_secs(60));
+        let stop_delay = duration("stop-delay", cli.stop_delay.as_deref(), Duration::ZERO);
         let hook_timeout = duration("hook-timeout", cli.hook_timeout.as_deref(), Duration::from_secs(60));
         let watchdog = cli
             .watchdog
@@ -307,6 +310,7 @@ impl Config {
             env_file: cli.env_file,
             ready,
             boot_timeout,
+            stop_delay,
             watchdog,
             max_surge,
             max_memory,
@@ -388,6 +392,7 @@ impl Config {
             workers: self.workers,
             stop_signal: self.stop_signal,
             graceful_timeout: self.graceful_timeout,
+            stop_delay: self.stop_delay,
             ready_delay: match self.ready {
                 Readiness::Notify => None,
                 Readiness::Delay(d) => Some(d),
@@ -461,6 +466,7 @@ fn merge_file(cli: &mut Cli, file: FileConfig) {
     fill(&mut cli.directory, file.directory);
     fill(&mut cli.stop_signal, file.stop_signal);
     fill(&mut cli.graceful_timeout, file.graceful_timeout);
+    fill(&mut cli.stop_delay, file.stop_delay);
     fill(&mut cli.pidfile, file.pidfile);
     fill(&mut cli.user, file.user);
     fill(&mut cli.group, file.group);

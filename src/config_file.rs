@@ -29,6 +29,7 @@ pub struct FileConfig {
     pub directory: Option<PathBuf>,
     pub stop_signal: Option<String>,
     pub graceful_timeout: Option<String>,
+    pub stop_delay: Option<String>,
     pub pidfile: Option<PathBuf>,
     pub user: Option<String>,
     pub group: Option<String>,

@@ -35,7 +35,7 @@ use crate::hot_restart;
 use crate::own_sockets::{OwnSocketError, OwnSockets};
 use crate::procfs;
 use crate::signals::{self, SignalEvent};
-use crate::sockets::BoundSocket;
+use crate::sockets::{BoundSocket, KeptOut};
 use crate::spawn::{self, HelperRequest, SpawnRequest};
 use crate::upward::Notifier;
 use crate::worker::{ExitStatus, Pgid};
@@ -85,6 +85,7 @@ impl EventLoop {
         config: &Config,
         credentials: Option<&Credentials>,
         handoff: Option<&Handoff>,
+        stored_control: Option<crate::sockets::Activated>,
     ) -> Result<EventLoop, LoopError> {
         let poll = Poll::new().map_err(LoopError::Setup)?;
         let mut signals = Signals::new(signals::HANDLED.map(|s| s as i32)).map_err(LoopError::Setup)?;
@@ -103,12 +104,18 @@ impl EventLoop {
         }
         // After a hot restart the control listener is the one handed over,
         // if the configuration still names it: no gap for `sup ctl`.
-        let handed = handoff.and_then(|h| h.control.as_ref());
+        // Or, under systemd, the one its fd store kept across a restart.
+        let stored = config
+            .control
+            .as_ref()
+            .zip(stored_control)
+            .and_then(|(addr, a)| crate::control::server::from_store(a.fd, addr));
+        let handed = handoff.and_then(|h| h.control.as_ref()).or(stored.as_ref());
         let control = match &config.control {
             Some(addr) => {
                 let adopted = match handed {
                     Some(h) if h.configured == addr.to_string() => ControlServer::adopt(h, CONTROL_CONN)
-                        .inspect_err(|why| log::error!("hot restart: not adopting the control socket: {why}"))
+                        .inspect_err(|why| log::error!("not adopting the control socket: {why}"))
                         .ok(),
                     Some(h) => {
                         crate::control::server::discard(h);
@@ -158,6 +165,11 @@ impl EventLoop {
         };
         let notify_socket = self.own.notify.name.to_string();
         log::info!("notify socket for workers: {notify_socket}");
+        let fd_store = self.upward.as_ref().filter(|_| crate::upward::fd_store_in_use());
+        if let Some(n) = fd_store {
+            hand_to_fd_store(n, &ctx, self.control.as_ref());
+        }
+        let fd_store = fd_store.is_some();
         let mut shell = Shell {
             einhorn_socket: self.own.einhorn.as_ref().map(|e| e.name.to_string()),
             notify_socket,
@@ -174,6 +186,7 @@ impl EventLoop {
             exec_due: None,
             strays_seen: children::Seen::default(),
             strays_check_at: None,
+            fd_store,
             reap_due: false,
             prepared: command::PreparedCache::default(),
         };
@@ -181,7 +194,9 @@ impl EventLoop {
             shell.execute(action);
         }
         let status = shell.run();
-        if let Some(c) = &shell.res.control {
+        if let Some(c) = &shell.res.control
+            && !shell.fd_store
+        {
             c.remove_file();
         }
         status
@@ -224,6 +239,8 @@ struct Shell<'a> {
     strays_seen: children::Seen,
     /// When to look for strays, after a reap.
     strays_check_at: Option<Instant>,
+    /// The listeners are in systemd's fd store (they outlive this sup).
+    fd_store: bool,
     /// A SIGCHLD read between events: reap after the next poll.
     reap_due: bool,
     /// What the workers of the generation being spawned run.
@@ -366,6 +383,7 @@ impl Shell<'_> {
             Some(Parsed::Request(req)) => req,
         };
         match control::route(&req, self.config.control_token.as_deref()) {
+            Route::Health => server.respond(slot, health_response(&self.core)),
             Route::Stats => {
                 let body = stats::build(
                     &self.core,
@@ -414,6 +432,7 @@ impl Shell<'_> {
                 http::response(409, &answer.to_json(), &[])
             };
             match control::route(req, token) {
+                Route::Health => health_response(core),
                 Route::Stats => {
                     let body = stats::build(core, sockets, usage, started, Instant::now());
                     http::response(200, &serde_json::to_string(&body).unwrap_or_default(), &[])
@@ -614,6 +633,39 @@ impl Shell<'_> {
                     }
                 }
             }
+            Action::CloseListeners => {
+                for socket in self.ctx.sockets {
+                    match socket.keep_out_new(self.fd_store) {
+                        Ok(KeptOut::Filtered) => log::info!(
+                            "{}: new connections are dropped (clients retry); the queued ones stay",
+                            socket.local
+                        ),
+                        Ok(KeptOut::Unlinked(path)) => {
+                            log::info!(
+                                "{}: removed {} so that nobody new connects",
+                                socket.local,
+                                path.display()
+                            );
+                        }
+                        Ok(KeptOut::Untouched) => {}
+                        Err(e) => log::warn!(
+                            "{}: cannot keep new connections out ({}); they may be reset when sup exits",
+                            socket.local,
+                            crate::files::os_error(&e)
+                        ),
+                    }
+                }
+            }
+            Action::ProbeQueues => {
+                let connections = self
+                    .ctx
+                    .sockets
+                    .iter()
+                    .filter_map(BoundSocket::accept_queue)
+                    .map(|(queued, _)| queued)
+                    .sum();
+                self.pending.push_back(Event::Queued { connections });
+            }
             Action::SampleMemory => {
                 let leaders: Vec<i32> = self.core.workers().iter().map(|w| w.pid.raw()).collect();
                 let samples = procfs::pss_by_group(&leaders)
@@ -671,6 +723,48 @@ impl Shell<'_> {
     }
 }
 
+/// `GET /health`: the core's word, 200 or 503, with what it counted.
+fn health_response(core: &Core) -> Vec<u8> {
+    let health = core.health();
+    let status = if health.serving() { 200 } else { 503 };
+    http::response(status, &serde_json::to_string(&health).unwrap_or_default(), &[])
+}
+
+/// Under systemd: hand every listener (by its bind's name) and the control
+/// socket to the fd store, so that a `systemctl restart` or a crash of sup
+/// refuses nothing; names passed back that nothing took are removed from it.
+fn hand_to_fd_store(n: &Notifier, ctx: &Context<'_>, control: Option<&ControlServer>) {
+    for name in &ctx.unstore {
+        match n.unstore(name) {
+            Ok(()) => log::info!("fd store: removed `{name}`, which no bind takes any more"),
+            Err(e) => log::warn!("fd store: cannot remove `{name}`: {}", crate::files::os_error(&e)),
+        }
+    }
+    let mut stored = Vec::new();
+    let control = control.map(|c| (crate::upward::CONTROL_FDNAME, c.raw_fd()));
+    for (name, fd) in ctx
+        .sockets
+        .iter()
+        .map(|s| (s.spec.name.as_str(), s.raw_fd()))
+        .chain(control)
+    {
+        match n.store(name, fd) {
+            Ok(()) => stored.push(name),
+            Err(e) => log::warn!(
+                "fd store: cannot hand `{name}` to the service manager: {}",
+                crate::files::os_error(&e)
+            ),
+        }
+    }
+    if !stored.is_empty() {
+        log::info!(
+            "fd store: handed {} to the service manager, which keeps them across a restart (FileDescriptorStoreMax= must allow {})",
+            stored.join(", "),
+            stored.len()
+        );
+    }
+}
+
 /// HUP: reopen `--log-file` onto sup's stdout and stderr (for logrotate).
 /// Workers started from now on inherit the new file.
 fn reopen_log(path: Option<&Path>) {
@@ -697,6 +791,8 @@ pub struct Context<'a> {
     pub origin: &'a Path,
     /// After a hot restart: the old image's core, to carry on from.
     pub resume: Option<crate::core::Snapshot>,
+    /// Names systemd passed back that no bind took: out of its fd store.
+    pub unstore: Vec<String>,
 }
 
 /// Whether `pid` is a worker this sup may take over (see

@@ -175,12 +175,22 @@ fn start() -> Result<u8, StartupError> {
         Some(path) => Some(PidFile::claim(path)?),
         None => None,
     };
+    // What systemd passed: sockets of a .socket unit, or sup's own from its
+    // fd store (a restart, a crash): the control socket goes to the control
+    // server, the rest to the binds.
+    let mut activated = sockets::take_activated(activation);
+    let stored_control = activated
+        .iter()
+        .position(|a| a.name.as_deref() == Some(upward::CONTROL_FDNAME))
+        .map(|i| activated.remove(i));
     // Handlers first: a TERM during startup must not kill sup with its
     // sockets half made.
-    let event_loop = event_loop::EventLoop::new(&config, credentials.as_ref(), handoff.as_ref())?;
+    let event_loop = event_loop::EventLoop::new(&config, credentials.as_ref(), handoff.as_ref(), stored_control)?;
     // Handlers are in place: whatever arrived blocked across a hot
     // restart's exec is delivered now, into the loop.
     signals::unblock_handled().map_err(StartupError::Unblock)?;
+    // Names systemd passed that no bind took: out of its fd store.
+    let mut unstore = Vec::new();
     let sockets = match &handoff {
         // After a hot restart a bind that cannot be made is a runtime error:
         // the sockets that were handed over keep serving.
@@ -191,7 +201,11 @@ fn start() -> Result<u8, StartupError> {
             }
             sockets
         }
-        None if !activation.is_empty() => sockets::adopt_activated(&config.binds, sockets::take_activated(activation))?,
+        None if !activated.is_empty() => {
+            let (sockets, not_taken) = sockets::adopt_activated(&config.binds, activated)?;
+            unstore = not_taken;
+            sockets
+        }
         None => sockets::bind_all(&config.binds)?,
     };
     for (i, s) in sockets.iter().enumerate() {
@@ -233,6 +247,7 @@ fn start() -> Result<u8, StartupError> {
         h.core
     });
     let ctx = event_loop::Context {
+        unstore,
         sockets: &sockets,
         devnull: &devnull,
         exe: &exe,
@@ -247,7 +262,11 @@ fn start() -> Result<u8, StartupError> {
             EXIT_RUNTIME
         }
     };
-    sockets::remove_files(&sockets);
+    // Under systemd, the listeners live on in its fd store for the next
+    // sup: their files stay with them (a stale one is replaced at start).
+    if !upward::fd_store_in_use() {
+        sockets::remove_files(&sockets);
+    }
     log::info!("sup stopped");
     Ok(status)
 }

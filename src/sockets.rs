@@ -77,6 +77,83 @@ impl BoundSocket {
     }
 }
 
+/// What [`BoundSocket::keep_out_new`] did to a listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeptOut {
+    /// A socket filter drops every new SYN (clients retry them).
+    Filtered,
+    /// The unix socket's path was removed (new clients find nothing there).
+    Unlinked(PathBuf),
+    /// Nothing could be done for this one: UDP, a unix socket whose path
+    /// sup did not create or must keep (the fd store hands it on).
+    Untouched,
+}
+
+impl BoundSocket {
+    /// Keep new connections out of this listener's queue, leaving what is
+    /// queued for the workers. TCP: a socket filter that drops every packet
+    /// the listener sees — the SYNs of new connections (clients retry them
+    /// for a while) and the last ACK of a handshake still under way; the
+    /// connections already in the queue have sockets of their own, which
+    /// the filter does not reach. Unprivileged: a socket's owner may filter
+    /// it. A unix socket: its path is removed, unless `keep_paths` (its fd
+    /// outlives sup in systemd's fd store, and the next sup needs the path).
+    pub fn keep_out_new(&self, keep_paths: bool) -> std::io::Result<KeptOut> {
+        match &self.local {
+            LocalAddr::Tcp(_) => {
+                drop_all_packets(self.fd.as_raw_fd())?;
+                Ok(KeptOut::Filtered)
+            }
+            LocalAddr::Unix(path) if !keep_paths && self.created.is_some() => {
+                remove_created(self.created.as_ref());
+                Ok(KeptOut::Unlinked(path.clone()))
+            }
+            LocalAddr::Unix(_) | LocalAddr::Udp(_) => Ok(KeptOut::Untouched),
+        }
+    }
+}
+
+/// Attach a classic BPF socket filter that accepts nothing (`ret #0`).
+fn drop_all_packets(fd: RawFd) -> std::io::Result<()> {
+    let mut code = [libc::sock_filter {
+        code: (libc::BPF_RET | libc::BPF_K) as u16,
+        jt: 0,
+        jf: 0,
+        k: 0,
+    }];
+    let prog = libc::sock_fprog {
+        len: 1,
+        filter: code.as_mut_ptr(),
+    };
+    // SAFETY: `prog` points at one valid instruction that lives across the
+    // call (the kernel copies it); `fd` is a socket sup owns.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&raw const prog).cast::<libc::c_void>(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Remove a socket filter a previous sup left on an inherited listener (it
+/// drained before it stopped, and systemd's fd store kept the socket): the
+/// listener takes connections again. A socket with no filter is left as is.
+pub fn let_in_new(fd: RawFd) {
+    // SAFETY: SO_DETACH_FILTER takes no value; `fd` is an open socket.
+    let r = unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_DETACH_FILTER, std::ptr::null(), 0) };
+    if r == 0 {
+        log::info!("fd {fd}: removed the filter a previous sup left to drain it; taking connections again");
+    }
+}
+
 fn tcp_accept_queue(fd: RawFd) -> Option<(u32, u32)> {
     // SAFETY: tcp_info is plain old data; all-zero is a valid value.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
@@ -284,6 +361,7 @@ pub fn take_activated(fds: Vec<(RawFd, Option<String>)>) -> Vec<Activated> {
             crate::handoff::close(fd);
             continue;
         }
+        let_in_new(fd);
         // SAFETY: systemd handed this fd to sup and nothing else owns it.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let _ = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
@@ -307,10 +385,17 @@ fn activated_addr(fd: &OwnedFd) -> Result<BindAddr, std::io::Error> {
     })
 }
 
-/// Socket activation: each `--bind` takes the activated socket with the
-/// same address or the same name; the rest are bound as usual. With no
-/// `--bind`, every activated socket is passed on, in order, with its name.
-pub fn adopt_activated(specs: &[BindSpec], activated: Vec<Activated>) -> Result<Vec<BoundSocket>, SocketError> {
+/// Socket activation, and sockets back from systemd's fd store: each
+/// `--bind` takes the passed socket with the same address, or else with its
+/// name if that socket is of the same kind and port (or unix path) — one
+/// whose name matches but whose address does not is not taken, with a line
+/// saying why; the rest are bound as usual. With no `--bind`, every passed
+/// socket is passed on, in order, with its name. Also returns the names of
+/// the passed sockets no bind took (closed here), for the fd store.
+pub fn adopt_activated(
+    specs: &[BindSpec],
+    activated: Vec<Activated>,
+) -> Result<(Vec<BoundSocket>, Vec<String>), SocketError> {
     let mut pool: Vec<(Activated, BindAddr)> = Vec::new();
     for a in activated {
         match activated_addr(&a.fd) {
@@ -342,9 +427,27 @@ pub fn adopt_activated(specs: &[BindSpec], activated: Vec<Activated>) -> Result<
                 created: None,
             });
         }
-        return Ok(bound);
+        return Ok((bound, Vec::new()));
     }
+    let mut not_taken = Vec::new();
     for spec in specs {
+        let named = pool
+            .iter()
+            .position(|(a, _)| a.name.as_deref() == Some(spec.name.as_str()));
+        if let Some(i) = named
+            && pool[i].1 != spec.addr
+            && !same_place(&pool[i].1, &spec.addr)
+        {
+            let (a, addr) = pool.remove(i);
+            log::error!(
+                "the socket systemd passed as `{}` listens on {addr}, but the configuration binds `{}` to {}: \
+                 not taken; binding the configured address",
+                spec.name,
+                spec.name,
+                spec.addr
+            );
+            not_taken.extend(a.name);
+        }
         let found = pool.iter().position(|(_, addr)| *addr == spec.addr).or_else(|| {
             pool.iter()
                 .position(|(a, _)| a.name.as_deref() == Some(spec.name.as_str()))
@@ -376,10 +479,24 @@ pub fn adopt_activated(specs: &[BindSpec], activated: Vec<Activated>) -> Result<
             },
         }
     }
-    for (_, addr) in pool {
+    for (a, addr) in pool {
         log::warn!("socket activation: {addr} matches no --bind; closed");
+        not_taken.extend(a.name);
     }
-    Ok(bound)
+    Ok((bound, not_taken))
+}
+
+/// Whether a passed socket at `passed` can serve a bind to `configured`:
+/// the same kind, and the same port (any host: `0.0.0.0` and `[::]` are
+/// both "every address") or a configured port 0; the same unix path.
+fn same_place(passed: &BindAddr, configured: &BindAddr) -> bool {
+    match (passed, configured) {
+        (BindAddr::Tcp(a), BindAddr::Tcp(b)) | (BindAddr::Udp(a), BindAddr::Udp(b)) => {
+            b.port() == 0 || a.port() == b.port()
+        }
+        (BindAddr::Unix(a), BindAddr::Unix(b)) => std::path::absolute(a).ok() == std::path::absolute(b).ok(),
+        _ => false,
+    }
 }
 
 /// Bind every spec, in order. On failure, whatever was bound is released

@@ -89,8 +89,11 @@ fn sup_page() -> String {
         ("USR2", "Hot restart."),
         (
             "TERM, INT",
-            "Graceful stop: the stop signal to every worker, SIGKILL to a worker's process group when \
-             --graceful-timeout runs out; exit 0. A second INT stops at once.",
+            "Graceful stop, drained: GET /health answers 503 at once and the workers serve on for \
+             --stop-delay; then new connections are kept out (TCP SYNs dropped, which clients retry; a unix \
+             socket's path removed) and the workers take what is already queued; then the stop signal to every \
+             worker, SIGKILL to a worker's process group when --graceful-timeout runs out; exit 0. A second INT \
+             stops at once.",
         ),
         (
             "QUIT",
@@ -106,6 +109,14 @@ fn sup_page() -> String {
         &mut r,
         "Workers receive the stop signal (--stop-signal, TERM by default) to their pid, and SIGKILL to their \
          process group after --graceful-timeout. They start with default signal dispositions and an empty mask.",
+    );
+    section(&mut r, "SYSTEMD");
+    para(
+        &mut r,
+        "With NOTIFY_SOCKET set, sup tells systemd READY=1, RELOADING=1, STOPPING=1 and STATUS=, and hands every \
+         listening socket (FDNAME= its bind's name) and the control socket (FDNAME=sup-control) to the unit's fd \
+         store (FileDescriptorStoreMax=). A sup started with them in LISTEN_FDS/LISTEN_FDNAMES takes each by name, \
+         when its address still fits the bind: a systemctl restart or a crash of sup refuses no connection.",
     );
     section(&mut r, "ENVIRONMENT");
     para(
@@ -161,7 +172,7 @@ fn sup_page() -> String {
     item(
         &mut r,
         "--control unix:PATH",
-        "The control socket, mode 0600; removed on stop.",
+        "The control socket, mode 0600; removed on stop (kept under systemd, whose fd store keeps the socket).",
     );
     item(
         &mut r,
@@ -298,6 +309,7 @@ fn the_man_page_names_every_long_flag_of_the_help() {
     for title in [
         "SIGNALS",
         "ENVIRONMENT",
+        "SYSTEMD",
         "FILES",
         "EXIT STATUS",
         "EXAMPLES",

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use super::ControlAddr;
 use nix::sys::signal::Signal;
 
-use super::protocol::{Answer, Command, RestartOutcome, STATS_PATH, Stats, WorkerPhase};
+use super::protocol::{Answer, Command, HEALTH_PATH, RestartOutcome, STATS_PATH, Stats, WorkerPhase};
 use crate::cli::{CtlArgs, CtlCommand};
 use crate::signals::SignalEvent;
 
@@ -84,6 +84,8 @@ fn target(args: &CtlArgs) -> Result<Target, Failure> {
 enum Ask {
     /// Shown as a table (`status`) or as the raw JSON (`stats`).
     Stats { raw: bool },
+    /// `GET /health`: the exit status says whether sup serves.
+    Health,
     /// `count` is the argument of `workers` (0 for the others).
     Send { command: Command, count: usize },
 }
@@ -95,6 +97,7 @@ impl Ask {
         let send = |command| Ask::Send { command, count: 0 };
         match *command {
             CtlCommand::Status => Ask::Stats { raw: false },
+            CtlCommand::Health => Ask::Health,
             CtlCommand::Stats => Ask::Stats { raw: true },
             CtlCommand::Restart => send(Command::Restart),
             CtlCommand::PhasedRestart => send(Command::PhasedRestart),
@@ -138,6 +141,7 @@ fn execute(args: &CtlArgs) -> Result<u8, Failure> {
     let token = t.token.as_deref();
     let (method, path) = match ask {
         Ask::Stats { .. } => ("GET", STATS_PATH.to_string()),
+        Ask::Health => ("GET", HEALTH_PATH.to_string()),
         Ask::Send { command, count } => ("POST", command.target(count)),
     };
     if args.wait && !matches!(ask, Ask::Send { command, .. } if starts_restart(command)) {
@@ -145,6 +149,21 @@ fn execute(args: &CtlArgs) -> Result<u8, Failure> {
     }
     let timeout = crate::config::parse_duration(&args.timeout).map_err(|e| usage(format!("--timeout: {e}")))?;
     let (status, body) = request(control, token, method, &path).map_err(|e| runtime(format!("{control}: {e}")))?;
+    if ask == Ask::Health {
+        let health: crate::core::Health = serde_json::from_str(&body).map_err(|e| {
+            runtime(format!(
+                "{control} answered {status} to /health with something sup ctl cannot read: {e}"
+            ))
+        })?;
+        let word = serde_json::to_string(&health.status).unwrap_or_default();
+        out(&format!(
+            "sup: {} ({}/{} ready)",
+            word.trim_matches('"').replace('_', " "),
+            health.ready,
+            health.target
+        ));
+        return Ok(if health.serving() { 0 } else { crate::exit::EXIT_RUNTIME });
+    }
     if let Ask::Stats { raw } = ask {
         let stats = parse_stats(status, &body).map_err(|e| runtime(format!("{control}: {e}")))?;
         if raw {
@@ -335,7 +354,7 @@ fn print_status(s: &Stats) {
 fn by_signal(args: &CtlArgs, ask: Ask, pidfile: Option<&Path>) -> Result<u8, Failure> {
     let signal = match ask {
         Ask::Send { command, count } => signal_for(command, count),
-        Ask::Stats { .. } => None,
+        Ask::Stats { .. } | Ask::Health => None,
     };
     let Some(signal) = signal else {
         return Err(usage(
@@ -436,6 +455,7 @@ mod tests {
         for (name, sub) in every_subcommand() {
             match Ask::of(&sub) {
                 Ask::Stats { .. } => assert!(name == "status" || name == "stats", "{name}"),
+                Ask::Health => assert_eq!(name, "health"),
                 Ask::Send { command, count } => {
                     assert_eq!(Command::from_path(command.path()), Some(command));
                     // `sup ctl NAME` posts to `/NAME`.
@@ -465,12 +485,13 @@ mod tests {
         let by_name: Vec<(String, Option<Signal>, bool)> = every_subcommand()
             .into_iter()
             .map(|(name, sub)| match Ask::of(&sub) {
-                Ask::Stats { .. } => (name, None, false),
+                Ask::Stats { .. } | Ask::Health => (name, None, false),
                 Ask::Send { command, count } => (name, signal_for(command, count), starts_restart(command)),
             })
             .collect();
         let expected = [
             ("status", None, false),
+            ("health", None, false),
             ("stats", None, false),
             ("restart", Some(Signal::SIGUSR2), true),
             ("phased-restart", Some(Signal::SIGUSR1), true),

@@ -121,6 +121,7 @@ pub fn typed_response(status: u16, content_type: &str, body: &str, extra_headers
         409 => "Conflict",
         413 => "Content Too Large",
         431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
         _ => "Error",
     };
     let mut out = format!(

@@ -21,6 +21,8 @@ use http::Request;
 /// here; whether sup can do it now is the core's decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
+    /// `GET /health`, answered without the token.
+    Health,
     Stats,
     /// `GET /metrics`: Prometheus text.
     Metrics,
@@ -37,6 +39,13 @@ pub enum Route {
 /// Decide what `req` means. The token (when one is configured) is checked
 /// first, in constant time.
 pub fn route(req: &Request, token: Option<&str>) -> Route {
+    // Read-only and meant for load balancers and probes, which hold no token.
+    if req.path.trim_end_matches('/') == protocol::HEALTH_PATH {
+        return match req.method.as_str() {
+            "GET" | "HEAD" => Route::Health,
+            _ => Route::WrongMethod { allow: "GET" },
+        };
+    }
     if let Some(token) = token {
         let given = req
             .authorization
@@ -125,6 +134,16 @@ mod tests {
             Route::WrongMethod { allow: "GET" }
         ));
         assert!(matches!(route(&req("GET", "/nope", None), None), Route::Refuse(404, _)));
+    }
+
+    #[test]
+    fn health_needs_no_token_and_is_read_only() {
+        assert_eq!(route(&req("GET", "/health", None), Some("s3cret")), Route::Health);
+        assert_eq!(route(&req("GET", "/health/", None), None), Route::Health);
+        assert!(matches!(
+            route(&req("POST", "/health", None), Some("s3cret")),
+            Route::WrongMethod { allow: "GET" }
+        ));
     }
 
     #[test]

@@ -18,6 +18,9 @@ use crate::core::{Intent, Reply, RestartKind};
 pub const STATS_PATH: &str = "/stats";
 /// `GET /metrics`: Prometheus text.
 pub const METRICS_PATH: &str = "/metrics";
+/// `GET /health`: 200 when every slot serves, 503 otherwise (starting,
+/// stopping); read-only, so it needs no token (a load balancer's probe).
+pub const HEALTH_PATH: &str = "/health";
 
 /// A command, named by its endpoint (`POST /phased-restart` is `phased_restart`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -321,6 +321,14 @@ impl ControlServer {
     }
 
     /// Remove the unix socket file, if it is still the one sup created.
+    /// The listener's fd (for systemd's fd store).
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        match &self.listener {
+            Listener::Unix(l) => l.as_raw_fd(),
+            Listener::Tcp(l) => l.as_raw_fd(),
+        }
+    }
+
     pub fn remove_file(&self) {
         crate::sockets::remove_created(self.created.as_ref());
     }
@@ -381,6 +389,51 @@ impl ControlServer {
             base,
         })
     }
+}
+
+/// The control socket systemd's fd store kept across a restart, as if it had
+/// been handed over, if it still is what `configured` names: a unix socket
+/// whose path still leads to it, or a TCP socket on the configured port.
+/// Otherwise it is closed (and a new one is bound).
+pub fn from_store(fd: OwnedFd, configured: &ControlAddr) -> Option<HandedControl> {
+    use std::os::fd::IntoRawFd;
+    let created = match configured {
+        ControlAddr::Unix(path) => {
+            let path = std::path::absolute(path).ok()?;
+            let on_disk = std::fs::metadata(&path).ok();
+            let ours = nix::sys::stat::fstat(&fd).ok();
+            match (on_disk, ours) {
+                (Some(m), Some(st)) if m.ino() == st.st_ino && m.dev() == st.st_dev => {
+                    Some((path, st.st_dev, st.st_ino))
+                }
+                _ => {
+                    log::warn!(
+                        "the control socket systemd kept is no longer at {}: binding a new one",
+                        path.display()
+                    );
+                    return None;
+                }
+            }
+        }
+        ControlAddr::Tcp(want) => {
+            let local: Option<nix::sys::socket::SockaddrStorage> = nix::sys::socket::getsockname(fd.as_raw_fd()).ok();
+            let port = local.as_ref().and_then(|a| {
+                a.as_sockaddr_in()
+                    .map(|v4| v4.port())
+                    .or_else(|| a.as_sockaddr_in6().map(|v6| v6.port()))
+            });
+            if want.port() != 0 && port != Some(want.port()) {
+                log::warn!("the control socket systemd kept is not on {want}: binding a new one");
+                return None;
+            }
+            None
+        }
+    };
+    Some(HandedControl {
+        fd: fd.into_raw_fd(),
+        configured: configured.to_string(),
+        created,
+    })
 }
 
 /// Close a handed control listener the new configuration does not use, and

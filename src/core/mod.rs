@@ -56,6 +56,7 @@ use log::Level;
 pub use counters::{Counters, ExitCause, Key, KillReason, RecycleReason};
 pub use restart::{Ended, Outcome, RestartKind, RestartRecord};
 pub use snapshot::Snapshot;
+pub use stop::{Health, HealthStatus};
 pub use vocab::{Action, Event, Intent, Reply, RestartRef, Settings, Upward};
 
 use crate::message::{Message, Sender};
@@ -365,6 +366,7 @@ impl Core {
                 }
             }
             Event::GroupEmpty { pgid } => self.on_group_empty(pgid, &mut out),
+            Event::Queued { connections } => self.on_queued(connections, now, &mut out),
             Event::Memory { samples } => {
                 self.recycling
                     .on_memory(&samples, &self.index, &mut self.workers, &self.settings)

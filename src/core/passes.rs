@@ -32,6 +32,7 @@ impl Core {
         self.recycle(now, out);
         self.check_rollout_done(now, out);
         self.check_drained(out);
+        self.check_queue_drain(now, out);
         self.check_done(out);
         self.start_pending(now, out);
         self.arm_linger_probe(now);
@@ -166,6 +167,15 @@ impl Core {
                 generation: self.generation,
                 adopt: false,
             });
+        }
+    }
+
+    /// While the accept queues drain, a sup left with no live worker (they
+    /// crashed) has nobody to drain them: the stop goes on.
+    fn check_queue_drain(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let draining = matches!(self.stopping.map(|s| s.drain), Some(super::stop::Drain::Queue { .. }));
+        if draining && self.live_workers() == 0 {
+            self.stop_workers(now, out);
         }
     }
 

@@ -16,6 +16,9 @@ use crate::worker::{ExitStatus, Lingering, SlotState, Worker, WorkerState};
 /// How often a lingering group is probed (see `linger`).
 pub(super) const LINGER_PROBE: Duration = Duration::from_secs(1);
 
+/// How often the accept queues are looked at while they drain.
+pub(super) const DRAIN_PROBE: Duration = Duration::from_millis(10);
+
 /// How sup is stopping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Mode {
@@ -26,10 +29,30 @@ pub(super) enum Mode {
     },
 }
 
+/// Where a graceful stop is, before the workers are asked to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Drain {
+    /// `--stop-delay`: sup reports not ready (`GET /health` → 503) and the
+    /// workers keep serving until then, so load balancers stop sending.
+    Delay { until: Instant },
+    /// New connections are kept out; the workers take what is queued.
+    /// `queued`: the last count; the next look at `probe` (none while one
+    /// is out); the workers get the stop signal at `deadline` whatever is left.
+    Queue {
+        deadline: Instant,
+        probe: Option<Instant>,
+        queued: u32,
+    },
+    /// The workers have the stop signal.
+    Workers,
+}
+
 /// At a stop, what is known of sup's other children (strays): like a
 /// systemd unit's control group, nothing of the service outlives it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Strays {
+    /// Not signalled yet: they go with the workers.
+    Later,
     /// They got the stop signal; SIGKILL at `kill_at`.
     Signalled { kill_at: Instant },
     /// They got SIGKILL.
@@ -42,6 +65,7 @@ pub(super) enum Strays {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Stopping {
     pub(super) mode: Mode,
+    pub(super) drain: Drain,
     pub(super) strays: Strays,
     /// The group of the helper (hook, preflight) that was running: SIGKILL
     /// at the deadline, and sup waits for it.
@@ -50,38 +74,152 @@ pub(super) struct Stopping {
     pub(super) strays_probed: bool,
 }
 
+/// What `GET /health` answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthStatus {
+    /// Every slot serves: 200.
+    Serving,
+    /// Starting, or a slot has no ready worker: 503.
+    NotReady,
+    /// sup is stopping (the stop delay, the drain, the workers' stop): 503.
+    Stopping,
+}
+
+/// sup's readiness, for a load balancer or a Kubernetes probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Health {
+    pub status: HealthStatus,
+    /// Slots whose worker is ready, of `target`.
+    pub ready: usize,
+    pub target: usize,
+}
+
+impl Health {
+    pub fn serving(&self) -> bool {
+        self.status == HealthStatus::Serving
+    }
+}
+
 impl Core {
+    /// A graceful stop: after `--stop-delay` (reported as not ready, still
+    /// serving), keep new connections out and let the workers take what the
+    /// kernel has queued; only then the stop signal to every worker.
     pub(super) fn begin_graceful(&mut self, now: Instant, out: &mut Vec<Action>) {
         if self.stopping.is_some() {
             return;
         }
+        let delay = self.settings.stop_delay;
         self.stopping = Some(Stopping {
             mode: Mode::Graceful,
-            strays: Strays::Signalled {
-                kill_at: now + self.settings.graceful_timeout,
-            },
+            drain: Drain::Delay { until: now + delay },
+            strays: Strays::Later,
             helper: None,
             strays_probed: false,
         });
         out.push(Action::Upward(Upward::Stopping));
-        out.push(Action::SignalStrays {
-            signal: self.settings.stop_signal,
-        });
         let follow = self.restart.stop(now, &mut self.counters, out);
         self.follow(follow, now, out);
+        if delay.is_zero() || self.live_workers() == 0 {
+            self.begin_drain_queues(now, out);
+        } else {
+            log(
+                out,
+                Level::Info,
+                format!(
+                    "stopping: reporting not ready (GET /health answers 503) and serving for {delay:?} (--stop-delay), then draining"
+                ),
+            );
+        }
+    }
+
+    /// The stop delay is over: keep new connections out, then wait for the
+    /// accept queues to empty (at most `--graceful-timeout`).
+    pub(super) fn begin_drain_queues(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let graceful = self.settings.graceful_timeout;
+        if self.live_workers() == 0 {
+            self.stop_workers(now, out);
+            return;
+        }
+        let Some(s) = &mut self.stopping else { return };
+        s.drain = Drain::Queue {
+            deadline: now + graceful,
+            probe: None,
+            queued: 0,
+        };
+        out.push(Action::CloseListeners);
+        out.push(Action::ProbeQueues);
         log(
             out,
             Level::Info,
             format!(
-                "stopping: {} worker(s) get the stop signal, {:?} to finish",
-                self.live_workers(),
-                self.settings.graceful_timeout
+                "stopping: no new connections are let in; the workers take what is already queued ({graceful:?} at most)"
+            ),
+        );
+    }
+
+    /// The answer to a look at the accept queues while they drain.
+    pub(super) fn on_queued(&mut self, connections: u32, now: Instant, out: &mut Vec<Action>) {
+        let Some(Stopping {
+            drain: Drain::Queue { probe, queued, .. },
+            ..
+        }) = &mut self.stopping
+        else {
+            return;
+        };
+        if connections == 0 {
+            log(out, Level::Info, "stopping: the accept queues are empty".to_string());
+            self.stop_workers(now, out);
+            return;
+        }
+        *queued = connections;
+        *probe = Some(now + DRAIN_PROBE);
+    }
+
+    /// The workers get the stop signal, and so do the processes left to sup.
+    pub(super) fn stop_workers(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let graceful = self.settings.graceful_timeout;
+        let Some(s) = &mut self.stopping else { return };
+        if s.drain == Drain::Workers {
+            return;
+        }
+        s.drain = Drain::Workers;
+        s.strays = Strays::Signalled {
+            kill_at: now + graceful,
+        };
+        out.push(Action::SignalStrays {
+            signal: self.settings.stop_signal,
+        });
+        log(
+            out,
+            Level::Info,
+            format!(
+                "stopping: {} worker(s) get the stop signal, {graceful:?} to finish",
+                self.live_workers()
             ),
         );
         for i in 0..self.workers.len() {
             if !self.workers[i].is_stopping() {
                 self.stop_worker(i, now, out);
             }
+        }
+    }
+
+    /// Whether sup reports itself ready to a load balancer: every slot
+    /// serves and sup is not stopping.
+    pub fn health(&self) -> Health {
+        let ready = self.ready_slots();
+        let status = if self.stopping.is_some() {
+            HealthStatus::Stopping
+        } else if self.started && ready == self.target {
+            HealthStatus::Serving
+        } else {
+            HealthStatus::NotReady
+        };
+        Health {
+            status,
+            ready,
+            target: self.target,
         }
     }
 
@@ -95,6 +233,7 @@ impl Core {
         };
         let mut stopping = Stopping {
             mode,
+            drain: Drain::Workers,
             strays: before.map_or(Strays::Killed, |b| b.strays),
             helper: before.and_then(|b| b.helper),
             strays_probed: before.is_some_and(|b| b.strays_probed),
@@ -267,7 +406,8 @@ impl Core {
     /// Whether sup may exit: nothing of its own is left, strays included.
     pub(super) fn check_done(&mut self, out: &mut Vec<Action>) {
         let Some(stopping) = &mut self.stopping else { return };
-        if !self.workers.is_empty() || !self.lingering.is_empty() || stopping.helper.is_some() {
+        let drained = stopping.drain == Drain::Workers;
+        if !drained || !self.workers.is_empty() || !self.lingering.is_empty() || stopping.helper.is_some() {
             return;
         }
         // Then sup's other children: asked about once, and again after each
@@ -280,7 +420,7 @@ impl Core {
                 let signal = match stopping.strays {
                     Strays::Signalled { .. } => Some(self.settings.stop_signal),
                     Strays::Killed => Some(Signal::SIGKILL),
-                    Strays::Gone => None,
+                    Strays::Later | Strays::Gone => None,
                 };
                 if let Some(signal) = signal {
                     out.push(Action::SignalStrays { signal });

@@ -19,7 +19,7 @@ use nix::sys::signal::Signal;
 use super::Core;
 use super::counters::KillReason;
 use super::restart::Phase;
-use super::stop::{Mode, Strays};
+use super::stop::{Drain, Mode, Stopping, Strays};
 use super::vocab::{Action, Upward, log};
 use crate::pid::{Pgid, Pid};
 use crate::worker::WorkerState;
@@ -51,6 +51,12 @@ pub enum Timer {
     Preflight,
     /// At a graceful stop, the helper's group gets SIGKILL.
     HelperKill,
+    /// `--stop-delay` is over: the accept queues drain.
+    StopDelay,
+    /// Look at the accept queues again while they drain.
+    DrainProbe,
+    /// The queues did not empty in time: the workers are stopped anyway.
+    DrainEnd,
     /// At a stop, the processes left to sup get SIGKILL.
     Strays,
     /// An immediate stop exits, whatever is left.
@@ -111,6 +117,14 @@ impl Core {
         }
         if let Some(s) = &self.stopping {
             list.extend(s.helper.map(|(_, t)| (t, Timer::HelperKill)));
+            match s.drain {
+                Drain::Delay { until } => list.push((until, Timer::StopDelay)),
+                Drain::Queue { deadline, probe, .. } => {
+                    list.push((deadline, Timer::DrainEnd));
+                    list.extend(probe.map(|t| (t, Timer::DrainProbe)));
+                }
+                Drain::Workers => {}
+            }
             if let Strays::Signalled { kill_at } = s.strays {
                 list.push((kill_at, Timer::Strays));
             }
@@ -260,6 +274,33 @@ impl Core {
                 // Reaped members probe again; one that is gone already: forget it.
                 s.helper = Some((pgid, now + halt));
                 out.push(Action::ProbeGroup { pgid });
+            }
+            Timer::StopDelay => {
+                if matches!(self.stopping.map(|s| s.drain), Some(Drain::Delay { .. })) {
+                    self.begin_drain_queues(now, out);
+                }
+            }
+            Timer::DrainProbe => {
+                if let Some(Stopping {
+                    drain: Drain::Queue { probe, .. },
+                    ..
+                }) = &mut self.stopping
+                {
+                    *probe = None;
+                    out.push(Action::ProbeQueues);
+                }
+            }
+            Timer::DrainEnd => {
+                let Some(Drain::Queue { queued, .. }) = self.stopping.map(|s| s.drain) else {
+                    return;
+                };
+                let t = self.settings.graceful_timeout;
+                log(
+                    out,
+                    Level::Warn,
+                    format!("stopping: {queued} connection(s) still queued after {t:?}; stopping the workers anyway"),
+                );
+                self.stop_workers(now, out);
             }
             Timer::Strays => {
                 let Some(s) = &mut self.stopping else { return };

@@ -76,6 +76,11 @@ pub enum Event {
     },
     /// sup has no child left but its workers and helper ([`Action::ProbeStrays`]).
     StraysGone,
+    /// The answer to [`Action::ProbeQueues`]: connections waiting in the
+    /// listeners' accept queues, all listeners together.
+    Queued {
+        connections: u32,
+    },
     /// The answer to [`Action::SampleMemory`]: (worker pid, bytes).
     Memory {
         samples: Vec<(Pid, u64)>,
@@ -132,6 +137,14 @@ pub enum Action {
     /// Find out whether such strays remain; answer [`Event::StraysGone`]
     /// if none does.
     ProbeStrays,
+    /// Keep new connections out of the listeners' queues (a graceful stop,
+    /// once the stop delay is over): TCP listeners drop new SYNs, which
+    /// clients retry; a unix listener's path is removed. What is queued
+    /// stays, for the workers to take.
+    CloseListeners,
+    /// Count the connections waiting in the listeners' accept queues and
+    /// answer with [`Event::Queued`].
+    ProbeQueues,
     /// Measure every worker's memory (PSS summed over its process group)
     /// and answer with [`Event::Memory`]. Only with `--max-memory`.
     SampleMemory,
@@ -206,6 +219,9 @@ pub struct Settings {
     pub workers: usize,
     pub stop_signal: Signal,
     pub graceful_timeout: Duration,
+    /// `--stop-delay`: at a graceful stop, how long sup reports not ready
+    /// and keeps serving before it drains.
+    pub stop_delay: Duration,
     /// `Some(d)`: ready after `d` up (or READY=1); `None`: only on READY=1.
     pub ready_delay: Option<Duration>,
     pub boot_timeout: Duration,

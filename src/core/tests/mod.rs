@@ -27,6 +27,7 @@ pub(crate) fn settings(workers: usize) -> Settings {
         workers,
         stop_signal: Signal::SIGTERM,
         graceful_timeout: Duration::from_secs(30),
+        stop_delay: Duration::ZERO,
         ready_delay: Some(Duration::from_secs(1)),
         boot_timeout: Duration::from_secs(60),
         watchdog: None,
@@ -67,6 +68,12 @@ struct Harness {
     strays_alive: bool,
     /// What a memory sample finds, by pid.
     memory_of: std::collections::HashMap<i32, u64>,
+    /// The listeners were closed to new connections (a drain).
+    closed: bool,
+    /// What a look at the accept queues finds.
+    queued: u32,
+    /// How many looks at the accept queues there were.
+    queue_probes: usize,
 }
 
 impl Harness {
@@ -140,6 +147,9 @@ impl Harness {
             strays_signalled: vec![],
             strays_alive: false,
             memory_of: std::collections::HashMap::new(),
+            closed: false,
+            queued: 0,
+            queue_probes: 0,
         }
     }
 
@@ -190,6 +200,13 @@ impl Harness {
                     Action::Upward(u) => self.upward.push(u),
                     Action::Exit(code) => self.exit = Some(code),
                     Action::Reply { conn, intent, reply } => self.replies.push((conn, intent, reply)),
+                    Action::CloseListeners => self.closed = true,
+                    Action::ProbeQueues => {
+                        self.queue_probes += 1;
+                        queue.push_back(Event::Queued {
+                            connections: self.queued,
+                        });
+                    }
                     Action::SampleMemory => {
                         let samples = self
                             .core

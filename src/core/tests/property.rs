@@ -45,6 +45,7 @@ fn random_run(seed: u64, steps: usize, recycling: bool) {
     st.max_memory = (recycling || rng.below(3) == 0).then_some(100);
     st.max_age = (recycling || rng.below(3) == 0).then(|| Duration::from_millis(1000 + rng.below(4000) as u64));
     st.recycle_check = Duration::from_millis(200 + rng.below(800) as u64);
+    st.stop_delay = Duration::from_millis([0, 0, 300][rng.below(3)]);
     let mut core = Core::new(st.clone());
     let t0 = Instant::now();
     let mut ms: u64 = 0;
@@ -78,6 +79,9 @@ fn random_run(seed: u64, steps: usize, recycling: bool) {
                         queue.push_back(Event::GroupEmpty { pgid });
                     }
                     Action::ProbeStrays if rng.below(2) == 0 => queue.push_back(Event::StraysGone),
+                    Action::ProbeQueues if rng.below(3) > 0 => queue.push_back(Event::Queued {
+                        connections: if rng.below(3) == 0 { 0 } else { 5 },
+                    }),
                     Action::SampleMemory => {
                         let samples = core
                             .workers()

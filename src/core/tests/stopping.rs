@@ -229,3 +229,94 @@ fn a_stray_is_a_child_in_no_worker_s_or_helper_s_group() {
     let no_lookup = |_| panic!("a worker needs no lookup");
     assert_eq!(h.core.strays([p(100), p(101)], no_lookup), []);
 }
+
+/// TERM with `--stop-delay`: not ready at once (health 503) while the
+/// workers serve on; then the listeners are closed to new connections and
+/// the workers stop only once the accept queues are empty.
+#[test]
+fn a_stop_reports_not_ready_then_drains_the_queues_then_stops_the_workers() {
+    let mut h = ready_harness(2, |s| s.stop_delay = Duration::from_secs(2));
+    assert_eq!(h.core.health().status, HealthStatus::Serving);
+    h.queued = 3;
+    h.send(Event::Intent(Intent::Stop), 1_000);
+    assert_eq!(h.core.health().status, HealthStatus::Stopping, "503 at once");
+    assert!(h.signals.is_empty(), "the workers serve on during the delay");
+    assert!(!h.closed);
+    assert_eq!(h.core.next_deadline(), Some(h.at(3_000)));
+    h.tick_until(2_999);
+    assert!(!h.closed && h.signals.is_empty());
+    h.tick_until(3_000);
+    assert!(h.closed, "new connections are kept out after the delay");
+    assert_eq!(h.queue_probes, 1);
+    assert!(h.signals.is_empty(), "three connections still queued");
+    h.tick_until(3_050);
+    assert!(h.queue_probes >= 5, "looked again every 10 ms: {}", h.queue_probes);
+    assert!(h.signals.is_empty());
+    h.queued = 0;
+    h.tick_until(3_060);
+    assert_eq!(
+        h.signals.iter().filter(|(_, s)| *s == TERM).count(),
+        2,
+        "now the workers stop"
+    );
+    assert!(
+        h.logs.iter().any(|l| l.contains("the accept queues are empty")),
+        "{:?}",
+        h.logs
+    );
+    h.reap_stopping(3_100);
+    assert_eq!(h.exit, Some(0));
+}
+
+#[test]
+fn queues_that_never_empty_hold_the_workers_at_most_the_graceful_timeout() {
+    let mut h = ready_harness(1, |s| s.graceful_timeout = Duration::from_secs(5));
+    h.queued = 9;
+    h.send(Event::Intent(Intent::Stop), 1_000);
+    assert!(h.closed, "no delay: closed at once");
+    h.tick_until(5_999);
+    assert!(h.signals.is_empty());
+    h.tick_until(6_000);
+    assert_eq!(h.signals.iter().filter(|(_, s)| *s == TERM).count(), 1);
+    assert!(
+        h.logs
+            .iter()
+            .any(|l| l.contains("9 connection(s) still queued after 5s")),
+        "{:?}",
+        h.logs
+    );
+}
+
+#[test]
+fn a_second_int_during_the_stop_delay_stops_at_once() {
+    let mut h = ready_harness(2, |s| s.stop_delay = Duration::from_secs(10));
+    h.send(Event::Intent(Intent::Interrupt), 1_000);
+    assert!(h.killed_groups.is_empty());
+    h.send(Event::Intent(Intent::Interrupt), 1_500);
+    assert_eq!(h.killed_groups.len(), 2, "killed at once");
+    h.reap_stopping(1_600);
+    assert_eq!(h.exit, Some(0));
+}
+
+#[test]
+fn health_is_serving_only_when_every_slot_serves() {
+    let mut h = Harness::new(2);
+    let health = h.core.health();
+    assert_eq!(
+        (health.status, health.ready, health.target),
+        (HealthStatus::NotReady, 0, 2)
+    );
+    h.tick_until(1_000);
+    assert_eq!(h.core.health().status, HealthStatus::Serving);
+    h.exit(100, ExitStatus::Code(1), 2_000);
+    assert_eq!(
+        h.core.health().status,
+        HealthStatus::NotReady,
+        "a slot without a ready worker"
+    );
+    h.tick_until(3_100);
+    assert_eq!(h.core.health().status, HealthStatus::Serving);
+    // A rolling restart keeps every slot serving (make-before-break).
+    h.send(Event::Intent(Intent::Rolling), 4_000);
+    assert_eq!(h.core.health().status, HealthStatus::Serving);
+}
