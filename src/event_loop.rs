@@ -62,8 +62,9 @@ pub enum LoopError {
     Setup(#[source] std::io::Error),
     #[error(transparent)]
     OwnSockets(#[from] OwnSocketError),
-    #[error("cannot serve the control API on {0}")]
-    Control(String, #[source] crate::control::server::ControlError),
+    /// The control error's words say it all (they carry the OS's).
+    #[error("cannot serve the control API on {0}: {1}")]
+    Control(String, crate::control::server::ControlError),
     #[error("cannot watch the control API on {0}")]
     ControlPoll(String, #[source] std::io::Error),
     #[error("the event loop failed")]
@@ -555,6 +556,7 @@ impl Shell<'_> {
                     notify_socket: &self.notify_socket,
                     einhorn_socket: self.einhorn_socket.as_deref(),
                     watchdog: config.watchdog,
+                    stop_signal: config.stop_signal as i32,
                 };
                 // The release directory is looked up at every spawn; the
                 // rest is reused while the generation and the release are

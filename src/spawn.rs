@@ -52,6 +52,8 @@ pub struct SpawnRequest<'a> {
     pub einhorn_socket: Option<&'a str>,
     /// `--watchdog`: the worker gets `WATCHDOG_USEC` and `WATCHDOG_PID`.
     pub watchdog: Option<std::time::Duration>,
+    /// `--stop-signal`: what the worker gets if sup dies.
+    pub stop_signal: c_int,
 }
 
 /// A helper process sup runs for itself: the restart hook, the hot
@@ -148,7 +150,7 @@ pub fn start(req: &SpawnRequest<'_>, prepared: &Prepared) -> Result<i32, SpawnEr
     for (k, v) in protocol_env(req, &prepared.cwd) {
         set_var(&mut env, k.into(), v.into());
     }
-    let plan = Plan::new(
+    let mut plan = Plan::new(
         &prepared.argv,
         env,
         &prepared.cwd,
@@ -161,6 +163,10 @@ pub fn start(req: &SpawnRequest<'_>, prepared: &Prepared) -> Result<i32, SpawnEr
             &[LISTEN_PID]
         },
     )?;
+    // A worker gets the stop signal when sup dies: it finishes what it has in
+    // hand (a crash of sup resets no request) and exits; under systemd the
+    // next sup takes the listeners back from the fd store meanwhile.
+    plan.death_signal = req.stop_signal;
     plan.fork_exec(&prepared.program)
 }
 
@@ -279,6 +285,8 @@ struct Plan {
     sources: Vec<RawFd>,
     creds: Option<(libc::uid_t, libc::gid_t, Vec<libc::gid_t>)>,
     devnull: RawFd,
+    /// What the child gets when sup dies (`PR_SET_PDEATHSIG`).
+    death_signal: c_int,
 }
 
 impl Plan {
@@ -321,6 +329,9 @@ impl Plan {
             sources,
             creds: credentials.map(|c| (c.uid, c.gid, c.groups.clone())),
             devnull,
+            // A helper (the hook's shell) gets TERM, which it turns into a
+            // TERM to its whole process group (see `hook_script`).
+            death_signal: libc::SIGTERM,
         })
     }
 
@@ -364,14 +375,7 @@ impl Plan {
             empty_mask,
             // SAFETY: getpid has no preconditions.
             parent: unsafe { libc::getpid() },
-            // A worker dies with sup. A helper (the hook's shell) gets TERM
-            // instead, which it turns into a TERM to its whole process group
-            // (see `hook_script`): its children die with sup too.
-            death_signal: if self.pid_vars.is_empty() {
-                libc::SIGTERM
-            } else {
-                libc::SIGKILL
-            },
+            death_signal: self.death_signal,
         };
 
         let (err_read, err_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(SpawnError::Pipe)?;

@@ -10,7 +10,7 @@
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -399,13 +399,13 @@ pub fn from_store(fd: OwnedFd, configured: &ControlAddr) -> Option<HandedControl
     use std::os::fd::IntoRawFd;
     let created = match configured {
         ControlAddr::Unix(path) => {
+            // The socket is still bound to the configured path, and that path
+            // is still a socket file: the one the previous sup created.
             let path = std::path::absolute(path).ok()?;
-            let on_disk = std::fs::metadata(&path).ok();
-            let ours = nix::sys::stat::fstat(&fd).ok();
-            match (on_disk, ours) {
-                (Some(m), Some(st)) if m.ino() == st.st_ino && m.dev() == st.st_dev => {
-                    Some((path, st.st_dev, st.st_ino))
-                }
+            let bound: Option<nix::sys::socket::UnixAddr> = nix::sys::socket::getsockname(fd.as_raw_fd()).ok();
+            let same_path = bound.as_ref().and_then(|a| a.path()) == Some(path.as_path());
+            match std::fs::symlink_metadata(&path) {
+                Ok(m) if same_path && m.file_type().is_socket() => Some((path, m.dev(), m.ino())),
                 _ => {
                     log::warn!(
                         "the control socket systemd kept is no longer at {}: binding a new one",
