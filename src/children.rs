@@ -9,6 +9,7 @@
 
 use std::collections::HashSet;
 
+use crate::pid::{Pgid, Pid};
 use crate::procfs::{self, Stat};
 
 /// Why a handed-over pid is not adopted as a worker.
@@ -17,23 +18,23 @@ pub enum NotAdoptable {
     #[error(transparent)]
     Unreadable(#[from] procfs::Error),
     #[error("pid {pid} is not sup's child (its parent is {ppid})")]
-    NotOurChild { pid: i32, ppid: i32 },
+    NotOurChild { pid: Pid, ppid: Pid },
     #[error("pid {pid} does not lead its own process group")]
-    NotGroupLeader { pid: i32 },
+    NotGroupLeader { pid: Pid },
 }
 
 /// Whether the process `stat` describes is a worker sup (pid `sup_pid`) may
 /// take over: still sup's child (a zombie too: it is reaped, with its
 /// status, once adopted) and the leader of its own process group, as every
 /// worker sup starts is. sup never signals a process it did not start.
-pub fn adoptable(stat: &Stat, sup_pid: i32) -> Result<(), NotAdoptable> {
+pub fn adoptable(stat: &Stat, sup_pid: Pid) -> Result<(), NotAdoptable> {
     if stat.ppid != sup_pid {
         return Err(NotAdoptable::NotOurChild {
             pid: stat.pid,
             ppid: stat.ppid,
         });
     }
-    if stat.pgrp != stat.pid {
+    if stat.pgrp != Pgid::led_by(stat.pid) {
         return Err(NotAdoptable::NotGroupLeader { pid: stat.pid });
     }
     Ok(())
@@ -41,13 +42,13 @@ pub fn adoptable(stat: &Stat, sup_pid: i32) -> Result<(), NotAdoptable> {
 
 /// The strays already reported, so that each is reported once.
 #[derive(Debug, Default)]
-pub struct Seen(HashSet<i32>);
+pub struct Seen(HashSet<Pid>);
 
 impl Seen {
     /// Of the strays there are `now`, those not reported before, in the
     /// order given; the ones no longer there are forgotten (a pid reused
     /// later is a new stray).
-    pub fn fresh(&mut self, now: &[i32]) -> Vec<i32> {
+    pub fn fresh(&mut self, now: &[Pid]) -> Vec<Pid> {
         self.0.retain(|p| now.contains(p));
         now.iter().copied().filter(|&p| self.0.insert(p)).collect()
     }
@@ -59,11 +60,11 @@ mod tests {
 
     fn stat(pid: i32, ppid: i32, pgrp: i32) -> Stat {
         Stat {
-            pid,
+            pid: Pid::from_raw(pid),
             comm: "w".into(),
             state: 'S',
-            ppid,
-            pgrp,
+            ppid: Pid::from_raw(ppid),
+            pgrp: Pgid::from_raw(pgrp),
             session: 1,
             utime_ticks: 0,
             stime_ticks: 0,
@@ -74,22 +75,26 @@ mod tests {
 
     #[test]
     fn adopts_only_its_own_group_leading_children() {
-        assert!(adoptable(&stat(42, 7, 42), 7).is_ok());
-        let err = adoptable(&stat(42, 1, 42), 7).unwrap_err();
+        assert!(adoptable(&stat(42, 7, 42), Pid::from_raw(7)).is_ok());
+        let err = adoptable(&stat(42, 1, 42), Pid::from_raw(7)).unwrap_err();
         assert_eq!(err.to_string(), "pid 42 is not sup's child (its parent is 1)");
-        let err = adoptable(&stat(42, 7, 40), 7).unwrap_err();
+        let err = adoptable(&stat(42, 7, 40), Pid::from_raw(7)).unwrap_err();
         assert_eq!(err.to_string(), "pid 42 does not lead its own process group");
-        let gone = NotAdoptable::from(procfs::Error::Gone { pid: 42 });
+        let gone = NotAdoptable::from(procfs::Error::Gone { pid: Pid::from_raw(42) });
         assert_eq!(gone.to_string(), "pid 42 no longer exists");
     }
 
     #[test]
     fn each_stray_is_fresh_once() {
         let mut seen = Seen::default();
-        assert_eq!(seen.fresh(&[5, 6]), [5, 6]);
-        assert_eq!(seen.fresh(&[6, 7]), [7]);
+        let fresh = |seen: &mut Seen, now: &[i32]| -> Vec<i32> {
+            let now: Vec<Pid> = now.iter().copied().map(Pid::from_raw).collect();
+            seen.fresh(&now).into_iter().map(Pid::raw).collect()
+        };
+        assert_eq!(fresh(&mut seen, &[5, 6]), [5, 6]);
+        assert_eq!(fresh(&mut seen, &[6, 7]), [7]);
         // 5 went away; its pid coming back is a new stray.
-        assert_eq!(seen.fresh(&[5, 6, 7]), [5]);
-        assert_eq!(seen.fresh(&[]), [0; 0]);
+        assert_eq!(fresh(&mut seen, &[5, 6, 7]), [5]);
+        assert_eq!(fresh(&mut seen, &[]), [0; 0]);
     }
 }

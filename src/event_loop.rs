@@ -17,7 +17,7 @@ use mio::{Events, Interest, Poll, Token};
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-use nix::unistd::Pid;
+use nix::unistd::Pid as NixPid;
 use signal_hook_mio::v1_0::Signals;
 
 use crate::children::{self, NotAdoptable};
@@ -33,12 +33,13 @@ use crate::core::{Action, Core, Event};
 use crate::handoff::Handoff;
 use crate::hot_restart;
 use crate::own_sockets::{OwnSocketError, OwnSockets};
+use crate::pid::{Pgid, Pid};
 use crate::procfs;
 use crate::signals::{self, SignalEvent};
 use crate::sockets::{BoundSocket, KeptOut};
 use crate::spawn::{self, HelperRequest, SpawnRequest};
 use crate::upward::Notifier;
-use crate::worker::{ExitStatus, Pgid};
+use crate::worker::ExitStatus;
 
 // Tokens: 0-3 are the fixed sources; connections get a range each, indexed
 // by their slot in a bounded table (64 at most), so a token maps back to its
@@ -182,7 +183,7 @@ impl EventLoop {
             pending: VecDeque::from([Event::Started]),
             usage: Usage::new(),
             started: Instant::now(),
-            sup_pid: std::process::id() as i32,
+            sup_pid: Pid::this(),
             exit: None,
             exec_due: None,
             strays_seen: children::Seen::default(),
@@ -228,7 +229,7 @@ struct Shell<'a> {
     pending: VecDeque<Event>,
     usage: Usage,
     started: Instant,
-    sup_pid: i32,
+    sup_pid: Pid,
     notify_socket: String,
     einhorn_socket: Option<String>,
     /// Set by [`Action::Exit`].
@@ -501,17 +502,9 @@ impl Shell<'_> {
     }
 
     /// sup's children in no worker's or helper's group (the core says which).
-    fn strays(&self) -> Vec<i32> {
+    fn strays(&self) -> Vec<Pid> {
         let children = procfs::own_children().unwrap_or_default();
-        let group_of = |p: crate::pid::Pid| {
-            let group = nix::unistd::getpgid(Some(Pid::from_raw(p.raw()))).ok();
-            group.map(|g| Pgid::from_raw(g.as_raw()))
-        };
-        self.core
-            .strays(children.into_iter().map(crate::pid::Pid::from_raw), group_of)
-            .into_iter()
-            .map(crate::pid::Pid::raw)
-            .collect()
+        self.core.strays(children, group_of)
     }
 
     /// sup's children that are in no worker's or helper's group: processes
@@ -574,7 +567,7 @@ impl Shell<'_> {
                     Ok(pid) => Event::Spawned {
                         slot,
                         generation,
-                        pid: crate::pid::Pid::from_raw(pid),
+                        pid: Pid::from_raw(pid),
                     },
                     Err(reason) => Event::SpawnFailed {
                         slot,
@@ -628,10 +621,10 @@ impl Shell<'_> {
                         cmdline(pid)
                     );
                     // A daemon that made its own group takes it with it.
-                    if nix::unistd::getpgid(Some(Pid::from_raw(pid))).is_ok_and(|g| g.as_raw() == pid) {
-                        let _ = send_group(Pgid::from_raw(pid), Some(signal));
+                    if group_of(pid) == Some(Pgid::led_by(pid)) {
+                        let _ = send_group(Pgid::led_by(pid), Some(signal));
                     } else {
-                        send(crate::pid::Pid::from_raw(pid), signal);
+                        send(pid, signal);
                     }
                 }
             }
@@ -669,11 +662,11 @@ impl Shell<'_> {
                 self.pending.push_back(Event::Queued { connections });
             }
             Action::SampleMemory => {
-                let leaders: Vec<i32> = self.core.workers().iter().map(|w| w.pid.raw()).collect();
-                let samples = procfs::pss_by_group(&leaders)
+                let groups: Vec<Pgid> = self.core.workers().iter().map(|w| Pgid::led_by(w.pid)).collect();
+                let samples = procfs::pss_by_group(&groups)
                     .unwrap_or_default()
                     .into_iter()
-                    .map(|(pid, bytes)| (crate::pid::Pid::from_raw(pid), bytes))
+                    .map(|(group, bytes)| (group.leader(), bytes))
                     .collect();
                 self.pending.push_back(Event::Memory { samples });
             }
@@ -799,14 +792,14 @@ pub struct Context<'a> {
 
 /// Whether `pid` is a worker this sup may take over (see
 /// [`children::adoptable`]).
-fn our_worker(pid: crate::pid::Pid) -> Result<(), NotAdoptable> {
-    children::adoptable(&procfs::stat(pid.raw())?, std::process::id() as i32)
+fn our_worker(pid: Pid) -> Result<(), NotAdoptable> {
+    children::adoptable(&procfs::stat(pid)?, Pid::this())
 }
 
 fn helper_event<E: std::error::Error>(result: Result<i32, E>) -> Event {
     match result {
         Ok(pid) => Event::HelperSpawned {
-            pid: crate::pid::Pid::from_raw(pid),
+            pid: Pid::from_raw(pid),
         },
         Err(e) => Event::HelperFailed {
             reason: crate::exit::chain(&e),
@@ -867,7 +860,7 @@ fn reap_all(pending: &mut VecDeque<Event>) {
         };
         // Does anything of its process group remain (a wrapper's children)?
         // Only meaningful for workers, which lead their own group.
-        let pid = crate::pid::Pid::from_raw(pid.as_raw());
+        let pid = Pid::from_raw(pid.as_raw());
         let group_alive = send_group(Pgid::led_by(pid), None) != Err(Errno::ESRCH);
         pending.push_back(Event::Exited {
             pid,
@@ -875,6 +868,12 @@ fn reap_all(pending: &mut VecDeque<Event>) {
             group_alive,
         });
     }
+}
+
+/// A process's group, if it can be read.
+fn group_of(pid: Pid) -> Option<Pgid> {
+    let group = nix::unistd::getpgid(Some(NixPid::from_raw(pid.raw()))).ok()?;
+    Some(Pgid::from_raw(group.as_raw()))
 }
 
 /// The inodes of sup's listening sockets.
@@ -886,7 +885,7 @@ fn socket_inodes(sockets: &[BoundSocket]) -> Vec<u64> {
 }
 
 /// The inode of one of `inodes` that `pid` holds an fd on, if any.
-fn holds_socket(pid: i32, inodes: &[u64]) -> Option<u64> {
+fn holds_socket(pid: Pid, inodes: &[u64]) -> Option<u64> {
     procfs::socket_inodes(pid)
         .ok()?
         .into_iter()
@@ -894,7 +893,7 @@ fn holds_socket(pid: i32, inodes: &[u64]) -> Option<u64> {
 }
 
 /// A process's command line, for the log.
-fn cmdline(pid: i32) -> String {
+fn cmdline(pid: Pid) -> String {
     let args: Vec<String> = procfs::cmdline(pid)
         .unwrap_or_default()
         .into_iter()
@@ -908,8 +907,8 @@ fn cmdline(pid: i32) -> String {
 }
 
 /// Send a signal to one process; one that is already gone is not an error.
-fn send(pid: crate::pid::Pid, signal: Signal) {
-    match kill(Pid::from_raw(pid.raw()), signal) {
+fn send(pid: Pid, signal: Signal) {
+    match kill(NixPid::from_raw(pid.raw()), signal) {
         Ok(()) | Err(Errno::ESRCH) => {}
         Err(e) => log::warn!("cannot send {signal} to pid {pid}: {e}"),
     }
@@ -918,7 +917,7 @@ fn send(pid: crate::pid::Pid, signal: Signal) {
 /// Send a signal to a whole process group, or with `None` only ask whether
 /// it has members (ESRCH: none). The only place a kill goes to `-pgid`.
 fn send_group(pgid: Pgid, signal: Option<Signal>) -> Result<(), Errno> {
-    let result = kill(Pid::from_raw(-pgid.raw()), signal);
+    let result = kill(NixPid::from_raw(-pgid.raw()), signal);
     if let (Some(sig), Err(e)) = (signal, result)
         && e != Errno::ESRCH
     {

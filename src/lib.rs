@@ -64,7 +64,7 @@ pub enum StartupError {
     #[error("cannot write pidfile {}", .0.display())]
     Pidfile(PathBuf, #[source] std::io::Error),
     #[error("pidfile {} belongs to a running sup (pid {pid}); stop it first, or give this one another --pidfile", path.display())]
-    PidfileTaken { path: PathBuf, pid: i32 },
+    PidfileTaken { path: PathBuf, pid: pid::Pid },
 }
 
 impl StartupError {
@@ -378,11 +378,11 @@ impl PidFile {
     /// stale file (its process gone, or a pid now reused by something that
     /// is not sup) is replaced.
     fn claim(path: &Path) -> Result<PidFile, StartupError> {
-        let me = std::process::id() as i32;
+        let me = pid::Pid::this();
         if let Ok(text) = std::fs::read_to_string(path)
-            && let Ok(pid) = text.trim().parse::<i32>()
+            && let Ok(pid) = text.trim().parse::<pid::Pid>()
             && pid != me
-            && pid > 0
+            && pid.raw() > 0
             && is_running_sup(pid)
         {
             return Err(StartupError::PidfileTaken {
@@ -405,9 +405,9 @@ impl Drop for PidFile {
 
 /// Whether `pid` is alive and is a sup: the same program as this one, or a
 /// process named `sup`.
-fn is_running_sup(pid: i32) -> bool {
+fn is_running_sup(pid: pid::Pid) -> bool {
     use nix::sys::signal::kill;
-    match kill(nix::unistd::Pid::from_raw(pid), None) {
+    match kill(nix::unistd::Pid::from_raw(pid.raw()), None) {
         Ok(()) | Err(nix::errno::Errno::EPERM) => {}
         Err(_) => return false,
     }

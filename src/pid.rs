@@ -27,6 +27,14 @@ impl Pid {
     }
 }
 
+impl std::str::FromStr for Pid {
+    type Err = std::num::ParseIntError;
+
+    fn from_str(s: &str) -> Result<Pid, Self::Err> {
+        s.parse().map(Pid)
+    }
+}
+
 impl fmt::Display for Pid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)
@@ -59,6 +67,14 @@ impl Pgid {
 
     pub const fn raw(self) -> i32 {
         self.0
+    }
+}
+
+impl std::str::FromStr for Pgid {
+    type Err = std::num::ParseIntError;
+
+    fn from_str(s: &str) -> Result<Pgid, Self::Err> {
+        s.parse().map(Pgid)
     }
 }
 

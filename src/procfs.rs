@@ -12,12 +12,14 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::pid::{Pgid, Pid};
+
 /// Why a `/proc` read gave no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The process exited (or never existed) before or during the read.
     #[error("pid {pid} no longer exists")]
-    Gone { pid: i32 },
+    Gone { pid: Pid },
     #[error("cannot read {}", path.display())]
     Read {
         path: PathBuf,
@@ -48,7 +50,7 @@ pub enum ParseError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stat {
     /// (1) The process id.
-    pub pid: i32,
+    pub pid: Pid,
     /// (2) The executable's name, at most 15 bytes, as the kernel shows it:
     /// it may hold spaces and parentheses.
     pub comm: String,
@@ -56,9 +58,9 @@ pub struct Stat {
     pub state: char,
     /// (4) The parent's pid (0 for a process whose parent is outside the
     /// pid namespace).
-    pub ppid: i32,
+    pub ppid: Pid,
     /// (5) The process group.
-    pub pgrp: i32,
+    pub pgrp: Pgid,
     /// (6) The session.
     pub session: i32,
     /// (14) User-mode CPU time, in clock ticks.
@@ -115,7 +117,7 @@ fn number<T: std::str::FromStr>(field: &'static str, text: Option<&str>) -> Resu
 }
 
 /// `/proc/PID/stat`, parsed.
-pub fn stat(pid: i32) -> Result<Stat, Error> {
+pub fn stat(pid: Pid) -> Result<Stat, Error> {
     let path = proc_path(pid, "stat");
     let text = read_to_string(pid, &path)?;
     Stat::parse(&text).map_err(|source| Error::Parse { path, source })
@@ -123,30 +125,30 @@ pub fn stat(pid: i32) -> Result<Stat, Error> {
 
 /// Every pid in `/proc` (processes, not threads), in directory order. A
 /// process may be gone by the time its entry is read.
-pub fn pids() -> Result<impl Iterator<Item = i32>, Error> {
+pub fn pids() -> Result<impl Iterator<Item = Pid>, Error> {
     let path = Path::new("/proc");
     let dir = std::fs::read_dir(path).map_err(|source| Error::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    Ok(dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()))
+    Ok(dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<Pid>().ok()))
 }
 
 /// The calling thread's children, zombies included:
 /// `/proc/thread-self/children`, or, where the kernel lacks that file, a
 /// scan of `/proc` for processes whose parent is this process (sup has one
 /// thread, so the two agree).
-pub fn own_children() -> Result<Vec<i32>, Error> {
+pub fn own_children() -> Result<Vec<Pid>, Error> {
     if let Ok(text) = std::fs::read_to_string("/proc/thread-self/children") {
         return Ok(text.split_whitespace().filter_map(|p| p.parse().ok()).collect());
     }
-    let me = std::process::id() as i32;
+    let me = Pid::this();
     Ok(pids()?.filter(|&pid| stat(pid).is_ok_and(|s| s.ppid == me)).collect())
 }
 
 /// The proportional set size of `pid` in bytes, from the `Pss:` line of
 /// `/proc/PID/smaps_rollup` (shared pages divided among their sharers).
-pub fn pss_bytes(pid: i32) -> Result<u64, Error> {
+pub fn pss_bytes(pid: Pid) -> Result<u64, Error> {
     let path = proc_path(pid, "smaps_rollup");
     let text = read_to_string(pid, &path)?;
     parse_pss_kib(&text)
@@ -169,21 +171,21 @@ fn parse_pss_kib(text: &str) -> Result<u64, ParseError> {
 /// per worker as RSS would. A
 /// group of which no PSS could be read (it has gone, or it is unreadable)
 /// is left out; the rest come sorted by group id.
-pub fn pss_by_group(groups: &[i32]) -> Result<Vec<(i32, u64)>, Error> {
-    let mut sums: std::collections::HashMap<i32, u64> = groups.iter().map(|&g| (g, 0)).collect();
+pub fn pss_by_group(groups: &[Pgid]) -> Result<Vec<(Pgid, u64)>, Error> {
+    let mut sums: std::collections::HashMap<Pgid, u64> = groups.iter().map(|&g| (g, 0)).collect();
     for pid in pids()? {
         let Ok(stat) = stat(pid) else { continue };
         let Some(sum) = sums.get_mut(&stat.pgrp) else { continue };
         *sum += pss_bytes(pid).unwrap_or(0);
     }
-    let mut out: Vec<(i32, u64)> = sums.into_iter().filter(|(_, b)| *b > 0).collect();
-    out.sort_unstable();
+    let mut out: Vec<(Pgid, u64)> = sums.into_iter().filter(|(_, b)| *b > 0).collect();
+    out.sort_unstable_by_key(|(g, _)| g.raw());
     Ok(out)
 }
 
 /// The inodes of the sockets `pid` holds open (its `/proc/PID/fd` links
 /// that read `socket:[INODE]`), in fd order as the directory lists them.
-pub fn socket_inodes(pid: i32) -> Result<Vec<u64>, Error> {
+pub fn socket_inodes(pid: Pid) -> Result<Vec<u64>, Error> {
     let path = proc_path(pid, "fd");
     let dir = std::fs::read_dir(&path).map_err(|source| read_error(pid, path, source))?;
     Ok(dir
@@ -199,7 +201,7 @@ fn parse_socket_link(link: &str) -> Option<u64> {
 
 /// A process's arguments, from `/proc/PID/cmdline` (NUL-separated; not
 /// UTF-8 is shown lossily). Empty for a zombie or a kernel thread.
-pub fn cmdline(pid: i32) -> Result<Vec<String>, Error> {
+pub fn cmdline(pid: Pid) -> Result<Vec<String>, Error> {
     let path = proc_path(pid, "cmdline");
     let raw = std::fs::read(&path).map_err(|source| read_error(pid, path, source))?;
     Ok(parse_cmdline(&raw))
@@ -215,16 +217,16 @@ fn parse_cmdline(raw: &[u8]) -> Vec<String> {
         .collect()
 }
 
-fn proc_path(pid: i32, file: &str) -> PathBuf {
+fn proc_path(pid: Pid, file: &str) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}/{file}"))
 }
 
-fn read_to_string(pid: i32, path: &Path) -> Result<String, Error> {
+fn read_to_string(pid: Pid, path: &Path) -> Result<String, Error> {
     std::fs::read_to_string(path).map_err(|source| read_error(pid, path.to_path_buf(), source))
 }
 
 /// ENOENT: no such pid; ESRCH: it exited between the open and the read.
-fn read_error(pid: i32, path: PathBuf, source: io::Error) -> Error {
+fn read_error(pid: Pid, path: PathBuf, source: io::Error) -> Error {
     match source.raw_os_error() {
         Some(libc::ENOENT | libc::ESRCH) => Error::Gone { pid },
         _ => Error::Read { path, source },
@@ -249,11 +251,11 @@ mod tests {
         assert_eq!(
             stat,
             Stat {
-                pid: 4121,
+                pid: Pid::from_raw(4121),
                 comm: "ruby".into(),
                 state: 'S',
-                ppid: 1,
-                pgrp: 4121,
+                ppid: Pid::from_raw(1),
+                pgrp: Pgid::from_raw(4121),
                 session: 77,
                 utime_ticks: 12,
                 stime_ticks: 34,
@@ -267,7 +269,11 @@ mod tests {
     fn comm_may_hold_spaces_and_parentheses() {
         for comm in ["a) b (c)", "a b", ") S 2 3 4", "(", ")", ""] {
             let stat = Stat::parse(&line(1234, comm)).unwrap();
-            assert_eq!((stat.comm.as_str(), stat.ppid, stat.pgrp), (comm, 1, 1234), "{comm:?}");
+            assert_eq!(
+                (stat.comm.as_str(), stat.ppid.raw(), stat.pgrp.raw()),
+                (comm, 1, 1234),
+                "{comm:?}"
+            );
         }
         let stat = Stat::parse("1234 (a) b (c)) Z 1 5 6 0 -1 0 0 0 0 0 7 8 0 0 20 0 1 0 9 0 10").unwrap();
         assert_eq!((stat.comm.as_str(), stat.state, stat.rss_pages), ("a) b (c)", 'Z', 10));
@@ -293,11 +299,11 @@ mod tests {
 
     #[test]
     fn reads_this_process() {
-        let me = std::process::id() as i32;
+        let me = Pid::this();
         let stat = stat(me).unwrap();
         assert_eq!(stat.pid, me);
-        assert_eq!(stat.ppid, nix::unistd::getppid().as_raw());
-        assert_eq!(stat.pgrp, nix::unistd::getpgrp().as_raw());
+        assert_eq!(stat.ppid.raw(), nix::unistd::getppid().as_raw());
+        assert_eq!(stat.pgrp.raw(), nix::unistd::getpgrp().as_raw());
         assert_eq!(stat.session, nix::unistd::getsid(None).unwrap().as_raw());
         let comm = std::fs::read_to_string("/proc/self/comm").unwrap();
         assert_eq!(stat.comm, comm.trim_end_matches('\n'));
@@ -309,16 +315,17 @@ mod tests {
     #[test]
     fn a_process_that_is_gone_is_told_apart() {
         // Above pid_max (at most 2^22): never a process.
-        assert!(matches!(stat(i32::MAX), Err(Error::Gone { pid: i32::MAX })));
-        assert!(matches!(cmdline(i32::MAX), Err(Error::Gone { .. })));
-        assert!(matches!(socket_inodes(i32::MAX), Err(Error::Gone { .. })));
-        assert!(matches!(pss_bytes(i32::MAX), Err(Error::Gone { .. })));
+        let never = Pid::from_raw(i32::MAX);
+        assert!(matches!(stat(never), Err(Error::Gone { pid }) if pid == never));
+        assert!(matches!(cmdline(never), Err(Error::Gone { .. })));
+        assert!(matches!(socket_inodes(never), Err(Error::Gone { .. })));
+        assert!(matches!(pss_bytes(never), Err(Error::Gone { .. })));
     }
 
     #[test]
     fn sees_its_children_and_the_sockets_it_holds() {
         let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
-        let pid = child.id() as i32;
+        let pid = Pid::from_raw(child.id() as i32);
         // The test runs on its own thread, the one that forked the child.
         let seen = own_children().unwrap().contains(&pid);
         child.kill().unwrap();
@@ -327,7 +334,7 @@ mod tests {
 
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let ino = nix::sys::stat::fstat(&listener).unwrap().st_ino;
-        assert!(socket_inodes(std::process::id() as i32).unwrap().contains(&ino));
+        assert!(socket_inodes(Pid::this()).unwrap().contains(&ino));
     }
 
     #[test]

@@ -43,7 +43,7 @@ pub struct SpawnRequest<'a> {
     pub generation: u64,
     pub sockets: &'a [BoundSocket],
     pub credentials: Option<&'a Credentials>,
-    pub sup_pid: i32,
+    pub sup_pid: crate::pid::Pid,
     /// An fd open on /dev/null: the worker's stdin.
     pub devnull: RawFd,
     /// sup's notify socket address, handed over as NOTIFY_SOCKET.
