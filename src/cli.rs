@@ -347,11 +347,35 @@ pub enum CtlCommand {
     },
     /// Reopen the log file (like SIGHUP)
     ReopenLogs,
+    /// Act on one worker: replace it (make-before-break), send its process group a signal,
+    /// or stop it (its slot gets a new worker)
+    ///
+    /// TARGET is a slot or a pid (`slot:N` or `pid:N` where a number could be both).
+    Worker {
+        /// The worker: SLOT, PID, slot:N or pid:N
+        target: String,
+        #[command(subcommand)]
+        action: WorkerCtl,
+    },
     /// Re-execute sup itself and adopt every worker, touching none
     ///
     /// For upgrading the sup binary or its own settings (log level, control token, …). The
     /// new sup is checked with --check first; the workers keep serving throughout.
     Reexec,
+}
+
+/// What `sup ctl worker TARGET` does.
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum WorkerCtl {
+    /// Start its replacement; it stops once the replacement is ready
+    Replace,
+    /// Send SIGNAL to its process group (e.g. USR1 for a thread dump)
+    Signal {
+        /// A signal name, with or without SIG, or a number
+        signal: String,
+    },
+    /// Stop it gracefully; its slot gets a new worker
+    Stop,
 }
 
 #[cfg(test)]

@@ -600,6 +600,9 @@ impl Shell<'_> {
             // core (a READY=1 read with it must not be lost), in `run`.
             Action::ReExec { generation, adopt } => self.exec_due = Some((generation, adopt)),
             Action::Signal { pid, signal } => send(pid, signal),
+            Action::SignalGroup { pgid, signal } => {
+                let _ = send_group(pgid, Some(signal));
+            }
             Action::KillGroup { pgid } => {
                 let _ = send_group(pgid, Some(Signal::SIGKILL));
             }

@@ -250,6 +250,7 @@ mod v1 {
                 memory: None,
                 over_memory: 0,
                 age_due: false,
+                recycle_asked: false,
             })
             .collect();
         let (target, configured) = old.workers_target.unwrap_or((0, 0));

@@ -68,6 +68,8 @@ pub struct Worker {
     /// With `--max-age`: it has reached its age and is recycled when the
     /// surge allows.
     pub age_due: bool,
+    /// It asked to be replaced (`X_SUP_RECYCLE=1`), after N requests, say.
+    pub recycle_asked: bool,
 }
 
 impl Worker {
@@ -88,6 +90,7 @@ impl Worker {
             memory: None,
             over_memory: 0,
             age_due: false,
+            recycle_asked: false,
         }
     }
 

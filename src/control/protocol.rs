@@ -39,10 +39,12 @@ pub enum Command {
     ReopenLogs,
     /// Re-execute sup and adopt every worker.
     Reexec,
+    /// Act on one worker (`?target=SLOT|PID|slot:N|pid:N&action=replace|stop|signal&signal=SIG`).
+    Worker,
 }
 
 impl Command {
-    pub const ALL: [Command; 9] = [
+    pub const ALL: [Command; 10] = [
         Command::Restart,
         Command::PhasedRestart,
         Command::Stop,
@@ -52,6 +54,7 @@ impl Command {
         Command::Workers,
         Command::ReopenLogs,
         Command::Reexec,
+        Command::Worker,
     ];
 
     pub fn path(self) -> &'static str {
@@ -65,6 +68,7 @@ impl Command {
             Command::Workers => "/workers",
             Command::ReopenLogs => "/reopen-logs",
             Command::Reexec => "/reexec",
+            Command::Worker => "/worker",
         }
     }
 
@@ -80,9 +84,10 @@ impl Command {
         }
     }
 
-    /// What it asks of the core (`count` only for `workers`).
-    pub fn intent(self, count: usize) -> Intent {
-        match self {
+    /// What it asks of the core (`count` only for `workers`); `None` for
+    /// `worker`, whose parameters the route reads.
+    pub fn intent(self, count: usize) -> Option<Intent> {
+        Some(match self {
             Command::Restart => Intent::Hot,
             Command::PhasedRestart => Intent::Rolling,
             Command::Stop => Intent::Stop,
@@ -92,7 +97,8 @@ impl Command {
             Command::Workers => Intent::Scale(count),
             Command::ReopenLogs => Intent::ReopenLogs,
             Command::Reexec => Intent::Reexec,
-        }
+            Command::Worker => return None,
+        })
     }
 
     /// The command an intent came from (INT is a stop).
@@ -107,7 +113,36 @@ impl Command {
             Intent::Scale(_) => Command::Workers,
             Intent::ReopenLogs => Command::ReopenLogs,
             Intent::Reexec => Command::Reexec,
+            Intent::Worker { .. } => Command::Worker,
         }
+    }
+}
+
+/// `target` of `/worker` and `sup ctl worker`: `slot:N`, `pid:N`, or a bare
+/// number (a slot or a pid).
+pub fn parse_worker_ref(text: &str) -> Option<crate::core::WorkerRef> {
+    use crate::core::WorkerRef;
+    if let Some(n) = text.strip_prefix("slot:") {
+        return n.parse().ok().map(WorkerRef::Slot);
+    }
+    if let Some(n) = text.strip_prefix("pid:") {
+        return n
+            .parse::<i32>()
+            .ok()
+            .filter(|p| *p > 0)
+            .map(|p| WorkerRef::Pid(crate::pid::Pid::from_raw(p)));
+    }
+    text.parse().ok().map(WorkerRef::Either)
+}
+
+/// `action` (and `signal`) of `/worker`.
+pub fn parse_worker_action(action: &str, signal: Option<&str>) -> Option<crate::core::WorkerAction> {
+    use crate::core::WorkerAction;
+    match (action, signal) {
+        ("replace", None) => Some(WorkerAction::Replace),
+        ("stop", None) => Some(WorkerAction::Stop),
+        ("signal", Some(sig)) => crate::config::parse_signal(sig).map(WorkerAction::Signal),
+        _ => None,
     }
 }
 
@@ -260,6 +295,9 @@ pub struct WorkerStats {
     pub slot: usize,
     pub generation: u64,
     pub state: WorkerPhase,
+    /// Seconds since it was started.
+    #[serde(default)]
+    pub age_seconds: f64,
     pub ready_at: Option<String>,
     pub restarts: u32,
     pub last_exit: Option<String>,
@@ -288,7 +326,9 @@ mod tests {
             let text = round_trip(&c);
             assert_eq!(Command::from_path(c.path()), Some(c));
             assert_eq!(text.trim_matches('"').replace('_', "-"), c.path()[1..]);
-            assert_eq!(Command::of(c.intent(3)), c);
+            if let Some(intent) = c.intent(3) {
+                assert_eq!(Command::of(intent), c);
+            }
         }
         let accepted = Answer::Accepted {
             command: Command::PhasedRestart,
@@ -356,6 +396,7 @@ mod tests {
                 slot: 0,
                 generation: 2,
                 state: WorkerPhase::Booting,
+                age_seconds: 4.0,
                 ready_at: None,
                 restarts: 1,
                 last_exit: Some("status 1".into()),

@@ -114,6 +114,7 @@ pub fn build(core: &Core, sockets: &[BoundSocket], usage: &mut Usage, started: I
             slot: w.slot,
             generation: w.generation,
             state,
+            age_seconds: (now.saturating_duration_since(w.spawned_at).as_secs_f64() * 10.0).round() / 10.0,
             ready_at,
             restarts: slot.map_or(0, |s| s.restarts),
             last_exit: slot.and_then(|s| s.last_exit).map(|e| e.to_string()),

@@ -36,6 +36,7 @@
 //! Idle means no deadline: a steady sup sets no timer at all.
 
 pub mod counters;
+mod one_worker;
 mod passes;
 mod recycle;
 pub mod restart;
@@ -57,7 +58,7 @@ pub use counters::{Counters, ExitCause, Key, KillReason, RecycleReason};
 pub use restart::{Ended, Outcome, RestartKind, RestartRecord};
 pub use snapshot::Snapshot;
 pub use stop::{Health, HealthStatus};
-pub use vocab::{Action, Event, Intent, Reply, RestartRef, Settings, Upward};
+pub use vocab::{Action, Event, Intent, Reply, RestartRef, Settings, Upward, WorkerAction, WorkerRef};
 
 use crate::message::{Message, Sender};
 use crate::pid::{Pgid, Pid};
@@ -525,6 +526,11 @@ impl Core {
             Intent::Incr => self.scale(self.target + 1, "TTIN", now, out),
             Intent::Decr => self.scale(self.target.saturating_sub(1), "TTOU", now, out),
             Intent::Scale(n) => self.scale(n, "workers", now, out),
+            Intent::Worker { target, action } => {
+                if let Err(why) = self.on_worker(target, action, now, out) {
+                    log(out, Level::Info, format!("worker request refused: {why}"));
+                }
+            }
             Intent::ReopenLogs => out.push(Action::ReopenLogs),
             Intent::Rolling => self.request_restart(RestartKind::Rolling, now, out),
             Intent::Hot => self.request_restart(RestartKind::Hot, now, out),
@@ -567,6 +573,7 @@ impl Core {
                 Err("sup is stopping".to_string())
             }
             Intent::Decr if self.target <= 1 => Err("already at 1 worker, the fewest there can be".to_string()),
+            Intent::Worker { target, action } => self.on_worker(target, action, now, out).map(|()| None),
             _ => {
                 self.on_intent(intent, now, out);
                 Ok(None)
@@ -857,6 +864,11 @@ impl Core {
         if message.ready && matches!(w.state, WorkerState::Booting { .. }) {
             w.state = WorkerState::Ready { since: now };
             log(out, Level::Info, format!("{} is ready", w.label()));
+        }
+        if message.recycle && !w.recycle_asked {
+            w.recycle_asked = true;
+            self.recycling.asked = true;
+            log(out, Level::Info, format!("{} asks to be recycled", w.label()));
         }
     }
 }

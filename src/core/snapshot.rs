@@ -65,6 +65,8 @@ pub struct WorkerSnap {
     pub memory: Option<u64>,
     pub over_memory: u32,
     pub age_due: bool,
+    #[serde(default)]
+    pub recycle_asked: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -166,6 +168,7 @@ impl WorkerSnap {
             memory: w.memory,
             over_memory: w.over_memory,
             age_due: w.age_due,
+            recycle_asked: w.recycle_asked,
         }
     }
 
@@ -196,6 +199,7 @@ impl WorkerSnap {
             memory: self.memory,
             over_memory: self.over_memory,
             age_due: self.age_due,
+            recycle_asked: self.recycle_asked,
         }
     }
 }
@@ -392,6 +396,7 @@ impl Core {
             .map(|(k, why, pid)| (k, (why, pid)))
             .collect();
         core.recycling.after = snap.recycle_after.into_iter().map(|(k, t)| (k, abs(t, base))).collect();
+        core.recycling.asked = core.workers.iter().any(|w| w.recycle_asked);
         core.arm_linger_probe(now);
         let adopted = core.workers.len();
         let follow = core

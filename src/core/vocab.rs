@@ -36,6 +36,30 @@ pub enum Intent {
     Reexec,
     /// Set the worker count (control server); never below one.
     Scale(usize),
+    /// Act on one worker (control server: `sup ctl worker`).
+    Worker { target: WorkerRef, action: WorkerAction },
+}
+
+/// Which worker a one-worker request names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerRef {
+    /// The serving worker of this slot (`slot:N`).
+    Slot(usize),
+    /// The worker with this pid (`pid:N`).
+    Pid(Pid),
+    /// A bare number: a slot, or a pid; refused if it could be two workers.
+    Either(u32),
+}
+
+/// What to do to one worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerAction {
+    /// A replacement first, then the worker stops (make-before-break).
+    Replace,
+    /// Send this signal to the worker's process group.
+    Signal(Signal),
+    /// Stop it gracefully; its slot gets a new worker.
+    Stop,
 }
 
 /// Something that happened, as the shell saw it.
@@ -122,6 +146,11 @@ pub enum Action {
     /// SIGKILL a whole process group.
     KillGroup {
         pgid: Pgid,
+    },
+    /// Send `signal` to a whole process group (`sup ctl worker … signal`).
+    SignalGroup {
+        pgid: Pgid,
+        signal: Signal,
     },
     /// Find out whether a lingering process group still has members; answer
     /// with [`Event::GroupEmpty`] if it has none.

@@ -68,6 +68,8 @@ struct Harness {
     strays_alive: bool,
     /// What a memory sample finds, by pid.
     memory_of: std::collections::HashMap<i32, u64>,
+    /// Signals sent to whole groups (`sup ctl worker … signal`).
+    signalled_groups: Vec<(i32, i32)>,
     /// The listeners were closed to new connections (a drain).
     closed: bool,
     /// What a look at the accept queues finds.
@@ -147,6 +149,7 @@ impl Harness {
             strays_signalled: vec![],
             strays_alive: false,
             memory_of: std::collections::HashMap::new(),
+            signalled_groups: vec![],
             closed: false,
             queued: 0,
             queue_probes: 0,
@@ -182,6 +185,7 @@ impl Harness {
                     }
                     Action::Signal { pid, signal } => self.signals.push((pid.raw(), signal as i32)),
                     Action::KillGroup { pgid } => self.killed_groups.push(pgid.raw()),
+                    Action::SignalGroup { pgid, signal } => self.signalled_groups.push((pgid.raw(), signal as i32)),
                     Action::ProbeGroup { pgid } => self.probed_groups.push(pgid.raw()),
                     Action::SignalStrays { signal } => self.strays_signalled.push(signal as i32),
                     Action::ProbeStrays => {
@@ -452,6 +456,7 @@ fn recycling_harness(workers: usize, s: impl FnOnce(&mut Settings)) -> Harness {
 mod control;
 mod hot;
 mod notify;
+mod one_worker;
 mod property;
 mod recycling;
 mod rolling;
