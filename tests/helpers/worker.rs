@@ -404,7 +404,7 @@ fn accept_loop(fd: RawFd, delay: Duration, grow_kb: usize) {
             let _ = s.flush();
             drop(s);
             let every = RECYCLE_EVERY.load(Ordering::SeqCst);
-            if every > 0 && (ANSWERED.fetch_add(1, Ordering::SeqCst) + 1) % every == 0 {
+            if every > 0 && (ANSWERED.fetch_add(1, Ordering::SeqCst) + 1).is_multiple_of(every) {
                 notify("X_SUP_RECYCLE=1");
             }
             IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
