@@ -152,6 +152,19 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", env = "SUP_WATCHDOG")]
     pub watchdog: Option<String>,
 
+    /// Before killing a worker for a timeout, send it SIGNAL for a dump
+    ///
+    /// A worker about to be killed because it was not ready within --boot-timeout, went
+    /// silent past --watchdog or did not stop within --graceful-timeout first gets SIGNAL
+    /// (ABRT, QUIT, USR1: what its runtime dumps its stacks on), then --dump-grace to write
+    /// the dump, then SIGKILL to its process group. The log says which timeout.
+    #[arg(long, value_name = "SIGNAL", env = "SUP_DUMP_SIGNAL")]
+    pub dump_signal: Option<String>,
+
+    /// How long a worker has to write its dump after --dump-signal [default: 5s]
+    #[arg(long, value_name = "DURATION", env = "SUP_DUMP_GRACE")]
+    pub dump_grace: Option<String>,
+
     /// Replace a worker whose memory stays above SIZE (e.g. 512M, 2G)
     ///
     /// Memory is PSS summed over the worker's process group (smaps_rollup), so

@@ -54,6 +54,9 @@ pub struct Config {
     pub command: Vec<OsString>,
     pub directory: Option<PathBuf>,
     pub stop_signal: Signal,
+    /// `--dump-signal`, `--dump-grace`.
+    pub dump_signal: Option<Signal>,
+    pub dump_grace: Duration,
     pub graceful_timeout: Duration,
     /// `--stop-delay`: at a stop, how long sup reports not ready while serving.
     pub stop_delay: Duration,
@@ -113,6 +116,8 @@ pub enum ConfigError {
     },
     #[error("invalid --stop-signal `{0}`: not a signal name or number (e.g. TERM, SIGINT, QUIT, 15)")]
     Signal(String),
+    #[error("invalid --dump-signal `{0}`: not a signal name or number (e.g. ABRT, QUIT, USR1)")]
+    DumpSignal(String),
     #[error("no command given: put the command after `--`, e.g. sup --bind :3000 -- ./app")]
     NoCommand,
     #[error("socket name `{0}` is used by more than one --bind")]
@@ -189,6 +194,13 @@ impl Config {
                 Signal::SIGTERM
             }),
         };
+        let dump_signal = cli.dump_signal.as_deref().and_then(|s| {
+            let parsed = parse_signal(s);
+            if parsed.is_none() {
+                errors.push(ConfigError::DumpSignal(s.to_string()));
+            }
+            parsed
+        });
         let graceful_timeout = match cli.graceful_timeout.as_deref() {
             None => Duration::from_secs(30),
             Some(s) => parse_duration(s).unwrap_or_else(|why| {
@@ -213,6 +225,7 @@ impl Config {
         };
         let boot_timeout = duration("boot-timeout", cli.boot_timeout.as_deref(), Duration::from_secs(60));
         let stop_delay = duration("stop-delay", cli.stop_delay.as_deref(), Duration::ZERO);
+        let dump_grace = duration("dump-grace", cli.dump_grace.as_deref(), Duration::from_secs(5));
         let hook_timeout = duration("hook-timeout", cli.hook_timeout.as_deref(), Duration::from_secs(60));
         let watchdog = cli
             .watchdog
@@ -303,6 +316,8 @@ impl Config {
             command: cli.command,
             directory: cli.directory,
             stop_signal,
+            dump_signal,
+            dump_grace,
             graceful_timeout,
             pidfile: cli.pidfile,
             user: cli.user,
@@ -391,6 +406,8 @@ impl Config {
         crate::core::Settings {
             workers: self.workers,
             stop_signal: self.stop_signal,
+            dump_signal: self.dump_signal,
+            dump_grace: self.dump_grace,
             graceful_timeout: self.graceful_timeout,
             stop_delay: self.stop_delay,
             ready_delay: match self.ready {
@@ -465,6 +482,8 @@ fn merge_file(cli: &mut Cli, file: FileConfig) {
     fill(&mut cli.workers, file.workers.map(|n| n.to_string()));
     fill(&mut cli.directory, file.directory);
     fill(&mut cli.stop_signal, file.stop_signal);
+    fill(&mut cli.dump_signal, file.dump_signal);
+    fill(&mut cli.dump_grace, file.dump_grace);
     fill(&mut cli.graceful_timeout, file.graceful_timeout);
     fill(&mut cli.stop_delay, file.stop_delay);
     fill(&mut cli.pidfile, file.pidfile);

@@ -243,6 +243,7 @@ mod v1 {
                     State::Stopping { kill_at_ms, killed } => StateSnap::Stopping {
                         kill_at: kill_at_ms,
                         killed,
+                        dumped: false,
                     },
                 },
                 status: w.status,

@@ -45,7 +45,13 @@ pub enum WorkerState {
     /// Serving since `since`.
     Ready { since: Instant },
     /// Sent the stop signal; at `kill_at` its process group gets SIGKILL.
-    Stopping { kill_at: Instant, killed: bool },
+    /// `dumped`: it was sent `--dump-signal` (a timeout), and `kill_at` is
+    /// the end of `--dump-grace`.
+    Stopping {
+        kill_at: Instant,
+        killed: bool,
+        dumped: bool,
+    },
 }
 
 /// One live child process running the user's command.

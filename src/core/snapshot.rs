@@ -72,9 +72,19 @@ pub struct WorkerSnap {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum StateSnap {
-    Booting { ready_at: Option<Ms>, boot_deadline: Ms },
-    Ready { since: Ms },
-    Stopping { kill_at: Ms, killed: bool },
+    Booting {
+        ready_at: Option<Ms>,
+        boot_deadline: Ms,
+    },
+    Ready {
+        since: Ms,
+    },
+    Stopping {
+        kill_at: Ms,
+        killed: bool,
+        #[serde(default)]
+        dumped: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -158,9 +168,14 @@ impl WorkerSnap {
                     boot_deadline: rel(boot_deadline, now),
                 },
                 WorkerState::Ready { since } => StateSnap::Ready { since: rel(since, now) },
-                WorkerState::Stopping { kill_at, killed } => StateSnap::Stopping {
+                WorkerState::Stopping {
+                    kill_at,
+                    killed,
+                    dumped,
+                } => StateSnap::Stopping {
                     kill_at: rel(kill_at, now),
                     killed,
+                    dumped,
                 },
             },
             status: w.status.clone(),
@@ -189,9 +204,14 @@ impl WorkerSnap {
                 StateSnap::Ready { since } => WorkerState::Ready {
                     since: abs(since, base),
                 },
-                StateSnap::Stopping { kill_at, killed } => WorkerState::Stopping {
+                StateSnap::Stopping {
+                    kill_at,
+                    killed,
+                    dumped,
+                } => WorkerState::Stopping {
                     kill_at: abs(kill_at, base),
                     killed,
+                    dumped,
                 },
             },
             status: self.status.clone(),

@@ -255,6 +255,11 @@ pub struct Settings {
     pub ready_delay: Option<Duration>,
     pub boot_timeout: Duration,
     pub watchdog: Option<Duration>,
+    /// `--dump-signal`: a worker about to be killed for a timeout (boot,
+    /// watchdog, graceful) gets this first, then `dump_grace` to write its
+    /// dump, then SIGKILL to its group.
+    pub dump_signal: Option<Signal>,
+    pub dump_grace: Duration,
     pub max_surge: usize,
     /// `--max-memory` (bytes): a worker whose process group's PSS stays
     /// above it is recycled. Sampled every `recycle_check`.

@@ -167,3 +167,81 @@ fn a_worker_asking_to_be_recycled_every_thousand_requests_loses_none() {
     assert!(asked >= 100, "only {asked} recyclings for 200000 requests");
     assert!(asked <= 200, "{asked} recyclings: more than one per 1000 requests");
 }
+
+/// A Python worker that dumps its stacks on USR1 (`faulthandler`) and
+/// hangs after its first watchdog ping: with `--dump-signal USR1
+/// --dump-grace 2s`, each of 20 hangs leaves its traceback in sup's output
+/// before the SIGKILL.
+#[test]
+fn a_hung_worker_s_dump_is_in_the_output_before_the_kill() {
+    let dir = TestDir::new();
+    let script = dir.join("hangs.py");
+    std::fs::write(
+        &script,
+        "import faulthandler, os, signal, socket, time\n\
+         faulthandler.register(signal.SIGUSR1, all_threads=True)\n\
+         def notify(msg):\n\
+         \x20   s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+         \x20   addr = os.environ['NOTIFY_SOCKET']\n\
+         \x20   s.sendto(msg.encode(), '\\0' + addr[1:] if addr.startswith('@') else addr)\n\
+         def hang_here():\n\
+         \x20   while True:\n\
+         \x20       time.sleep(3600)\n\
+         notify('READY=1\\nWATCHDOG=1')\n\
+         hang_here()\n",
+    )
+    .unwrap();
+    let script = script.display().to_string();
+    let mut sup = Sup::serving(
+        &dir,
+        &[
+            "--workers",
+            "4",
+            "--ready",
+            "notify",
+            "--watchdog",
+            "1s",
+            "--dump-signal",
+            "USR1",
+            "--dump-grace",
+            "2s",
+            "--",
+            "python3",
+            &script,
+        ],
+    );
+    let kills = |log: &str| {
+        log.matches("--dump-grace (2s) is over: killing its process group")
+            .count()
+    };
+    wait_until("20 dumps and kills", secs(120), || {
+        (kills(&sup.log()) >= 20).then_some(())
+    });
+    sup.signal(libc::SIGQUIT);
+    sup.wait_exit(secs(30));
+    let log = sup.log();
+    let lines: Vec<&str> = log.lines().collect();
+    let asked: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].contains("sent no WATCHDOG=1 for 1s: sent it USR1 for a dump"))
+        .collect();
+    let dumps = log.matches("in hang_here").count();
+    assert!(asked.len() >= 20, "{log}");
+    // Every worker asked for a dump wrote one, and before its SIGKILL.
+    let mut checked = 0;
+    for &i in &asked {
+        let head = lines[i].split(" sent no WATCHDOG").next().unwrap();
+        let label = &head[head.find("worker ").unwrap()..];
+        let Some(k) = (i..lines.len()).find(|&k| lines[k].contains(label) && lines[k].contains("is over: killing"))
+        else {
+            continue; // killed by the QUIT at the end, after the 20 the test waited for
+        };
+        checked += 1;
+        assert!(
+            lines[i..k].iter().any(|l| l.contains("in hang_here")),
+            "no dump of {label} between its USR1 and its SIGKILL:\n{}",
+            lines[i..=k].join("\n")
+        );
+    }
+    assert!(checked >= 20, "only {checked} dumps followed by their kill:\n{log}");
+    assert!(dumps >= kills(&log), "{dumps} dumps for {} kills", kills(&log));
+}

@@ -31,6 +31,8 @@ pub(crate) fn settings(workers: usize) -> Settings {
         ready_delay: Some(Duration::from_secs(1)),
         boot_timeout: Duration::from_secs(60),
         watchdog: None,
+        dump_signal: None,
+        dump_grace: Duration::from_secs(2),
         max_surge: 1,
         max_memory: None,
         max_age: None,
