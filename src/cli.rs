@@ -130,11 +130,13 @@ pub struct Cli {
     #[arg(long, value_name = "FILE", env = "SUP_ENV_FILE")]
     pub env_file: Option<PathBuf>,
 
-    /// When a new worker counts as ready: notify, or delay:DURATION [default: delay:1s]
+    /// When a new worker counts as ready: notify, delay:DURATION or fd:N [default: delay:1s]
     ///
     /// notify: when it sends READY=1 on NOTIFY_SOCKET (the sd_notify protocol; Puma and
-    /// gunicorn already do). delay:DURATION: once it has stayed up that long. A rolling
-    /// restart stops an old worker only after its replacement is ready.
+    /// gunicorn already do). delay:DURATION: once it has stayed up that long. fd:N: when it
+    /// writes a newline to its fd N, a pipe sup makes (s6's notification-fd; N above the
+    /// listeners); closing it without a newline is a failed boot. A rolling restart stops an
+    /// old worker only after its replacement is ready.
     #[arg(long, value_name = "MODE", env = "SUP_READY")]
     pub ready: Option<String>,
 

@@ -33,6 +33,9 @@ pub enum Readiness {
     Notify,
     /// It has stayed up this long (or sent `READY=1` sooner).
     Delay(Duration),
+    /// It writes a newline to this fd (the s6 `notification-fd`
+    /// convention); closing it without one is a failed boot.
+    Fd(i32),
 }
 
 /// Where the notify and Einhorn sockets live (`--notify-socket`).
@@ -100,8 +103,10 @@ pub enum ConfigError {
     MaxSurge(String),
     #[error("invalid --max-memory `{0}`: expected a size such as 512M or 2G (at least 1M)")]
     MaxMemory(String),
-    #[error("invalid --ready `{0}`: expected notify or delay:DURATION (e.g. delay:2s)")]
+    #[error("invalid --ready `{0}`: expected notify, delay:DURATION (e.g. delay:2s) or fd:N (e.g. fd:5)")]
     Ready(String),
+    #[error("--ready fd:{fd} would be one of the listeners' fds (3 to {last}): use fd:{free} or higher")]
+    ReadyFdTaken { fd: i32, last: i32, free: i32 },
     #[error("invalid --notify-socket `{0}`: expected path or abstract")]
     NotifySocket(String),
     #[error("invalid --hot-restart `{0}`: expected stop or overlap")]
@@ -239,6 +244,24 @@ impl Config {
         let ready = match cli.ready.as_deref() {
             None => Readiness::Delay(Duration::from_secs(1)),
             Some("notify") => Readiness::Notify,
+            Some(s) if s.starts_with("fd:") => match s["fd:".len()..].parse::<i32>() {
+                Ok(fd) if (3..=1023).contains(&fd) => {
+                    // The listeners are 3.., in --bind order.
+                    let free = 3 + binds.len() as i32;
+                    if fd < free {
+                        errors.push(ConfigError::ReadyFdTaken {
+                            fd,
+                            last: free - 1,
+                            free,
+                        });
+                    }
+                    Readiness::Fd(fd)
+                }
+                _ => {
+                    errors.push(ConfigError::Ready(s.to_string()));
+                    Readiness::Notify
+                }
+            },
             Some(s) => match s.strip_prefix("delay:").map(parse_duration) {
                 Some(Ok(d)) => Readiness::Delay(d),
                 _ => {
@@ -411,7 +434,7 @@ impl Config {
             graceful_timeout: self.graceful_timeout,
             stop_delay: self.stop_delay,
             ready_delay: match self.ready {
-                Readiness::Notify => None,
+                Readiness::Notify | Readiness::Fd(_) => None,
                 Readiness::Delay(d) => Some(d),
             },
             boot_timeout: self.boot_timeout,

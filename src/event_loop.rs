@@ -56,6 +56,8 @@ const CONTROL: Token = Token(3);
 const EINHORN_CONN: usize = 16;
 /// Control connections: `CONTROL_CONN + slot`.
 const CONTROL_CONN: usize = 1 << 20;
+/// Readiness pipes (`--ready fd:N`): `READY_PIPE + index`.
+const READY_PIPE: usize = 1 << 24;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoopError {
@@ -172,6 +174,15 @@ impl EventLoop {
             hand_to_fd_store(n, &ctx, self.control.as_ref());
         }
         let fd_store = fd_store.is_some();
+        let mut ready_pipes = crate::ready_fd::ReadyPipes::default();
+        for (fd, pid) in std::mem::take(&mut ctx.ready_pipes) {
+            if let Err(e) = ready_pipes.adopt(self.poll.registry(), READY_PIPE, pid, fd) {
+                log::error!(
+                    "cannot watch pid {pid}'s readiness pipe: {}",
+                    crate::files::os_error(&e)
+                );
+            }
+        }
         let mut shell = Shell {
             einhorn_socket: self.own.einhorn.as_ref().map(|e| e.name.to_string()),
             notify_socket,
@@ -189,6 +200,7 @@ impl EventLoop {
             strays_seen: children::Seen::default(),
             strays_check_at: None,
             fd_store,
+            ready_pipes,
             reap_due: false,
             prepared: command::PreparedCache::default(),
         };
@@ -243,6 +255,8 @@ struct Shell<'a> {
     strays_check_at: Option<Instant>,
     /// The listeners are in systemd's fd store (they outlive this sup).
     fd_store: bool,
+    /// `--ready fd:N`: the booting workers' readiness pipes.
+    ready_pipes: crate::ready_fd::ReadyPipes,
     /// A SIGCHLD read between events: reap after the next poll.
     reap_due: bool,
     /// What the workers of the generation being spawned run.
@@ -356,6 +370,11 @@ impl Shell<'_> {
             CONTROL => {
                 if let Some(server) = &mut self.res.control {
                     server.accept(self.res.poll.registry(), Instant::now());
+                }
+            }
+            Token(t) if t >= READY_PIPE => {
+                if let Some((pid, ready)) = self.ready_pipes.read(self.res.poll.registry(), t - READY_PIPE) {
+                    self.pending.push_back(Event::ReadyFd { pid, ready });
                 }
             }
             Token(t) if t >= CONTROL_CONN => self.control_readable(Token(t)),
@@ -550,6 +569,21 @@ impl Shell<'_> {
                     einhorn_socket: self.einhorn_socket.as_deref(),
                     watchdog: config.watchdog,
                     stop_signal: config.stop_signal as i32,
+                    ready_fd: None,
+                };
+                let mut req = req;
+                let ready_pipe = match config.ready {
+                    crate::config::Readiness::Fd(n) => match crate::ready_fd::Pending::new() {
+                        Ok(p) => {
+                            req.ready_fd = Some((p.child_end.as_raw_fd(), n));
+                            Some(p)
+                        }
+                        Err(e) => {
+                            log::error!("cannot make a readiness pipe: {}", crate::files::os_error(&e));
+                            None
+                        }
+                    },
+                    _ => None,
                 };
                 // The release directory is looked up at every spawn; the
                 // rest is reused while the generation and the release are
@@ -563,6 +597,15 @@ impl Shell<'_> {
                             .map_err(|errors| errors.join("; "))
                     })
                     .and_then(|p| spawn::start(&req, p).map_err(|e| crate::exit::chain(&e)));
+                if let (Ok(pid), Some(pipe)) = (&outcome, ready_pipe) {
+                    let registry = self.res.poll.registry();
+                    if let Err(e) = self.ready_pipes.watch(registry, READY_PIPE, Pid::from_raw(*pid), pipe) {
+                        log::error!(
+                            "cannot watch worker {slot}'s readiness pipe: {}",
+                            crate::files::os_error(&e)
+                        );
+                    }
+                }
                 self.pending.push_back(match outcome {
                     Ok(pid) => Event::Spawned {
                         slot,
@@ -703,6 +746,7 @@ impl Shell<'_> {
         } = &self.ctx;
         let snapshot = self.core.snapshot(Instant::now(), wall_ms(None));
         let mut handoff = Handoff::new(exe.to_string(), origin.to_path_buf(), snapshot);
+        handoff.ready_pipes = self.ready_pipes.handed();
         handoff.sockets = sockets.iter().map(BoundSocket::handed).collect();
         self.res.own.hand_over(&mut handoff);
         if let (Some(server), Some(configured)) = (&self.res.control, &self.config.control) {
@@ -791,6 +835,8 @@ pub struct Context<'a> {
     pub resume: Option<crate::core::Snapshot>,
     /// Names systemd passed back that no bind took: out of its fd store.
     pub unstore: Vec<String>,
+    /// After a hot restart: the readiness pipes of workers still booting.
+    pub ready_pipes: Vec<(std::os::fd::RawFd, Pid)>,
 }
 
 /// Whether `pid` is a worker this sup may take over (see

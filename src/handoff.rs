@@ -73,6 +73,10 @@ pub struct Handoff {
     /// Everything the core carries: workers, slots, the restart in
     /// progress, counters, the worker count (`Core::snapshot`).
     pub core: Snapshot,
+    /// `--ready fd:N`: the readiness pipes of workers still booting, by
+    /// worker pid.
+    #[serde(default)]
+    pub ready_pipes: Vec<(RawFd, crate::pid::Pid)>,
 }
 
 impl Handoff {
@@ -87,6 +91,7 @@ impl Handoff {
             einhorn: None,
             control: None,
             core,
+            ready_pipes: Vec::new(),
         }
     }
 
@@ -123,6 +128,7 @@ impl Handoff {
         let mut fds: Vec<RawFd> = self.sockets.iter().map(|s| s.fd).collect();
         fds.extend(self.notify.iter().chain(&self.einhorn).map(|u| u.fd));
         fds.extend(self.control.iter().map(|c| c.fd));
+        fds.extend(self.ready_pipes.iter().map(|(fd, _)| *fd));
         fds
     }
 }
@@ -303,6 +309,7 @@ mod v1 {
             einhorn: old.einhorn,
             control: old.control,
             core,
+            ready_pipes: Vec::new(),
         })
     }
 }

@@ -378,6 +378,7 @@ impl Core {
                 }
             }
             Event::Notify { sender, message } => self.on_notify(sender, &message, now, &mut out),
+            Event::ReadyFd { pid, ready } => self.on_ready_fd(pid, ready, now, &mut out),
             Event::HelperSpawned { pid } => self.restart.helper_spawned(pid),
             Event::HelperFailed { reason } => {
                 let stopping = self.stopping.is_some();
@@ -823,6 +824,31 @@ impl Core {
                 let trusted = self.settings.trusted_uids.contains(&sender.uid);
                 message.mainpid.filter(|_| trusted).and_then(|p| self.find(p))
             })
+    }
+
+    /// `--ready fd:N`: a newline on the worker's readiness fd makes it
+    /// ready; the fd closed without one is a failed boot.
+    fn on_ready_fd(&mut self, pid: Pid, ready: bool, now: Instant, out: &mut Vec<Action>) {
+        let Some(i) = self.find(pid) else { return };
+        let w = &mut self.workers[i];
+        if !matches!(w.state, WorkerState::Booting { .. }) {
+            return;
+        }
+        if ready {
+            w.state = WorkerState::Ready { since: now };
+            log(out, Level::Info, format!("{} is ready", w.label()));
+            return;
+        }
+        let (label, slot, generation) = (w.label(), w.slot, w.generation);
+        log(
+            out,
+            Level::Error,
+            format!("{label} closed its readiness fd without writing a newline: a failed boot; killing it"),
+        );
+        self.kill_worker(i, now, out);
+        self.record_failure(slot, false, None, now);
+        let reason = format!("(pid {pid}) closed its readiness fd without a newline");
+        self.replacement_failed(slot, generation, reason, now, out);
     }
 
     fn on_notify(&mut self, sender: Option<Sender>, message: &Message, now: Instant, out: &mut Vec<Action>) {

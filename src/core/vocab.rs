@@ -109,6 +109,12 @@ pub enum Event {
     Memory {
         samples: Vec<(Pid, u64)>,
     },
+    /// `--ready fd:N`: worker `pid` wrote a newline to its readiness fd
+    /// (`ready`), or closed it without one.
+    ReadyFd {
+        pid: Pid,
+        ready: bool,
+    },
     /// An sd_notify datagram (or an Einhorn ack, as `READY=1` + `MAINPID`).
     Notify {
         sender: Option<Sender>,

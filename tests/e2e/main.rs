@@ -19,6 +19,7 @@ mod metrics;
 mod notify_socket;
 mod one_worker;
 mod overlap;
+mod ready_fd;
 mod real_servers;
 mod recycling;
 mod rolling;
