@@ -345,8 +345,21 @@ pub enum CtlCommand {
     Stats,
     /// Hot restart (like SIGUSR2)
     Restart,
-    /// Rolling restart (like SIGUSR1)
-    PhasedRestart,
+    /// Rolling restart (like SIGUSR1); with --canary N, N slots and then a pause
+    PhasedRestart {
+        /// Replace N slots, then pause: `sup ctl resume` finishes the rollout, `sup ctl
+        /// rollback` undoes it; with --wait, returns once the canary serves
+        #[arg(long, value_name = "N")]
+        canary: Option<usize>,
+    },
+    /// Finish a rolling restart paused at its canary
+    Resume,
+    /// Replace the newer generation's workers by the previous release, as it was pinned
+    /// when it started (its directory, command and env file), make-before-break
+    ///
+    /// From a paused canary or after a completed rollout (one step back). Refused, with the
+    /// reason, when that release's directory is gone.
+    Rollback,
     /// Graceful stop (like SIGTERM)
     Stop,
     /// Immediate stop (like SIGQUIT)
@@ -435,7 +448,7 @@ mod tests {
     fn ctl_parses_with_wait_after_the_command() {
         let cli = Cli::try_parse_from(["sup", "ctl", "--control", "unix:/tmp/s", "phased-restart", "--wait"]).unwrap();
         let Some(Sub::Ctl(ctl)) = cli.sub else { panic!("no ctl") };
-        assert_eq!(ctl.command, CtlCommand::PhasedRestart);
+        assert_eq!(ctl.command, CtlCommand::PhasedRestart { canary: None });
         assert!(ctl.wait);
         let cli = Cli::try_parse_from(["sup", "ctl", "workers", "3"]).unwrap();
         assert!(matches!(

@@ -174,6 +174,7 @@ impl EventLoop {
             hand_to_fd_store(n, &ctx, self.control.as_ref());
         }
         let fd_store = fd_store.is_some();
+        let prepared = command::PreparedCache::restore(std::mem::take(&mut ctx.pins));
         let mut ready_pipes = crate::ready_fd::ReadyPipes::default();
         for (fd, pid) in std::mem::take(&mut ctx.ready_pipes) {
             if let Err(e) = ready_pipes.adopt(self.poll.registry(), READY_PIPE, pid, fd) {
@@ -202,7 +203,7 @@ impl EventLoop {
             fd_store,
             ready_pipes,
             reap_due: false,
-            prepared: command::PreparedCache::default(),
+            prepared,
         };
         for action in first {
             shell.execute(action);
@@ -406,12 +407,15 @@ impl Shell<'_> {
         match control::route(&req, self.config.control_token.as_deref()) {
             Route::Health => server.respond(slot, health_response(&self.core)),
             Route::Stats => {
+                let prepared = &self.prepared;
+                let releases = |g: u64| prepared.release(g).map(|p| p.display().to_string());
                 let body = stats::build(
                     &self.core,
                     self.ctx.sockets,
                     &mut self.usage,
                     self.started,
                     Instant::now(),
+                    &releases,
                 );
                 let json = serde_json::to_string(&body).unwrap_or_default();
                 server.respond(slot, http::response(200, &json, &[]));
@@ -425,6 +429,20 @@ impl Shell<'_> {
                     Instant::now(),
                 );
                 server.respond(slot, http::typed_response(200, metrics::CONTENT_TYPE, &text, &[]));
+            }
+            Route::Intent(crate::core::Intent::Rollback { .. }) => {
+                // What this sup keeps of the release a rollback restores:
+                // facts for the core, which decides.
+                let pinned = match self.core.rollback_target().map(|g| self.prepared.release(g)) {
+                    Some(Some(dir)) if dir.is_dir() => crate::core::Pinned::Ready,
+                    Some(Some(dir)) => {
+                        log::warn!("rollback: the pinned release {} is gone", dir.display());
+                        crate::core::Pinned::Gone
+                    }
+                    Some(None) | None => crate::core::Pinned::Unknown,
+                };
+                let intent = crate::core::Intent::Rollback { pinned };
+                self.pending.push_back(Event::Control { conn: slot, intent });
             }
             Route::Intent(intent) => self.pending.push_back(Event::Control { conn: slot, intent }),
             Route::Refuse(status, why) => {
@@ -444,6 +462,8 @@ impl Shell<'_> {
         let Some(server) = &mut self.res.control else { return };
         let token = self.config.control_token.as_deref();
         let (core, sockets, usage, started) = (&self.core, self.ctx.sockets, &mut self.usage, self.started);
+        let prepared = &self.prepared;
+        let releases = |g: u64| prepared.release(g).map(|p| p.display().to_string());
         server.quiesce(QUIESCE, |req| {
             let refused = |command| {
                 let answer = Answer::Refused {
@@ -455,7 +475,7 @@ impl Shell<'_> {
             match control::route(req, token) {
                 Route::Health => health_response(core),
                 Route::Stats => {
-                    let body = stats::build(core, sockets, usage, started, Instant::now());
+                    let body = stats::build(core, sockets, usage, started, Instant::now(), &releases);
                     http::response(200, &serde_json::to_string(&body).unwrap_or_default(), &[])
                 }
                 Route::Metrics => {
@@ -643,6 +663,11 @@ impl Shell<'_> {
             // core (a READY=1 read with it must not be lost), in `run`.
             Action::ReExec { generation, adopt } => self.exec_due = Some((generation, adopt)),
             Action::Signal { pid, signal } => send(pid, signal),
+            Action::PinRecipe { generation, like } => {
+                if !self.prepared.pin_like(generation, like) {
+                    log::error!("gen {generation} should run gen {like}'s release, which is no longer pinned");
+                }
+            }
             Action::SignalGroup { pgid, signal } => {
                 let _ = send_group(pgid, Some(signal));
             }
@@ -747,6 +772,7 @@ impl Shell<'_> {
         let snapshot = self.core.snapshot(Instant::now(), wall_ms(None));
         let mut handoff = Handoff::new(exe.to_string(), origin.to_path_buf(), snapshot);
         handoff.ready_pipes = self.ready_pipes.handed();
+        handoff.pins = self.prepared.pins();
         handoff.sockets = sockets.iter().map(BoundSocket::handed).collect();
         self.res.own.hand_over(&mut handoff);
         if let (Some(server), Some(configured)) = (&self.res.control, &self.config.control) {
@@ -837,6 +863,8 @@ pub struct Context<'a> {
     pub unstore: Vec<String>,
     /// After a hot restart: the readiness pipes of workers still booting.
     pub ready_pipes: Vec<(std::os::fd::RawFd, Pid)>,
+    /// After a hot restart: the preparations the old image pinned.
+    pub pins: crate::command::Pins,
 }
 
 /// Whether `pid` is a worker this sup may take over (see

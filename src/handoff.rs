@@ -77,6 +77,9 @@ pub struct Handoff {
     /// worker pid.
     #[serde(default)]
     pub ready_pipes: Vec<(RawFd, crate::pid::Pid)>,
+    /// Each recent generation's preparation, pinned (what a rollback runs).
+    #[serde(default)]
+    pub pins: crate::command::Pins,
 }
 
 impl Handoff {
@@ -92,6 +95,7 @@ impl Handoff {
             control: None,
             core,
             ready_pipes: Vec::new(),
+            pins: Default::default(),
         }
     }
 
@@ -286,7 +290,10 @@ mod v1 {
                 kind: old.kind.unwrap_or(RestartKind::Hot),
                 started: -(now_ms.saturating_sub(old.started_ms).min(i64::MAX as u64) as i64),
                 phase: PhaseSnap::Exec { adopt },
+                plan: Default::default(),
             }),
+            parked: None,
+            rollback_target: None,
             pending: old.pending,
             last_restart: None,
             restarts_begun: old.restart_id,
@@ -310,6 +317,7 @@ mod v1 {
             control: old.control,
             core,
             ready_pipes: Vec::new(),
+            pins: Default::default(),
         })
     }
 }

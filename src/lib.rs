@@ -240,6 +240,7 @@ fn start() -> Result<u8, StartupError> {
     };
     // The core the old image handed over: restored in the loop.
     let mut ready_pipes = Vec::new();
+    let mut pins = command::Pins::default();
     let resume = handoff.map(|h| {
         log::info!(
             "this is the new sup: adopting {} socket(s) and {} worker(s)",
@@ -247,10 +248,12 @@ fn start() -> Result<u8, StartupError> {
             h.core.workers.len()
         );
         ready_pipes = h.ready_pipes;
+        pins = h.pins;
         h.core
     });
     let ctx = event_loop::Context {
         ready_pipes,
+        pins,
         unstore,
         sockets: &sockets,
         devnull: &devnull,

@@ -102,7 +102,12 @@ impl Ask {
             CtlCommand::Health => Ask::Health,
             CtlCommand::Stats => Ask::Stats { raw: true },
             CtlCommand::Restart => send(Command::Restart),
-            CtlCommand::PhasedRestart => send(Command::PhasedRestart),
+            CtlCommand::PhasedRestart { canary } => Ask::Send {
+                command: Command::PhasedRestart,
+                count: canary.unwrap_or(0),
+            },
+            CtlCommand::Resume => send(Command::Resume),
+            CtlCommand::Rollback => send(Command::Rollback),
             CtlCommand::Stop => send(Command::Stop),
             CtlCommand::Halt => send(Command::Halt),
             CtlCommand::Incr => send(Command::Incr),
@@ -136,7 +141,7 @@ fn worker_query(command: &CtlCommand) -> String {
 /// Whether sup answers `command` with a restart that `--wait` can follow.
 fn starts_restart(command: Command) -> bool {
     match command {
-        Command::Restart | Command::PhasedRestart | Command::Reexec => true,
+        Command::Restart | Command::PhasedRestart | Command::Reexec | Command::Resume | Command::Rollback => true,
         Command::Stop
         | Command::Halt
         | Command::Incr
@@ -281,8 +286,16 @@ fn wait(control: &ControlAddr, token: Option<&str>, mut id: u64, deadline: Insta
                 continue;
             }
         };
-        let Some(restart) = stats.restart else {
-            continue;
+        // Ours has ended while an older one (a paused canary) is the one in
+        // progress again: its end is the last restart, and that paused one
+        // keeps sup "busy" without being anything to wait for.
+        let older_paused = matches!(&stats.restart, Some(r) if r.id < id && r.outcome == RestartOutcome::Paused);
+        let busy = stats.restart_busy && !older_paused;
+        let ended = stats.last_restart.filter(|l| l.id == id);
+        let restart = match (stats.restart, ended) {
+            (Some(r), _) if r.id >= id => r,
+            (_, Some(l)) => l,
+            _ => continue,
         };
         if restart.id < id {
             continue;
@@ -304,7 +317,15 @@ fn wait(control: &ControlAddr, token: Option<&str>, mut id: u64, deadline: Insta
                 ));
             }
         }
-        if restart.outcome == RestartOutcome::Running || stats.restart_busy {
+        if restart.outcome == RestartOutcome::Paused {
+            out(&format!(
+                "sup: {} restart {id} paused with its canary of gen {} ready (sup ctl resume, or sup ctl rollback)",
+                restart.kind.as_str(),
+                restart.generation.unwrap_or(0)
+            ));
+            return Ok(0);
+        }
+        if restart.outcome == RestartOutcome::Running || busy {
             continue;
         }
         let kind = restart.kind.as_str();
@@ -325,7 +346,7 @@ fn wait(control: &ControlAddr, token: Option<&str>, mut id: u64, deadline: Insta
                 "{kind} restart failed: worker {} {error}; the old workers keep serving (restart {id})",
                 restart.failed_slot.unwrap_or(0)
             ))),
-            RestartOutcome::Abandoned | RestartOutcome::Running => {
+            RestartOutcome::Abandoned | RestartOutcome::Running | RestartOutcome::Paused => {
                 Err(runtime(format!("{kind} restart abandoned: {error} (restart {id})")))
             }
         };
@@ -535,6 +556,8 @@ mod tests {
             ("reopen-logs", Some(Signal::SIGHUP), false),
             ("reexec", None, true),
             ("worker", None, false),
+            ("resume", None, true),
+            ("rollback", None, true),
         ];
         assert_eq!(by_name.len(), expected.len(), "{by_name:?}");
         for (name, signal, waits) in expected {

@@ -70,6 +70,13 @@ pub fn route(req: &Request, token: Option<&str>) -> Route {
                 _ => Route::Refuse(400, "POST /workers needs ?count=N, N from 1 to 10000".into()),
             }
         }
+        ("POST", _, Some(protocol::Command::PhasedRestart)) if req.query.iter().any(|(k, _)| k == "canary") => {
+            let canary = req.query.iter().find(|(k, _)| k == "canary").map(|(_, v)| v.as_str());
+            match canary.and_then(|c| c.parse::<usize>().ok()) {
+                Some(n) if (1..=10_000).contains(&n) => Route::Intent(Intent::Canary(n)),
+                _ => Route::Refuse(400, "POST /phased-restart?canary=N needs N from 1 to 10000".into()),
+            }
+        }
         ("POST", _, Some(protocol::Command::Worker)) => {
             let get = |key: &str| req.query.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
             let target = get("target").and_then(protocol::parse_worker_ref);

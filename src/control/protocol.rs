@@ -41,10 +41,14 @@ pub enum Command {
     Reexec,
     /// Act on one worker (`?target=SLOT|PID|slot:N|pid:N&action=replace|stop|signal&signal=SIG`).
     Worker,
+    /// Finish a paused canary's rollout.
+    Resume,
+    /// Go back to the previous release, as it was pinned.
+    Rollback,
 }
 
 impl Command {
-    pub const ALL: [Command; 10] = [
+    pub const ALL: [Command; 12] = [
         Command::Restart,
         Command::PhasedRestart,
         Command::Stop,
@@ -55,6 +59,8 @@ impl Command {
         Command::ReopenLogs,
         Command::Reexec,
         Command::Worker,
+        Command::Resume,
+        Command::Rollback,
     ];
 
     pub fn path(self) -> &'static str {
@@ -69,6 +75,8 @@ impl Command {
             Command::ReopenLogs => "/reopen-logs",
             Command::Reexec => "/reexec",
             Command::Worker => "/worker",
+            Command::Resume => "/resume",
+            Command::Rollback => "/rollback",
         }
     }
 
@@ -80,6 +88,7 @@ impl Command {
     pub fn target(self, count: usize) -> String {
         match self {
             Command::Workers => format!("{}?count={count}", self.path()),
+            Command::PhasedRestart if count > 0 => format!("{}?canary={count}", self.path()),
             _ => self.path().to_string(),
         }
     }
@@ -89,6 +98,8 @@ impl Command {
     pub fn intent(self, count: usize) -> Option<Intent> {
         Some(match self {
             Command::Restart => Intent::Hot,
+            // `count`: a canary's size.
+            Command::PhasedRestart if count > 0 => Intent::Canary(count),
             Command::PhasedRestart => Intent::Rolling,
             Command::Stop => Intent::Stop,
             Command::Halt => Intent::Halt,
@@ -97,6 +108,11 @@ impl Command {
             Command::Workers => Intent::Scale(count),
             Command::ReopenLogs => Intent::ReopenLogs,
             Command::Reexec => Intent::Reexec,
+            Command::Resume => Intent::Resume,
+            // The shell says what it keeps of the release (see `Pinned`).
+            Command::Rollback => Intent::Rollback {
+                pinned: crate::core::Pinned::Unknown,
+            },
             Command::Worker => return None,
         })
     }
@@ -105,7 +121,9 @@ impl Command {
     pub fn of(intent: Intent) -> Command {
         match intent {
             Intent::Hot => Command::Restart,
-            Intent::Rolling => Command::PhasedRestart,
+            Intent::Rolling | Intent::Canary(_) => Command::PhasedRestart,
+            Intent::Resume => Command::Resume,
+            Intent::Rollback { .. } => Command::Rollback,
             Intent::Stop | Intent::Interrupt => Command::Stop,
             Intent::Halt => Command::Halt,
             Intent::Incr => Command::Incr,
@@ -144,6 +162,14 @@ pub fn parse_worker_action(action: &str, signal: Option<&str>) -> Option<crate::
         ("signal", Some(sig)) => crate::config::parse_signal(sig).map(WorkerAction::Signal),
         _ => None,
     }
+}
+
+/// A generation: its live workers and the release directory it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GenerationStats {
+    pub generation: u64,
+    pub workers: usize,
+    pub release: Option<String>,
 }
 
 /// A restart that a command started.
@@ -223,6 +249,17 @@ pub struct Stats {
     pub binds: Vec<Bind>,
     /// The restart in progress, or else the last one.
     pub restart: Option<RestartStats>,
+    /// The last restart that ended (a reexec during a paused canary ends
+    /// while the canary is the one in progress).
+    #[serde(default)]
+    pub last_restart: Option<RestartStats>,
+    /// What `sup ctl rollback` would bring back: the generation and the
+    /// release it was pinned to.
+    #[serde(default)]
+    pub rollback_target: Option<GenerationStats>,
+    /// Each generation with live workers, and the release directory it runs.
+    #[serde(default)]
+    pub generations: Vec<GenerationStats>,
     /// A restart is running or waiting to run.
     pub restart_busy: bool,
     /// Puma's: live (not stopping) workers.
@@ -249,6 +286,8 @@ pub struct Bind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RestartOutcome {
+    /// A canary is up; the rollout waits for `resume` or `rollback`.
+    Paused,
     Running,
     Completed,
     /// A replacement failed to boot; the old workers kept serving.
@@ -358,6 +397,9 @@ mod tests {
         assert_eq!((accepted.status(400), refused.status(400)), (202, 409));
 
         let stats = Stats {
+            last_restart: None,
+            rollback_target: None,
+            generations: Vec::new(),
             pid: 7,
             version: "0.1.0".into(),
             started_at: "2026-12-03T01:00:00.000Z".into(),

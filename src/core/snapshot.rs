@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Core;
 use super::counters::{Counters, RecycleReason};
-use super::restart::{Outcome, Phase, Restart, RestartKind, RestartRecord};
+use super::restart::{Outcome, Phase, Restart, RestartKind, RestartRecord, Rollout};
 use super::vocab::{Action, Settings, log};
 use crate::pid::{Pgid, Pid};
 use crate::worker::{ExitStatus, Lingering, Slot, Worker, WorkerState};
@@ -42,6 +42,12 @@ pub struct Snapshot {
     pub slots: Vec<SlotSnap>,
     pub lingering: Vec<LingeringSnap>,
     pub restart: Option<RestartSnap>,
+    /// A paused canary set aside while a reexec runs.
+    #[serde(default)]
+    pub parked: Option<RestartSnap>,
+    /// The generation `sup ctl rollback` goes back to.
+    #[serde(default)]
+    pub rollback_target: Option<u64>,
     pub pending: Option<RestartKind>,
     pub last_restart: Option<RecordSnap>,
     pub restarts_begun: u64,
@@ -111,6 +117,8 @@ pub struct RestartSnap {
     pub kind: RestartKind,
     pub started: Ms,
     pub phase: PhaseSnap,
+    #[serde(default)]
+    pub plan: Rollout,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,6 +127,7 @@ pub enum PhaseSnap {
     Hook { pid: Option<Pid>, deadline: Ms },
     Preflight { pid: Option<Pid>, deadline: Ms },
     Rolling { generation: u64 },
+    Paused { generation: u64 },
     Draining,
     Exec { adopt: bool },
     Starting { generation: u64 },
@@ -224,6 +233,28 @@ impl WorkerSnap {
     }
 }
 
+impl RestartSnap {
+    fn of(r: &Restart, now: Instant) -> RestartSnap {
+        RestartSnap {
+            id: r.id,
+            kind: r.kind,
+            started: rel(r.started_at, now),
+            phase: PhaseSnap::of(r.phase, now),
+            plan: r.plan,
+        }
+    }
+
+    fn restart(&self, base: Instant) -> Restart {
+        Restart {
+            id: self.id,
+            kind: self.kind,
+            started_at: abs(self.started, base),
+            phase: self.phase.phase(base),
+            plan: self.plan,
+        }
+    }
+}
+
 impl PhaseSnap {
     fn of(phase: Phase, now: Instant) -> PhaseSnap {
         match phase {
@@ -236,6 +267,7 @@ impl PhaseSnap {
                 deadline: rel(deadline, now),
             },
             Phase::Rolling { generation } => PhaseSnap::Rolling { generation },
+            Phase::Paused { generation } => PhaseSnap::Paused { generation },
             Phase::Draining => PhaseSnap::Draining,
             Phase::Exec { adopt } => PhaseSnap::Exec { adopt },
             Phase::Starting { generation } => PhaseSnap::Starting { generation },
@@ -253,6 +285,7 @@ impl PhaseSnap {
                 deadline: abs(deadline, base),
             },
             PhaseSnap::Rolling { generation } => Phase::Rolling { generation },
+            PhaseSnap::Paused { generation } => Phase::Paused { generation },
             PhaseSnap::Draining => Phase::Draining,
             PhaseSnap::Exec { adopt } => Phase::Exec { adopt },
             PhaseSnap::Starting { generation } => Phase::Starting { generation },
@@ -295,12 +328,9 @@ impl Core {
                     kill_at: rel(l.kill_at, now),
                 })
                 .collect(),
-            restart: restart.current.map(|r| RestartSnap {
-                id: r.id,
-                kind: r.kind,
-                started: rel(r.started_at, now),
-                phase: PhaseSnap::of(r.phase, now),
-            }),
+            restart: restart.current.map(|r| RestartSnap::of(&r, now)),
+            parked: restart.parked.map(|r| RestartSnap::of(&r, now)),
+            rollback_target: self.rollback_target,
             pending: restart.pending,
             last_restart: restart.last.as_ref().map(|r| RecordSnap {
                 id: r.id,
@@ -357,8 +387,8 @@ impl Core {
             outcome: l.outcome,
         });
         r.current = snap.restart.map(|s| {
-            let mut phase = s.phase.phase(base);
-            if let Phase::Hook { pid, .. } | Phase::Preflight { pid, .. } = &mut phase
+            let mut r = s.restart(base);
+            if let Phase::Hook { pid, .. } | Phase::Preflight { pid, .. } = &mut r.phase
                 && let Some(p) = *pid
                 && let Err(why) = ours(p)
             {
@@ -369,13 +399,10 @@ impl Core {
                 );
                 *pid = None;
             }
-            Restart {
-                id: s.id,
-                kind: s.kind,
-                started_at: abs(s.started, base),
-                phase,
-            }
+            r
         });
+        r.parked = snap.parked.map(|s| s.restart(base));
+        core.rollback_target = snap.rollback_target;
         let highest = snap.workers.iter().map(|w| w.slot + 1).max().unwrap_or(0);
         let slots = snap.slots.len().max(highest).max(core.target);
         core.slots.resize(slots, Slot::default());

@@ -115,7 +115,14 @@ impl Core {
         match self.restart.phase() {
             Some(Phase::Hook { deadline, .. }) => list.push((deadline, Timer::Hook)),
             Some(Phase::Preflight { deadline, .. }) => list.push((deadline, Timer::Preflight)),
-            Some(Phase::Rolling { .. } | Phase::Draining | Phase::Exec { .. } | Phase::Starting { .. }) | None => {}
+            Some(
+                Phase::Rolling { .. }
+                | Phase::Paused { .. }
+                | Phase::Draining
+                | Phase::Exec { .. }
+                | Phase::Starting { .. },
+            )
+            | None => {}
         }
         if let Some(s) = &self.stopping {
             list.extend(s.helper.map(|(_, t)| (t, Timer::HelperKill)));

@@ -38,6 +38,24 @@ pub enum Intent {
     Scale(usize),
     /// Act on one worker (control server: `sup ctl worker`).
     Worker { target: WorkerRef, action: WorkerAction },
+    /// A rolling restart that replaces this many slots, then pauses.
+    Canary(usize),
+    /// Finish the paused rollout.
+    Resume,
+    /// Replace the newer generation's workers by the previous release, as
+    /// it was pinned; `pinned` is what the shell found of it.
+    Rollback { pinned: Pinned },
+}
+
+/// What the shell found of the release a rollback would restore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pinned {
+    /// Its preparation is kept and its directory is still there.
+    Ready,
+    /// Nothing is kept of it (sup was started since, or nothing rolled out).
+    Unknown,
+    /// Its release directory is gone.
+    Gone,
 }
 
 /// Which worker a one-worker request names.
@@ -152,6 +170,12 @@ pub enum Action {
     /// SIGKILL a whole process group.
     KillGroup {
         pgid: Pgid,
+    },
+    /// Generation `generation` runs generation `like`'s pinned preparation
+    /// (a rollback), not what the release directory holds now.
+    PinRecipe {
+        generation: u64,
+        like: u64,
     },
     /// Send `signal` to a whole process group (`sup ctl worker … signal`).
     SignalGroup {

@@ -12,6 +12,7 @@ mod bad_input;
 mod completions;
 mod config;
 mod control;
+mod deploy;
 mod draining;
 mod hot;
 mod inheritance;

@@ -288,6 +288,7 @@ fn answer(fd: RawFd) -> String {
         "generation": std::env::var("SUP_GENERATION").ok().and_then(|v| v.parse::<u64>().ok()),
         "fd": fd,
         "name": name,
+        "cwd": std::env::current_dir().map(|p| p.display().to_string()).unwrap_or_default(),
     })
     .to_string()
 }

@@ -72,6 +72,8 @@ struct Harness {
     memory_of: std::collections::HashMap<i32, u64>,
     /// Signals sent to whole groups (`sup ctl worker … signal`).
     signalled_groups: Vec<(i32, i32)>,
+    /// Generations told to run another's pinned preparation (rollbacks).
+    pins: Vec<(u64, u64)>,
     /// The listeners were closed to new connections (a drain).
     closed: bool,
     /// What a look at the accept queues finds.
@@ -105,6 +107,7 @@ impl Harness {
             kind: RestartKind::Hot,
             started: -100,
             phase: crate::core::snapshot::PhaseSnap::Exec { adopt: false },
+            plan: Default::default(),
         });
         let (h, actions) = Harness::restored(settings, snap, 0);
         assert!(actions.iter().all(|a| matches!(a, Action::Log { .. })), "{actions:?}");
@@ -152,6 +155,7 @@ impl Harness {
             strays_alive: false,
             memory_of: std::collections::HashMap::new(),
             signalled_groups: vec![],
+            pins: vec![],
             closed: false,
             queued: 0,
             queue_probes: 0,
@@ -207,6 +211,7 @@ impl Harness {
                     Action::Exit(code) => self.exit = Some(code),
                     Action::Reply { conn, intent, reply } => self.replies.push((conn, intent, reply)),
                     Action::CloseListeners => self.closed = true,
+                    Action::PinRecipe { generation, like } => self.pins.push((generation, like)),
                     Action::ProbeQueues => {
                         self.queue_probes += 1;
                         queue.push_back(Event::Queued {
@@ -456,6 +461,7 @@ fn recycling_harness(workers: usize, s: impl FnOnce(&mut Settings)) -> Harness {
 }
 
 mod control;
+mod deploy;
 mod hot;
 mod notify;
 mod one_worker;
