@@ -297,13 +297,6 @@ impl Sup {
         })
     }
 
-    /// Wait until sup has logged `n` workers as ready.
-    pub fn wait_ready(&self, n: usize) {
-        wait_until(&format!("{n} workers ready"), secs(20), || {
-            (self.log().matches(" is ready").count() >= n).then_some(())
-        });
-    }
-
     /// The address sup logged for its `index`th tcp socket.
     pub fn tcp_addr(&self, index: usize) -> SocketAddr {
         wait_until("sup to log its tcp addresses", secs(10), || {
