@@ -3,9 +3,12 @@
 //! duration; failures are counted by kind (refused, reset, timeout, empty
 //! reply, other). With `--windows FILE`, the benchmark script appends
 //! `start end` lines (CLOCK_MONOTONIC seconds) for its restart windows, and
-//! latencies are split into inside and outside them. Prints one JSON line.
+//! latencies are split into inside and outside them. With `--pause MS`,
+//! each client waits MS between requests: a steady load that leaves the
+//! machine's cores to whatever else the test runs (a deploy tool).
+//! Prints one JSON line.
 //!
-//!   sup-load --addr 127.0.0.1:8080 --clients 8 --seconds 10 [--windows FILE]
+//!   sup-load --addr 127.0.0.1:8080 --clients 8 --seconds 10 [--windows FILE] [--pause MS]
 
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read, Write};
@@ -60,7 +63,7 @@ fn summary(mut v: Vec<f64>) -> serde_json::Value {
 
 fn main() {
     let mut addr = None;
-    let (mut clients, mut seconds, mut windows) = (4usize, 10f64, None);
+    let (mut clients, mut seconds, mut windows, mut pause) = (4usize, 10f64, None, 0u64);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let v = args.next().unwrap_or_default();
@@ -69,13 +72,14 @@ fn main() {
             "--clients" => clients = v.parse().unwrap_or(4),
             "--seconds" => seconds = v.parse().unwrap_or(10.0),
             "--windows" => windows = Some(v),
+            "--pause" => pause = v.parse().unwrap_or(0),
             _ => {}
         }
     }
     let Some(addr) = addr else {
         let _ = writeln!(
             std::io::stderr(),
-            "usage: sup-load --addr HOST:PORT [--clients C] [--seconds S] [--windows FILE]"
+            "usage: sup-load --addr HOST:PORT [--clients C] [--seconds S] [--windows FILE] [--pause MS]"
         );
         std::process::exit(2);
     };
@@ -88,6 +92,9 @@ fn main() {
                     let t0 = monotonic();
                     let r = one(addr);
                     samples.push((t0, monotonic() - t0, r));
+                    if pause > 0 {
+                        std::thread::sleep(Duration::from_millis(pause));
+                    }
                 }
                 samples
             })
