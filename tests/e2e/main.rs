@@ -23,3 +23,4 @@ mod recycling;
 mod rolling;
 mod stopping;
 mod supervision;
+mod systemd;
