@@ -130,11 +130,13 @@ pub struct Cli {
     #[arg(long, value_name = "FILE", env = "SUP_ENV_FILE")]
     pub env_file: Option<PathBuf>,
 
-    /// When a new worker counts as ready: notify, or delay:DURATION [default: delay:1s]
+    /// When a new worker counts as ready: notify, delay:DURATION or fd:N [default: delay:1s]
     ///
     /// notify: when it sends READY=1 on NOTIFY_SOCKET (the sd_notify protocol; Puma and
-    /// gunicorn already do). delay:DURATION: once it has stayed up that long. A rolling
-    /// restart stops an old worker only after its replacement is ready.
+    /// gunicorn already do). delay:DURATION: once it has stayed up that long. fd:N: when it
+    /// writes a newline to its fd N, a pipe sup makes (s6's notification-fd; N above the
+    /// listeners); closing it without a newline is a failed boot. A rolling restart stops an
+    /// old worker only after its replacement is ready.
     #[arg(long, value_name = "MODE", env = "SUP_READY")]
     pub ready: Option<String>,
 
@@ -151,6 +153,19 @@ pub struct Cli {
     /// sd_notify libraries that ping by themselves do so unchanged.
     #[arg(long, value_name = "DURATION", env = "SUP_WATCHDOG")]
     pub watchdog: Option<String>,
+
+    /// Before killing a worker for a timeout, send it SIGNAL for a dump
+    ///
+    /// A worker about to be killed because it was not ready within --boot-timeout, went
+    /// silent past --watchdog or did not stop within --graceful-timeout first gets SIGNAL
+    /// (ABRT, QUIT, USR1: what its runtime dumps its stacks on), then --dump-grace to write
+    /// the dump, then SIGKILL to its process group. The log says which timeout.
+    #[arg(long, value_name = "SIGNAL", env = "SUP_DUMP_SIGNAL")]
+    pub dump_signal: Option<String>,
+
+    /// How long a worker has to write its dump after --dump-signal [default: 5s]
+    #[arg(long, value_name = "DURATION", env = "SUP_DUMP_GRACE")]
+    pub dump_grace: Option<String>,
 
     /// Replace a worker whose memory stays above SIZE (e.g. 512M, 2G)
     ///
@@ -330,8 +345,21 @@ pub enum CtlCommand {
     Stats,
     /// Hot restart (like SIGUSR2)
     Restart,
-    /// Rolling restart (like SIGUSR1)
-    PhasedRestart,
+    /// Rolling restart (like SIGUSR1); with --canary N, N slots and then a pause
+    PhasedRestart {
+        /// Replace N slots, then pause: `sup ctl resume` finishes the rollout, `sup ctl
+        /// rollback` undoes it; with --wait, returns once the canary serves
+        #[arg(long, value_name = "N")]
+        canary: Option<usize>,
+    },
+    /// Finish a rolling restart paused at its canary
+    Resume,
+    /// Replace the newer generation's workers by the previous release, as it was pinned
+    /// when it started (its directory, command and env file), make-before-break
+    ///
+    /// From a paused canary or after a completed rollout (one step back). Refused, with the
+    /// reason, when that release's directory is gone.
+    Rollback,
     /// Graceful stop (like SIGTERM)
     Stop,
     /// Immediate stop (like SIGQUIT)
@@ -347,11 +375,35 @@ pub enum CtlCommand {
     },
     /// Reopen the log file (like SIGHUP)
     ReopenLogs,
+    /// Act on one worker: replace it (make-before-break), send its process group a signal,
+    /// or stop it (its slot gets a new worker)
+    ///
+    /// TARGET is a slot or a pid (`slot:N` or `pid:N` where a number could be both).
+    Worker {
+        /// The worker: SLOT, PID, slot:N or pid:N
+        target: String,
+        #[command(subcommand)]
+        action: WorkerCtl,
+    },
     /// Re-execute sup itself and adopt every worker, touching none
     ///
     /// For upgrading the sup binary or its own settings (log level, control token, …). The
     /// new sup is checked with --check first; the workers keep serving throughout.
     Reexec,
+}
+
+/// What `sup ctl worker TARGET` does.
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum WorkerCtl {
+    /// Start its replacement; it stops once the replacement is ready
+    Replace,
+    /// Send SIGNAL to its process group (e.g. USR1 for a thread dump)
+    Signal {
+        /// A signal name, with or without SIG, or a number
+        signal: String,
+    },
+    /// Stop it gracefully; its slot gets a new worker
+    Stop,
 }
 
 #[cfg(test)]
@@ -396,7 +448,7 @@ mod tests {
     fn ctl_parses_with_wait_after_the_command() {
         let cli = Cli::try_parse_from(["sup", "ctl", "--control", "unix:/tmp/s", "phased-restart", "--wait"]).unwrap();
         let Some(Sub::Ctl(ctl)) = cli.sub else { panic!("no ctl") };
-        assert_eq!(ctl.command, CtlCommand::PhasedRestart);
+        assert_eq!(ctl.command, CtlCommand::PhasedRestart { canary: None });
         assert!(ctl.wait);
         let cli = Cli::try_parse_from(["sup", "ctl", "workers", "3"]).unwrap();
         assert!(matches!(

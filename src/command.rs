@@ -212,7 +212,7 @@ pub enum PlaceholderError {
 }
 
 /// Every worker of a generation runs this: resolved and checked once.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Prepared {
     pub cwd: PathBuf,
     /// sup's environment without its own variables, plus the env file.
@@ -229,6 +229,23 @@ pub struct Prepared {
 #[derive(Debug, Default)]
 pub struct PreparedCache {
     kept: Option<(u64, Prepared)>,
+    /// The first preparation of each recent generation, pinned as it was
+    /// when the generation started (resolved directory, command, the env
+    /// file's contents): what a rollback runs again.
+    pinned: std::collections::BTreeMap<u64, Prepared>,
+    /// Generations that run another's pinned preparation (rollbacks).
+    like: std::collections::BTreeMap<u64, u64>,
+}
+
+/// How many generations' preparations are kept pinned.
+const PINNED: usize = 4;
+
+/// What a cache hands the next sup image: the pinned preparations and the
+/// generations that run another's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Pins {
+    pub pinned: Vec<(u64, Prepared)>,
+    pub like: Vec<(u64, u64)>,
 }
 
 impl PreparedCache {
@@ -243,11 +260,65 @@ impl PreparedCache {
         release: Option<PathBuf>,
         prepare: impl FnOnce() -> Result<Prepared, E>,
     ) -> Result<&Prepared, E> {
+        if let Some(like) = self.like.get(&generation).copied()
+            && self.pinned.contains_key(&like)
+        {
+            // A rollback: the pinned release, not whatever `current` is now.
+            return Ok(&self.pinned[&like]);
+        }
         let prepared = match (self.kept.take(), release) {
             (Some((g, p)), Some(dir)) if g == generation && p.cwd == dir => p,
             _ => prepare()?,
         };
+        if let std::collections::btree_map::Entry::Vacant(e) = self.pinned.entry(generation) {
+            e.insert(prepared.clone());
+            self.prune(generation);
+        }
         Ok(&self.kept.insert((generation, prepared)).1)
+    }
+
+    /// The release directory `generation` was pinned to, if it is known.
+    pub fn release(&self, generation: u64) -> Option<&Path> {
+        let g = self.like.get(&generation).copied().unwrap_or(generation);
+        self.pinned.get(&g).map(|p| p.cwd.as_path())
+    }
+
+    /// Generation `generation` runs `like`'s pinned preparation (a rollback);
+    /// false if that one is not pinned.
+    pub fn pin_like(&mut self, generation: u64, like: u64) -> bool {
+        let like = self.like.get(&like).copied().unwrap_or(like);
+        if !self.pinned.contains_key(&like) {
+            return false;
+        }
+        self.like.insert(generation, like);
+        self.prune(generation);
+        true
+    }
+
+    /// Keep what the last few generations run, and nothing older: a
+    /// rollback goes one step back, so older pins are never needed again.
+    fn prune(&mut self, newest: u64) {
+        let oldest = newest.saturating_sub(PINNED as u64);
+        self.like.retain(|g, _| *g >= oldest);
+        let keep: Vec<u64> = self.like.values().copied().collect();
+        self.pinned.retain(|g, _| *g >= oldest || keep.contains(g));
+    }
+
+    /// For the next sup image.
+    pub fn pins(&self) -> Pins {
+        Pins {
+            pinned: self.pinned.iter().map(|(g, p)| (*g, p.clone())).collect(),
+            like: self.like.iter().map(|(a, b)| (*a, *b)).collect(),
+        }
+    }
+
+    /// What the previous image pinned.
+    pub fn restore(pins: Pins) -> PreparedCache {
+        PreparedCache {
+            kept: None,
+            pinned: pins.pinned.into_iter().collect(),
+            like: pins.like.into_iter().collect(),
+        }
     }
 }
 

@@ -33,6 +33,9 @@ pub enum Readiness {
     Notify,
     /// It has stayed up this long (or sent `READY=1` sooner).
     Delay(Duration),
+    /// It writes a newline to this fd (the s6 `notification-fd`
+    /// convention); closing it without one is a failed boot.
+    Fd(i32),
 }
 
 /// Where the notify and Einhorn sockets live (`--notify-socket`).
@@ -54,6 +57,9 @@ pub struct Config {
     pub command: Vec<OsString>,
     pub directory: Option<PathBuf>,
     pub stop_signal: Signal,
+    /// `--dump-signal`, `--dump-grace`.
+    pub dump_signal: Option<Signal>,
+    pub dump_grace: Duration,
     pub graceful_timeout: Duration,
     /// `--stop-delay`: at a stop, how long sup reports not ready while serving.
     pub stop_delay: Duration,
@@ -97,8 +103,10 @@ pub enum ConfigError {
     MaxSurge(String),
     #[error("invalid --max-memory `{0}`: expected a size such as 512M or 2G (at least 1M)")]
     MaxMemory(String),
-    #[error("invalid --ready `{0}`: expected notify or delay:DURATION (e.g. delay:2s)")]
+    #[error("invalid --ready `{0}`: expected notify, delay:DURATION (e.g. delay:2s) or fd:N (e.g. fd:5)")]
     Ready(String),
+    #[error("--ready fd:{fd} would be one of the listeners' fds (3 to {last}): use fd:{free} or higher")]
+    ReadyFdTaken { fd: i32, last: i32, free: i32 },
     #[error("invalid --notify-socket `{0}`: expected path or abstract")]
     NotifySocket(String),
     #[error("invalid --hot-restart `{0}`: expected stop or overlap")]
@@ -113,6 +121,8 @@ pub enum ConfigError {
     },
     #[error("invalid --stop-signal `{0}`: not a signal name or number (e.g. TERM, SIGINT, QUIT, 15)")]
     Signal(String),
+    #[error("invalid --dump-signal `{0}`: not a signal name or number (e.g. ABRT, QUIT, USR1)")]
+    DumpSignal(String),
     #[error("no command given: put the command after `--`, e.g. sup --bind :3000 -- ./app")]
     NoCommand,
     #[error("socket name `{0}` is used by more than one --bind")]
@@ -189,6 +199,13 @@ impl Config {
                 Signal::SIGTERM
             }),
         };
+        let dump_signal = cli.dump_signal.as_deref().and_then(|s| {
+            let parsed = parse_signal(s);
+            if parsed.is_none() {
+                errors.push(ConfigError::DumpSignal(s.to_string()));
+            }
+            parsed
+        });
         let graceful_timeout = match cli.graceful_timeout.as_deref() {
             None => Duration::from_secs(30),
             Some(s) => parse_duration(s).unwrap_or_else(|why| {
@@ -213,6 +230,7 @@ impl Config {
         };
         let boot_timeout = duration("boot-timeout", cli.boot_timeout.as_deref(), Duration::from_secs(60));
         let stop_delay = duration("stop-delay", cli.stop_delay.as_deref(), Duration::ZERO);
+        let dump_grace = duration("dump-grace", cli.dump_grace.as_deref(), Duration::from_secs(5));
         let hook_timeout = duration("hook-timeout", cli.hook_timeout.as_deref(), Duration::from_secs(60));
         let watchdog = cli
             .watchdog
@@ -226,6 +244,24 @@ impl Config {
         let ready = match cli.ready.as_deref() {
             None => Readiness::Delay(Duration::from_secs(1)),
             Some("notify") => Readiness::Notify,
+            Some(s) if s.starts_with("fd:") => match s["fd:".len()..].parse::<i32>() {
+                Ok(fd) if (3..=1023).contains(&fd) => {
+                    // The listeners are 3.., in --bind order.
+                    let free = 3 + binds.len() as i32;
+                    if fd < free {
+                        errors.push(ConfigError::ReadyFdTaken {
+                            fd,
+                            last: free - 1,
+                            free,
+                        });
+                    }
+                    Readiness::Fd(fd)
+                }
+                _ => {
+                    errors.push(ConfigError::Ready(s.to_string()));
+                    Readiness::Notify
+                }
+            },
             Some(s) => match s.strip_prefix("delay:").map(parse_duration) {
                 Some(Ok(d)) => Readiness::Delay(d),
                 _ => {
@@ -303,6 +339,8 @@ impl Config {
             command: cli.command,
             directory: cli.directory,
             stop_signal,
+            dump_signal,
+            dump_grace,
             graceful_timeout,
             pidfile: cli.pidfile,
             user: cli.user,
@@ -391,10 +429,12 @@ impl Config {
         crate::core::Settings {
             workers: self.workers,
             stop_signal: self.stop_signal,
+            dump_signal: self.dump_signal,
+            dump_grace: self.dump_grace,
             graceful_timeout: self.graceful_timeout,
             stop_delay: self.stop_delay,
             ready_delay: match self.ready {
-                Readiness::Notify => None,
+                Readiness::Notify | Readiness::Fd(_) => None,
                 Readiness::Delay(d) => Some(d),
             },
             boot_timeout: self.boot_timeout,
@@ -465,6 +505,8 @@ fn merge_file(cli: &mut Cli, file: FileConfig) {
     fill(&mut cli.workers, file.workers.map(|n| n.to_string()));
     fill(&mut cli.directory, file.directory);
     fill(&mut cli.stop_signal, file.stop_signal);
+    fill(&mut cli.dump_signal, file.dump_signal);
+    fill(&mut cli.dump_grace, file.dump_grace);
     fill(&mut cli.graceful_timeout, file.graceful_timeout);
     fill(&mut cli.stop_delay, file.stop_delay);
     fill(&mut cli.pidfile, file.pidfile);

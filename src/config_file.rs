@@ -37,6 +37,8 @@ pub struct FileConfig {
     pub ready: Option<String>,
     pub boot_timeout: Option<String>,
     pub watchdog: Option<String>,
+    pub dump_signal: Option<String>,
+    pub dump_grace: Option<String>,
     pub max_surge: Option<u32>,
     pub max_memory: Option<String>,
     pub max_age: Option<String>,

@@ -141,16 +141,20 @@ impl EinhornSocket {
         }
         while let Some(end) = conn.buf.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = conn.buf.drain(..=end).collect();
-            if let Some(pid) = parse_ack(&line) {
-                out.push((
-                    conn.sender,
-                    Message {
-                        ready: true,
-                        mainpid: Some(crate::pid::Pid::from_raw(pid)),
-                        ..Message::default()
-                    },
-                ));
-            }
+            let message = match parse_command(&line) {
+                Some(Command::Ack(pid)) => Message {
+                    ready: true,
+                    mainpid: Some(crate::pid::Pid::from_raw(pid)),
+                    ..Message::default()
+                },
+                Some(Command::Recycle(pid)) => Message {
+                    recycle: true,
+                    mainpid: Some(crate::pid::Pid::from_raw(pid)),
+                    ..Message::default()
+                },
+                None => continue,
+            };
+            out.push((conn.sender, message));
         }
         if conn.buf.len() > MAX_LINE {
             close = true;
@@ -176,17 +180,37 @@ fn peer(stream: &UnixStream) -> Option<Sender> {
     })
 }
 
-/// `{"command":"worker:ack","pid":N}` → N. Einhorn clients escape `%` and
-/// newlines inside a message as `%25` and `%0A`; undo that first.
-pub fn parse_ack(line: &[u8]) -> Option<i32> {
+/// What a worker says on the Einhorn socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// `{"command":"worker:ack","pid":N}`: worker N is ready (Einhorn's own).
+    Ack(i32),
+    /// `{"command":"worker:recycle","pid":N}`: worker N asks to be replaced
+    /// (sup's; the Einhorn socket's twin of `X_SUP_RECYCLE=1`).
+    Recycle(i32),
+}
+
+/// One line of the Einhorn socket. Einhorn clients escape `%` and newlines
+/// inside a message as `%25` and `%0A`; undo that first.
+pub fn parse_command(line: &[u8]) -> Option<Command> {
     let text = String::from_utf8_lossy(line);
     let text = text.trim().replace("%0A", "\n").replace("%25", "%");
     let value: serde_json::Value = serde_json::from_str(&text).ok()?;
-    if value.get("command")?.as_str()? != "worker:ack" {
-        return None;
-    }
     let pid = value.get("pid")?.as_i64()?;
-    i32::try_from(pid).ok().filter(|p| *p > 0)
+    let pid = i32::try_from(pid).ok().filter(|p| *p > 0)?;
+    match value.get("command")?.as_str()? {
+        "worker:ack" => Some(Command::Ack(pid)),
+        "worker:recycle" => Some(Command::Recycle(pid)),
+        _ => None,
+    }
+}
+
+/// `{"command":"worker:ack","pid":N}` → N.
+pub fn parse_ack(line: &[u8]) -> Option<i32> {
+    match parse_command(line)? {
+        Command::Ack(pid) => Some(pid),
+        Command::Recycle(_) => None,
+    }
 }
 
 #[cfg(test)]
@@ -198,6 +222,10 @@ mod tests {
         assert_eq!(parse_ack(br#"{"command":"worker:ack","pid":42}"#), Some(42));
         assert_eq!(parse_ack(b"{\"command\": \"worker:ack\", \"pid\": 7}\n"), Some(7));
         assert_eq!(parse_ack(br#"{"command":"worker:ping","pid":42}"#), None);
+        assert_eq!(
+            parse_command(br#"{"command":"worker:recycle","pid":42}"#),
+            Some(Command::Recycle(42))
+        );
         assert_eq!(parse_ack(br#"{"command":"worker:ack","pid":-1}"#), None);
         // YAML that Einhorn itself would accept is not parsed.
         assert_eq!(parse_ack(b"command: worker:ack\npid: 42"), None);

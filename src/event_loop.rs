@@ -56,6 +56,8 @@ const CONTROL: Token = Token(3);
 const EINHORN_CONN: usize = 16;
 /// Control connections: `CONTROL_CONN + slot`.
 const CONTROL_CONN: usize = 1 << 20;
+/// Readiness pipes (`--ready fd:N`): `READY_PIPE + index`.
+const READY_PIPE: usize = 1 << 24;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoopError {
@@ -172,6 +174,16 @@ impl EventLoop {
             hand_to_fd_store(n, &ctx, self.control.as_ref());
         }
         let fd_store = fd_store.is_some();
+        let prepared = command::PreparedCache::restore(std::mem::take(&mut ctx.pins));
+        let mut ready_pipes = crate::ready_fd::ReadyPipes::default();
+        for (fd, pid) in std::mem::take(&mut ctx.ready_pipes) {
+            if let Err(e) = ready_pipes.adopt(self.poll.registry(), READY_PIPE, pid, fd) {
+                log::error!(
+                    "cannot watch pid {pid}'s readiness pipe: {}",
+                    crate::files::os_error(&e)
+                );
+            }
+        }
         let mut shell = Shell {
             einhorn_socket: self.own.einhorn.as_ref().map(|e| e.name.to_string()),
             notify_socket,
@@ -189,8 +201,9 @@ impl EventLoop {
             strays_seen: children::Seen::default(),
             strays_check_at: None,
             fd_store,
+            ready_pipes,
             reap_due: false,
-            prepared: command::PreparedCache::default(),
+            prepared,
         };
         for action in first {
             shell.execute(action);
@@ -243,6 +256,8 @@ struct Shell<'a> {
     strays_check_at: Option<Instant>,
     /// The listeners are in systemd's fd store (they outlive this sup).
     fd_store: bool,
+    /// `--ready fd:N`: the booting workers' readiness pipes.
+    ready_pipes: crate::ready_fd::ReadyPipes,
     /// A SIGCHLD read between events: reap after the next poll.
     reap_due: bool,
     /// What the workers of the generation being spawned run.
@@ -358,6 +373,11 @@ impl Shell<'_> {
                     server.accept(self.res.poll.registry(), Instant::now());
                 }
             }
+            Token(t) if t >= READY_PIPE => {
+                if let Some((pid, ready)) = self.ready_pipes.read(self.res.poll.registry(), t - READY_PIPE) {
+                    self.pending.push_back(Event::ReadyFd { pid, ready });
+                }
+            }
             Token(t) if t >= CONTROL_CONN => self.control_readable(Token(t)),
             Token(t) if t >= EINHORN_CONN => {
                 if let Some(e) = &mut self.res.own.einhorn {
@@ -387,12 +407,15 @@ impl Shell<'_> {
         match control::route(&req, self.config.control_token.as_deref()) {
             Route::Health => server.respond(slot, health_response(&self.core)),
             Route::Stats => {
+                let prepared = &self.prepared;
+                let releases = |g: u64| prepared.release(g).map(|p| p.display().to_string());
                 let body = stats::build(
                     &self.core,
                     self.ctx.sockets,
                     &mut self.usage,
                     self.started,
                     Instant::now(),
+                    &releases,
                 );
                 let json = serde_json::to_string(&body).unwrap_or_default();
                 server.respond(slot, http::response(200, &json, &[]));
@@ -406,6 +429,20 @@ impl Shell<'_> {
                     Instant::now(),
                 );
                 server.respond(slot, http::typed_response(200, metrics::CONTENT_TYPE, &text, &[]));
+            }
+            Route::Intent(crate::core::Intent::Rollback { .. }) => {
+                // What this sup keeps of the release a rollback restores:
+                // facts for the core, which decides.
+                let pinned = match self.core.rollback_target().map(|g| self.prepared.release(g)) {
+                    Some(Some(dir)) if dir.is_dir() => crate::core::Pinned::Ready,
+                    Some(Some(dir)) => {
+                        log::warn!("rollback: the pinned release {} is gone", dir.display());
+                        crate::core::Pinned::Gone
+                    }
+                    Some(None) | None => crate::core::Pinned::Unknown,
+                };
+                let intent = crate::core::Intent::Rollback { pinned };
+                self.pending.push_back(Event::Control { conn: slot, intent });
             }
             Route::Intent(intent) => self.pending.push_back(Event::Control { conn: slot, intent }),
             Route::Refuse(status, why) => {
@@ -425,6 +462,8 @@ impl Shell<'_> {
         let Some(server) = &mut self.res.control else { return };
         let token = self.config.control_token.as_deref();
         let (core, sockets, usage, started) = (&self.core, self.ctx.sockets, &mut self.usage, self.started);
+        let prepared = &self.prepared;
+        let releases = |g: u64| prepared.release(g).map(|p| p.display().to_string());
         server.quiesce(QUIESCE, |req| {
             let refused = |command| {
                 let answer = Answer::Refused {
@@ -436,7 +475,7 @@ impl Shell<'_> {
             match control::route(req, token) {
                 Route::Health => health_response(core),
                 Route::Stats => {
-                    let body = stats::build(core, sockets, usage, started, Instant::now());
+                    let body = stats::build(core, sockets, usage, started, Instant::now(), &releases);
                     http::response(200, &serde_json::to_string(&body).unwrap_or_default(), &[])
                 }
                 Route::Metrics => {
@@ -550,6 +589,21 @@ impl Shell<'_> {
                     einhorn_socket: self.einhorn_socket.as_deref(),
                     watchdog: config.watchdog,
                     stop_signal: config.stop_signal as i32,
+                    ready_fd: None,
+                };
+                let mut req = req;
+                let ready_pipe = match config.ready {
+                    crate::config::Readiness::Fd(n) => match crate::ready_fd::Pending::new() {
+                        Ok(p) => {
+                            req.ready_fd = Some((p.child_end.as_raw_fd(), n));
+                            Some(p)
+                        }
+                        Err(e) => {
+                            log::error!("cannot make a readiness pipe: {}", crate::files::os_error(&e));
+                            None
+                        }
+                    },
+                    _ => None,
                 };
                 // The release directory is looked up at every spawn; the
                 // rest is reused while the generation and the release are
@@ -563,6 +617,15 @@ impl Shell<'_> {
                             .map_err(|errors| errors.join("; "))
                     })
                     .and_then(|p| spawn::start(&req, p).map_err(|e| crate::exit::chain(&e)));
+                if let (Ok(pid), Some(pipe)) = (&outcome, ready_pipe) {
+                    let registry = self.res.poll.registry();
+                    if let Err(e) = self.ready_pipes.watch(registry, READY_PIPE, Pid::from_raw(*pid), pipe) {
+                        log::error!(
+                            "cannot watch worker {slot}'s readiness pipe: {}",
+                            crate::files::os_error(&e)
+                        );
+                    }
+                }
                 self.pending.push_back(match outcome {
                     Ok(pid) => Event::Spawned {
                         slot,
@@ -600,6 +663,14 @@ impl Shell<'_> {
             // core (a READY=1 read with it must not be lost), in `run`.
             Action::ReExec { generation, adopt } => self.exec_due = Some((generation, adopt)),
             Action::Signal { pid, signal } => send(pid, signal),
+            Action::PinRecipe { generation, like } => {
+                if !self.prepared.pin_like(generation, like) {
+                    log::error!("gen {generation} should run gen {like}'s release, which is no longer pinned");
+                }
+            }
+            Action::SignalGroup { pgid, signal } => {
+                let _ = send_group(pgid, Some(signal));
+            }
             Action::KillGroup { pgid } => {
                 let _ = send_group(pgid, Some(Signal::SIGKILL));
             }
@@ -700,6 +771,8 @@ impl Shell<'_> {
         } = &self.ctx;
         let snapshot = self.core.snapshot(Instant::now(), wall_ms(None));
         let mut handoff = Handoff::new(exe.to_string(), origin.to_path_buf(), snapshot);
+        handoff.ready_pipes = self.ready_pipes.handed();
+        handoff.pins = self.prepared.pins();
         handoff.sockets = sockets.iter().map(BoundSocket::handed).collect();
         self.res.own.hand_over(&mut handoff);
         if let (Some(server), Some(configured)) = (&self.res.control, &self.config.control) {
@@ -788,6 +861,10 @@ pub struct Context<'a> {
     pub resume: Option<crate::core::Snapshot>,
     /// Names systemd passed back that no bind took: out of its fd store.
     pub unstore: Vec<String>,
+    /// After a hot restart: the readiness pipes of workers still booting.
+    pub ready_pipes: Vec<(std::os::fd::RawFd, Pid)>,
+    /// After a hot restart: the preparations the old image pinned.
+    pub pins: crate::command::Pins,
 }
 
 /// Whether `pid` is a worker this sup may take over (see

@@ -73,6 +73,13 @@ pub struct Handoff {
     /// Everything the core carries: workers, slots, the restart in
     /// progress, counters, the worker count (`Core::snapshot`).
     pub core: Snapshot,
+    /// `--ready fd:N`: the readiness pipes of workers still booting, by
+    /// worker pid.
+    #[serde(default)]
+    pub ready_pipes: Vec<(RawFd, crate::pid::Pid)>,
+    /// Each recent generation's preparation, pinned (what a rollback runs).
+    #[serde(default)]
+    pub pins: crate::command::Pins,
 }
 
 impl Handoff {
@@ -87,6 +94,8 @@ impl Handoff {
             einhorn: None,
             control: None,
             core,
+            ready_pipes: Vec::new(),
+            pins: Default::default(),
         }
     }
 
@@ -123,6 +132,7 @@ impl Handoff {
         let mut fds: Vec<RawFd> = self.sockets.iter().map(|s| s.fd).collect();
         fds.extend(self.notify.iter().chain(&self.einhorn).map(|u| u.fd));
         fds.extend(self.control.iter().map(|c| c.fd));
+        fds.extend(self.ready_pipes.iter().map(|(fd, _)| *fd));
         fds
     }
 }
@@ -243,6 +253,7 @@ mod v1 {
                     State::Stopping { kill_at_ms, killed } => StateSnap::Stopping {
                         kill_at: kill_at_ms,
                         killed,
+                        dumped: false,
                     },
                 },
                 status: w.status,
@@ -250,6 +261,7 @@ mod v1 {
                 memory: None,
                 over_memory: 0,
                 age_due: false,
+                recycle_asked: false,
             })
             .collect();
         let (target, configured) = old.workers_target.unwrap_or((0, 0));
@@ -278,7 +290,10 @@ mod v1 {
                 kind: old.kind.unwrap_or(RestartKind::Hot),
                 started: -(now_ms.saturating_sub(old.started_ms).min(i64::MAX as u64) as i64),
                 phase: PhaseSnap::Exec { adopt },
+                plan: Default::default(),
             }),
+            parked: None,
+            rollback_target: None,
             pending: old.pending,
             last_restart: None,
             restarts_begun: old.restart_id,
@@ -301,6 +316,8 @@ mod v1 {
             einhorn: old.einhorn,
             control: old.control,
             core,
+            ready_pipes: Vec::new(),
+            pins: Default::default(),
         })
     }
 }

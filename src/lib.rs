@@ -26,6 +26,7 @@ pub mod notify;
 pub mod own_sockets;
 pub mod pid;
 pub mod procfs;
+pub mod ready_fd;
 pub mod runtime_dir;
 pub mod signals;
 pub mod slots;
@@ -238,15 +239,21 @@ fn start() -> Result<u8, StartupError> {
         }
     };
     // The core the old image handed over: restored in the loop.
+    let mut ready_pipes = Vec::new();
+    let mut pins = command::Pins::default();
     let resume = handoff.map(|h| {
         log::info!(
             "this is the new sup: adopting {} socket(s) and {} worker(s)",
             h.sockets.len(),
             h.core.workers.len()
         );
+        ready_pipes = h.ready_pipes;
+        pins = h.pins;
         h.core
     });
     let ctx = event_loop::Context {
+        ready_pipes,
+        pins,
         unstore,
         sockets: &sockets,
         devnull: &devnull,

@@ -10,6 +10,8 @@ pub struct Message {
     pub ready: bool,
     pub stopping: bool,
     pub watchdog: bool,
+    /// `X_SUP_RECYCLE=1`: the worker asks to be replaced (after N requests).
+    pub recycle: bool,
     pub status: Option<String>,
     pub mainpid: Option<Pid>,
 }
@@ -28,6 +30,7 @@ impl Message {
                 "READY" => m.ready = value == "1",
                 "STOPPING" => m.stopping = value == "1",
                 "WATCHDOG" => m.watchdog = value == "1",
+                "X_SUP_RECYCLE" => m.recycle = value == "1",
                 "STATUS" => m.status = Some(value.chars().take(256).collect()),
                 "MAINPID" => m.mainpid = value.parse().ok().filter(|p| *p > 0).map(Pid::from_raw),
                 _ => {}
@@ -62,6 +65,7 @@ mod tests {
         assert_eq!(m.mainpid, Some(Pid::from_raw(42)));
         assert!(Message::parse(b"WATCHDOG=1").watchdog);
         assert!(Message::parse(b"STOPPING=1").stopping);
+        assert!(Message::parse(b"X_SUP_RECYCLE=1").recycle);
         assert!(!Message::parse(b"READY=0").ready);
         assert!(Message::parse(b"BARRIER=1").is_empty());
         assert_eq!(Message::parse(b"MAINPID=-3").mainpid, None);

@@ -54,6 +54,8 @@ pub struct SpawnRequest<'a> {
     pub watchdog: Option<std::time::Duration>,
     /// `--stop-signal`: what the worker gets if sup dies.
     pub stop_signal: c_int,
+    /// `--ready fd:N`: the write end of the readiness pipe, and N.
+    pub ready_fd: Option<(RawFd, c_int)>,
 }
 
 /// A helper process sup runs for itself: the restart hook, the hot
@@ -167,6 +169,7 @@ pub fn start(req: &SpawnRequest<'_>, prepared: &Prepared) -> Result<i32, SpawnEr
     // hand (a crash of sup resets no request) and exits; under systemd the
     // next sup takes the listeners back from the fd store meanwhile.
     plan.death_signal = req.stop_signal;
+    plan.extra = req.ready_fd;
     plan.fork_exec(&prepared.program)
 }
 
@@ -287,6 +290,9 @@ struct Plan {
     devnull: RawFd,
     /// What the child gets when sup dies (`PR_SET_PDEATHSIG`).
     death_signal: c_int,
+    /// One more fd to put in place (source, target), above the sockets:
+    /// the readiness pipe of `--ready fd:N`.
+    extra: Option<(RawFd, c_int)>,
 }
 
 impl Plan {
@@ -332,6 +338,7 @@ impl Plan {
             // A helper (the hook's shell) gets TERM, which it turns into a
             // TERM to its whole process group (see `hook_script`).
             death_signal: libc::SIGTERM,
+            extra: None,
         })
     }
 
@@ -376,6 +383,7 @@ impl Plan {
             // SAFETY: getpid has no preconditions.
             parent: unsafe { libc::getpid() },
             death_signal: self.death_signal,
+            extra: self.extra,
         };
 
         let (err_read, err_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(SpawnError::Pipe)?;
@@ -455,6 +463,7 @@ struct Child {
     empty_mask: libc::sigset_t,
     parent: libc::pid_t,
     death_signal: c_int,
+    extra: Option<(RawFd, c_int)>,
 }
 
 /// `close_range(2)` flag: mark CLOEXEC instead of closing (Linux 5.11).
@@ -472,7 +481,8 @@ impl Child {
     /// the child's copy of memory still holds).
     unsafe fn exec(&self, err_fd: RawFd) -> ! {
         let n = self.count as c_int;
-        let first_free = FIRST_SOCKET_FD as c_int + n;
+        // Above the sockets and the extra fd's place.
+        let first_free = (FIRST_SOCKET_FD as c_int + n).max(self.extra.map_or(0, |(_, to)| to + 1));
         // SAFETY: every call below is async-signal-safe and only reads or
         // writes memory prepared before fork; see the function's contract.
         unsafe {
@@ -495,11 +505,28 @@ impl Child {
                 }
                 *self.scratch.add(i) = tmp;
             }
+            // The extra fd is out of the way before any socket lands (its
+            // source may sit where a socket goes).
+            let extra = match self.extra {
+                Some((from, to)) => {
+                    let tmp = libc::fcntl(from, libc::F_DUPFD_CLOEXEC, first_free);
+                    if tmp < 0 {
+                        fail(err, Stage::Sockets);
+                    }
+                    Some((tmp, to))
+                }
+                None => None,
+            };
             for i in 0..self.count {
                 // dup2 clears CLOEXEC on the target: exactly these survive exec.
                 if libc::dup2(*self.scratch.add(i), FIRST_SOCKET_FD as c_int + i as c_int) < 0 {
                     fail(err, Stage::Sockets);
                 }
+            }
+            if let Some((tmp, to)) = extra
+                && libc::dup2(tmp, to) < 0
+            {
+                fail(err, Stage::Sockets);
             }
             #[cfg(target_os = "linux")]
             libc::syscall(

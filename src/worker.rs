@@ -45,7 +45,13 @@ pub enum WorkerState {
     /// Serving since `since`.
     Ready { since: Instant },
     /// Sent the stop signal; at `kill_at` its process group gets SIGKILL.
-    Stopping { kill_at: Instant, killed: bool },
+    /// `dumped`: it was sent `--dump-signal` (a timeout), and `kill_at` is
+    /// the end of `--dump-grace`.
+    Stopping {
+        kill_at: Instant,
+        killed: bool,
+        dumped: bool,
+    },
 }
 
 /// One live child process running the user's command.
@@ -68,6 +74,8 @@ pub struct Worker {
     /// With `--max-age`: it has reached its age and is recycled when the
     /// surge allows.
     pub age_due: bool,
+    /// It asked to be replaced (`X_SUP_RECYCLE=1`), after N requests, say.
+    pub recycle_asked: bool,
 }
 
 impl Worker {
@@ -88,6 +96,7 @@ impl Worker {
             memory: None,
             over_memory: 0,
             age_due: false,
+            recycle_asked: false,
         }
     }
 

@@ -80,12 +80,14 @@ fn target(args: &CtlArgs) -> Result<Target, Failure> {
 /// [`Command`] posted to its path. Everything the client sends derives from
 /// this, so a command is named in `protocol` and in the clap definitions and
 /// nowhere else.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Ask {
     /// Shown as a table (`status`) or as the raw JSON (`stats`).
     Stats { raw: bool },
     /// `GET /health`: the exit status says whether sup serves.
     Health,
+    /// `POST /worker?…`: one worker.
+    Worker { query: String },
     /// `count` is the argument of `workers` (0 for the others).
     Send { command: Command, count: usize },
 }
@@ -100,7 +102,12 @@ impl Ask {
             CtlCommand::Health => Ask::Health,
             CtlCommand::Stats => Ask::Stats { raw: true },
             CtlCommand::Restart => send(Command::Restart),
-            CtlCommand::PhasedRestart => send(Command::PhasedRestart),
+            CtlCommand::PhasedRestart { canary } => Ask::Send {
+                command: Command::PhasedRestart,
+                count: canary.unwrap_or(0),
+            },
+            CtlCommand::Resume => send(Command::Resume),
+            CtlCommand::Rollback => send(Command::Rollback),
             CtlCommand::Stop => send(Command::Stop),
             CtlCommand::Halt => send(Command::Halt),
             CtlCommand::Incr => send(Command::Incr),
@@ -110,23 +117,45 @@ impl Ask {
                 count,
             },
             CtlCommand::ReopenLogs => send(Command::ReopenLogs),
+            CtlCommand::Worker { .. } => Ask::Worker {
+                query: worker_query(command),
+            },
             CtlCommand::Reexec => send(Command::Reexec),
         }
     }
 }
 
+/// The query of `POST /worker` for `sup ctl worker TARGET ACTION`.
+fn worker_query(command: &CtlCommand) -> String {
+    let CtlCommand::Worker { target, action } = command else {
+        return String::new();
+    };
+    let action = match action {
+        crate::cli::WorkerCtl::Replace => "action=replace".to_string(),
+        crate::cli::WorkerCtl::Stop => "action=stop".to_string(),
+        crate::cli::WorkerCtl::Signal { signal } => format!("action=signal&signal={signal}"),
+    };
+    format!("target={target}&{action}")
+}
+
 /// Whether sup answers `command` with a restart that `--wait` can follow.
 fn starts_restart(command: Command) -> bool {
     match command {
-        Command::Restart | Command::PhasedRestart | Command::Reexec => true,
-        Command::Stop | Command::Halt | Command::Incr | Command::Decr | Command::Workers | Command::ReopenLogs => false,
+        Command::Restart | Command::PhasedRestart | Command::Reexec | Command::Resume | Command::Rollback => true,
+        Command::Stop
+        | Command::Halt
+        | Command::Incr
+        | Command::Decr
+        | Command::Workers
+        | Command::ReopenLogs
+        | Command::Worker => false,
     }
 }
 
 /// The signal that asks sup for what `command` does, if one does: read from
 /// sup's own table of what each handled signal means.
 fn signal_for(command: Command, count: usize) -> Option<Signal> {
-    let intent = command.intent(count);
+    let intent = command.intent(count)?;
     crate::signals::HANDLED
         .into_iter()
         .find(|s| crate::signals::translate(*s as i32) == Some(SignalEvent::Intent(intent)))
@@ -139,10 +168,11 @@ fn execute(args: &CtlArgs) -> Result<u8, Failure> {
         return by_signal(args, ask, t.pidfile.as_deref());
     };
     let token = t.token.as_deref();
-    let (method, path) = match ask {
+    let (method, path) = match &ask {
         Ask::Stats { .. } => ("GET", STATS_PATH.to_string()),
         Ask::Health => ("GET", HEALTH_PATH.to_string()),
-        Ask::Send { command, count } => ("POST", command.target(count)),
+        Ask::Worker { query } => ("POST", format!("{}?{query}", Command::Worker.path())),
+        Ask::Send { command, count } => ("POST", command.target(*count)),
     };
     if args.wait && !matches!(ask, Ask::Send { command, .. } if starts_restart(command)) {
         return Err(usage("--wait goes with restart, phased-restart and reexec"));
@@ -256,8 +286,16 @@ fn wait(control: &ControlAddr, token: Option<&str>, mut id: u64, deadline: Insta
                 continue;
             }
         };
-        let Some(restart) = stats.restart else {
-            continue;
+        // Ours has ended while an older one (a paused canary) is the one in
+        // progress again: its end is the last restart, and that paused one
+        // keeps sup "busy" without being anything to wait for.
+        let older_paused = matches!(&stats.restart, Some(r) if r.id < id && r.outcome == RestartOutcome::Paused);
+        let busy = stats.restart_busy && !older_paused;
+        let ended = stats.last_restart.filter(|l| l.id == id);
+        let restart = match (stats.restart, ended) {
+            (Some(r), _) if r.id >= id => r,
+            (_, Some(l)) => l,
+            _ => continue,
         };
         if restart.id < id {
             continue;
@@ -279,7 +317,15 @@ fn wait(control: &ControlAddr, token: Option<&str>, mut id: u64, deadline: Insta
                 ));
             }
         }
-        if restart.outcome == RestartOutcome::Running || stats.restart_busy {
+        if restart.outcome == RestartOutcome::Paused {
+            out(&format!(
+                "sup: {} restart {id} paused with its canary of gen {} ready (sup ctl resume, or sup ctl rollback)",
+                restart.kind.as_str(),
+                restart.generation.unwrap_or(0)
+            ));
+            return Ok(0);
+        }
+        if restart.outcome == RestartOutcome::Running || busy {
             continue;
         }
         let kind = restart.kind.as_str();
@@ -300,7 +346,7 @@ fn wait(control: &ControlAddr, token: Option<&str>, mut id: u64, deadline: Insta
                 "{kind} restart failed: worker {} {error}; the old workers keep serving (restart {id})",
                 restart.failed_slot.unwrap_or(0)
             ))),
-            RestartOutcome::Abandoned | RestartOutcome::Running => {
+            RestartOutcome::Abandoned | RestartOutcome::Running | RestartOutcome::Paused => {
                 Err(runtime(format!("{kind} restart abandoned: {error} (restart {id})")))
             }
         };
@@ -354,7 +400,7 @@ fn print_status(s: &Stats) {
 fn by_signal(args: &CtlArgs, ask: Ask, pidfile: Option<&Path>) -> Result<u8, Failure> {
     let signal = match ask {
         Ask::Send { command, count } => signal_for(command, count),
-        Ask::Stats { .. } | Ask::Health => None,
+        Ask::Stats { .. } | Ask::Health | Ask::Worker { .. } => None,
     };
     let Some(signal) = signal else {
         return Err(usage(
@@ -441,6 +487,8 @@ mod tests {
             .map(|sub| {
                 let mut argv = vec!["sup".to_string(), "ctl".into(), sub.get_name().into()];
                 argv.extend(sub.get_positionals().map(|_| "3".to_string()));
+                // A subcommand of its own (`worker 3 replace`): the first.
+                argv.extend(sub.get_subcommands().next().map(|a| a.get_name().to_string()));
                 let Some(Sub::Ctl(args)) = Cli::try_parse_from(&argv).unwrap().sub else {
                     panic!("{argv:?} is not `sup ctl`");
                 };
@@ -456,6 +504,11 @@ mod tests {
             match Ask::of(&sub) {
                 Ask::Stats { .. } => assert!(name == "status" || name == "stats", "{name}"),
                 Ask::Health => assert_eq!(name, "health"),
+                Ask::Worker { query } => {
+                    assert_eq!(name, "worker");
+                    assert_eq!(query, "target=3&action=replace");
+                    reached.push(Command::Worker);
+                }
                 Ask::Send { command, count } => {
                     assert_eq!(Command::from_path(command.path()), Some(command));
                     // `sup ctl NAME` posts to `/NAME`.
@@ -485,7 +538,7 @@ mod tests {
         let by_name: Vec<(String, Option<Signal>, bool)> = every_subcommand()
             .into_iter()
             .map(|(name, sub)| match Ask::of(&sub) {
-                Ask::Stats { .. } | Ask::Health => (name, None, false),
+                Ask::Stats { .. } | Ask::Health | Ask::Worker { .. } => (name, None, false),
                 Ask::Send { command, count } => (name, signal_for(command, count), starts_restart(command)),
             })
             .collect();
@@ -502,6 +555,9 @@ mod tests {
             ("workers", None, false),
             ("reopen-logs", Some(Signal::SIGHUP), false),
             ("reexec", None, true),
+            ("worker", None, false),
+            ("resume", None, true),
+            ("rollback", None, true),
         ];
         assert_eq!(by_name.len(), expected.len(), "{by_name:?}");
         for (name, signal, waits) in expected {

@@ -42,6 +42,14 @@ pub fn render(core: &Core, sockets: &[BoundSocket], usage: &mut Usage, started: 
         "The generation of the workers' code (the newest being started).",
     );
     m.sample("sup_generation", &[], core.generation() as f64);
+    if let Some(target) = core.rollback_target() {
+        m.family(
+            "sup_rollback_target_generation",
+            "gauge",
+            "The generation `sup ctl rollback` goes back to (absent when there is none).",
+        );
+        m.sample("sup_rollback_target_generation", &[], target as f64);
+    }
     m.family(
         "sup_workers_target",
         "gauge",

@@ -70,7 +70,29 @@ pub fn route(req: &Request, token: Option<&str>) -> Route {
                 _ => Route::Refuse(400, "POST /workers needs ?count=N, N from 1 to 10000".into()),
             }
         }
-        ("POST", _, Some(command)) => Route::Intent(command.intent(0)),
+        ("POST", _, Some(protocol::Command::PhasedRestart)) if req.query.iter().any(|(k, _)| k == "canary") => {
+            let canary = req.query.iter().find(|(k, _)| k == "canary").map(|(_, v)| v.as_str());
+            match canary.and_then(|c| c.parse::<usize>().ok()) {
+                Some(n) if (1..=10_000).contains(&n) => Route::Intent(Intent::Canary(n)),
+                _ => Route::Refuse(400, "POST /phased-restart?canary=N needs N from 1 to 10000".into()),
+            }
+        }
+        ("POST", _, Some(protocol::Command::Worker)) => {
+            let get = |key: &str| req.query.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+            let target = get("target").and_then(protocol::parse_worker_ref);
+            let action = get("action").and_then(|a| protocol::parse_worker_action(a, get("signal")));
+            match (target, action) {
+                (Some(target), Some(action)) => Route::Intent(Intent::Worker { target, action }),
+                _ => Route::Refuse(
+                    400,
+                    "POST /worker needs ?target=SLOT|PID|slot:N|pid:N&action=replace|stop|signal (&signal=SIG)".into(),
+                ),
+            }
+        }
+        ("POST", _, Some(command)) => match command.intent(0) {
+            Some(intent) => Route::Intent(intent),
+            None => Route::Refuse(400, format!("POST {} needs parameters", command.path())),
+        },
         (_, _, Some(_)) => Route::WrongMethod { allow: "POST" },
         _ => Route::Refuse(404, format!("no such endpoint: {}", req.path)),
     }
@@ -134,6 +156,46 @@ mod tests {
             Route::WrongMethod { allow: "GET" }
         ));
         assert!(matches!(route(&req("GET", "/nope", None), None), Route::Refuse(404, _)));
+    }
+
+    #[test]
+    fn one_worker_requests() {
+        use crate::core::{WorkerAction, WorkerRef};
+        assert_eq!(
+            route(&req("POST", "/worker?target=2&action=replace", None), None),
+            Route::Intent(Intent::Worker {
+                target: WorkerRef::Either(2),
+                action: WorkerAction::Replace
+            })
+        );
+        assert_eq!(
+            route(
+                &req("POST", "/worker?target=pid:4121&action=signal&signal=USR1", None),
+                None
+            ),
+            Route::Intent(Intent::Worker {
+                target: WorkerRef::Pid(crate::pid::Pid::from_raw(4121)),
+                action: WorkerAction::Signal(nix::sys::signal::Signal::SIGUSR1)
+            })
+        );
+        assert_eq!(
+            route(&req("POST", "/worker?target=slot:0&action=stop", None), None),
+            Route::Intent(Intent::Worker {
+                target: WorkerRef::Slot(0),
+                action: WorkerAction::Stop
+            })
+        );
+        for bad in [
+            "/worker?target=2",
+            "/worker?target=x&action=stop",
+            "/worker?target=1&action=signal",
+            "/worker?target=1&action=signal&signal=NOPE",
+        ] {
+            assert!(
+                matches!(route(&req("POST", bad, None), None), Route::Refuse(400, _)),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -39,10 +39,16 @@ pub enum Command {
     ReopenLogs,
     /// Re-execute sup and adopt every worker.
     Reexec,
+    /// Act on one worker (`?target=SLOT|PID|slot:N|pid:N&action=replace|stop|signal&signal=SIG`).
+    Worker,
+    /// Finish a paused canary's rollout.
+    Resume,
+    /// Go back to the previous release, as it was pinned.
+    Rollback,
 }
 
 impl Command {
-    pub const ALL: [Command; 9] = [
+    pub const ALL: [Command; 12] = [
         Command::Restart,
         Command::PhasedRestart,
         Command::Stop,
@@ -52,6 +58,9 @@ impl Command {
         Command::Workers,
         Command::ReopenLogs,
         Command::Reexec,
+        Command::Worker,
+        Command::Resume,
+        Command::Rollback,
     ];
 
     pub fn path(self) -> &'static str {
@@ -65,6 +74,9 @@ impl Command {
             Command::Workers => "/workers",
             Command::ReopenLogs => "/reopen-logs",
             Command::Reexec => "/reexec",
+            Command::Worker => "/worker",
+            Command::Resume => "/resume",
+            Command::Rollback => "/rollback",
         }
     }
 
@@ -76,14 +88,18 @@ impl Command {
     pub fn target(self, count: usize) -> String {
         match self {
             Command::Workers => format!("{}?count={count}", self.path()),
+            Command::PhasedRestart if count > 0 => format!("{}?canary={count}", self.path()),
             _ => self.path().to_string(),
         }
     }
 
-    /// What it asks of the core (`count` only for `workers`).
-    pub fn intent(self, count: usize) -> Intent {
-        match self {
+    /// What it asks of the core (`count` only for `workers`); `None` for
+    /// `worker`, whose parameters the route reads.
+    pub fn intent(self, count: usize) -> Option<Intent> {
+        Some(match self {
             Command::Restart => Intent::Hot,
+            // `count`: a canary's size.
+            Command::PhasedRestart if count > 0 => Intent::Canary(count),
             Command::PhasedRestart => Intent::Rolling,
             Command::Stop => Intent::Stop,
             Command::Halt => Intent::Halt,
@@ -92,14 +108,22 @@ impl Command {
             Command::Workers => Intent::Scale(count),
             Command::ReopenLogs => Intent::ReopenLogs,
             Command::Reexec => Intent::Reexec,
-        }
+            Command::Resume => Intent::Resume,
+            // The shell says what it keeps of the release (see `Pinned`).
+            Command::Rollback => Intent::Rollback {
+                pinned: crate::core::Pinned::Unknown,
+            },
+            Command::Worker => return None,
+        })
     }
 
     /// The command an intent came from (INT is a stop).
     pub fn of(intent: Intent) -> Command {
         match intent {
             Intent::Hot => Command::Restart,
-            Intent::Rolling => Command::PhasedRestart,
+            Intent::Rolling | Intent::Canary(_) => Command::PhasedRestart,
+            Intent::Resume => Command::Resume,
+            Intent::Rollback { .. } => Command::Rollback,
             Intent::Stop | Intent::Interrupt => Command::Stop,
             Intent::Halt => Command::Halt,
             Intent::Incr => Command::Incr,
@@ -107,8 +131,45 @@ impl Command {
             Intent::Scale(_) => Command::Workers,
             Intent::ReopenLogs => Command::ReopenLogs,
             Intent::Reexec => Command::Reexec,
+            Intent::Worker { .. } => Command::Worker,
         }
     }
+}
+
+/// `target` of `/worker` and `sup ctl worker`: `slot:N`, `pid:N`, or a bare
+/// number (a slot or a pid).
+pub fn parse_worker_ref(text: &str) -> Option<crate::core::WorkerRef> {
+    use crate::core::WorkerRef;
+    if let Some(n) = text.strip_prefix("slot:") {
+        return n.parse().ok().map(WorkerRef::Slot);
+    }
+    if let Some(n) = text.strip_prefix("pid:") {
+        return n
+            .parse::<i32>()
+            .ok()
+            .filter(|p| *p > 0)
+            .map(|p| WorkerRef::Pid(crate::pid::Pid::from_raw(p)));
+    }
+    text.parse().ok().map(WorkerRef::Either)
+}
+
+/// `action` (and `signal`) of `/worker`.
+pub fn parse_worker_action(action: &str, signal: Option<&str>) -> Option<crate::core::WorkerAction> {
+    use crate::core::WorkerAction;
+    match (action, signal) {
+        ("replace", None) => Some(WorkerAction::Replace),
+        ("stop", None) => Some(WorkerAction::Stop),
+        ("signal", Some(sig)) => crate::config::parse_signal(sig).map(WorkerAction::Signal),
+        _ => None,
+    }
+}
+
+/// A generation: its live workers and the release directory it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GenerationStats {
+    pub generation: u64,
+    pub workers: usize,
+    pub release: Option<String>,
 }
 
 /// A restart that a command started.
@@ -188,6 +249,17 @@ pub struct Stats {
     pub binds: Vec<Bind>,
     /// The restart in progress, or else the last one.
     pub restart: Option<RestartStats>,
+    /// The last restart that ended (a reexec during a paused canary ends
+    /// while the canary is the one in progress).
+    #[serde(default)]
+    pub last_restart: Option<RestartStats>,
+    /// What `sup ctl rollback` would bring back: the generation and the
+    /// release it was pinned to.
+    #[serde(default)]
+    pub rollback_target: Option<GenerationStats>,
+    /// Each generation with live workers, and the release directory it runs.
+    #[serde(default)]
+    pub generations: Vec<GenerationStats>,
     /// A restart is running or waiting to run.
     pub restart_busy: bool,
     /// Puma's: live (not stopping) workers.
@@ -214,6 +286,8 @@ pub struct Bind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RestartOutcome {
+    /// A canary is up; the rollout waits for `resume` or `rollback`.
+    Paused,
     Running,
     Completed,
     /// A replacement failed to boot; the old workers kept serving.
@@ -260,6 +334,9 @@ pub struct WorkerStats {
     pub slot: usize,
     pub generation: u64,
     pub state: WorkerPhase,
+    /// Seconds since it was started.
+    #[serde(default)]
+    pub age_seconds: f64,
     pub ready_at: Option<String>,
     pub restarts: u32,
     pub last_exit: Option<String>,
@@ -288,7 +365,9 @@ mod tests {
             let text = round_trip(&c);
             assert_eq!(Command::from_path(c.path()), Some(c));
             assert_eq!(text.trim_matches('"').replace('_', "-"), c.path()[1..]);
-            assert_eq!(Command::of(c.intent(3)), c);
+            if let Some(intent) = c.intent(3) {
+                assert_eq!(Command::of(intent), c);
+            }
         }
         let accepted = Answer::Accepted {
             command: Command::PhasedRestart,
@@ -318,6 +397,9 @@ mod tests {
         assert_eq!((accepted.status(400), refused.status(400)), (202, 409));
 
         let stats = Stats {
+            last_restart: None,
+            rollback_target: None,
+            generations: Vec::new(),
             pid: 7,
             version: "0.1.0".into(),
             started_at: "2026-12-03T01:00:00.000Z".into(),
@@ -356,6 +438,7 @@ mod tests {
                 slot: 0,
                 generation: 2,
                 state: WorkerPhase::Booting,
+                age_seconds: 4.0,
                 ready_at: None,
                 restarts: 1,
                 last_exit: Some("status 1".into()),

@@ -14,8 +14,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 
-use super::protocol::{Bind, LastStatus, RestartOutcome, RestartStats, Stats, WorkerPhase, WorkerStats};
-use crate::core::{Core, Key, Outcome};
+use super::protocol::{
+    Bind, GenerationStats, LastStatus, RestartOutcome, RestartStats, Stats, WorkerPhase, WorkerStats,
+};
+use crate::core::{Core, Key, Outcome, RestartRecord};
 use crate::sockets::BoundSocket;
 use crate::worker::WorkerState;
 
@@ -79,7 +81,14 @@ impl Default for Usage {
     }
 }
 
-pub fn build(core: &Core, sockets: &[BoundSocket], usage: &mut Usage, started: Instant, now: Instant) -> Stats {
+pub fn build(
+    core: &Core,
+    sockets: &[BoundSocket],
+    usage: &mut Usage,
+    started: Instant,
+    now: Instant,
+    releases: &dyn Fn(u64) -> Option<String>,
+) -> Stats {
     let pids: Vec<Pid> = core
         .workers()
         .iter()
@@ -114,6 +123,7 @@ pub fn build(core: &Core, sockets: &[BoundSocket], usage: &mut Usage, started: I
             slot: w.slot,
             generation: w.generation,
             state,
+            age_seconds: (now.saturating_duration_since(w.spawned_at).as_secs_f64() * 10.0).round() / 10.0,
             ready_at,
             restarts: slot.map_or(0, |s| s.restarts),
             last_exit: slot.and_then(|s| s.last_exit).map(|e| e.to_string()),
@@ -124,24 +134,8 @@ pub fn build(core: &Core, sockets: &[BoundSocket], usage: &mut Usage, started: I
             status: w.status.clone(),
         });
     }
-    let restart = core.restart_record().map(|r| {
-        let (outcome, failed_slot, error) = match &r.outcome {
-            Outcome::Running => (RestartOutcome::Running, None, None),
-            Outcome::Completed => (RestartOutcome::Completed, None, None),
-            Outcome::Failed { slot, reason } => (RestartOutcome::Failed, Some(*slot), Some(reason.clone())),
-            Outcome::Abandoned { reason } => (RestartOutcome::Abandoned, None, Some(reason.clone())),
-        };
-        RestartStats {
-            id: r.id,
-            kind: r.kind,
-            generation: r.generation,
-            started_at: iso(r.started_at, now),
-            finished_at: r.finished_at.map(|f| iso(f, now)),
-            outcome,
-            failed_slot,
-            error,
-        }
-    });
+    let restart = core.restart_record().map(|r| restart_stats(r, now));
+    let last_restart = core.last_restart().map(|r| restart_stats(r, now));
     let binds = sockets
         .iter()
         .enumerate()
@@ -161,6 +155,13 @@ pub fn build(core: &Core, sockets: &[BoundSocket], usage: &mut Usage, started: I
         status: core.status_line(),
         binds,
         restart,
+        last_restart,
+        rollback_target: core.rollback_target().map(|generation| GenerationStats {
+            generation,
+            workers: 0,
+            release: releases(generation),
+        }),
+        generations: generations(core, releases),
         recycled: core
             .counters()
             .recycled
@@ -174,6 +175,42 @@ pub fn build(core: &Core, sockets: &[BoundSocket], usage: &mut Usage, started: I
         old_workers: old,
         phase: generation,
         worker_status,
+    }
+}
+
+/// Each generation that has live workers, with the release it runs.
+fn generations(core: &Core, releases: &dyn Fn(u64) -> Option<String>) -> Vec<GenerationStats> {
+    let mut counts = std::collections::BTreeMap::new();
+    for w in core.workers().iter().filter(|w| !w.is_stopping()) {
+        *counts.entry(w.generation).or_insert(0) += 1;
+    }
+    counts
+        .into_iter()
+        .map(|(generation, workers)| GenerationStats {
+            generation,
+            workers,
+            release: releases(generation),
+        })
+        .collect()
+}
+
+fn restart_stats(r: RestartRecord, now: Instant) -> RestartStats {
+    let (outcome, failed_slot, error) = match &r.outcome {
+        Outcome::Running => (RestartOutcome::Running, None, None),
+        Outcome::Paused => (RestartOutcome::Paused, None, None),
+        Outcome::Completed => (RestartOutcome::Completed, None, None),
+        Outcome::Failed { slot, reason } => (RestartOutcome::Failed, Some(*slot), Some(reason.clone())),
+        Outcome::Abandoned { reason } => (RestartOutcome::Abandoned, None, Some(reason.clone())),
+    };
+    RestartStats {
+        id: r.id,
+        kind: r.kind,
+        generation: r.generation,
+        started_at: iso(r.started_at, now),
+        finished_at: r.finished_at.map(|f| iso(f, now)),
+        outcome,
+        failed_slot,
+        error,
     }
 }
 

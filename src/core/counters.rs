@@ -35,6 +35,10 @@ pub enum RecycleReason {
     Memory,
     /// `--max-age`.
     Age,
+    /// The worker asked for it (`X_SUP_RECYCLE=1`).
+    Requested,
+    /// An operator asked for it (`sup ctl worker … replace`).
+    Operator,
 }
 
 /// A counter key: every variant, and its name on the wire.
@@ -69,11 +73,18 @@ impl Key for KillReason {
 }
 
 impl Key for RecycleReason {
-    const ALL: &'static [Self] = &[RecycleReason::Memory, RecycleReason::Age];
+    const ALL: &'static [Self] = &[
+        RecycleReason::Memory,
+        RecycleReason::Age,
+        RecycleReason::Requested,
+        RecycleReason::Operator,
+    ];
     fn name(self) -> &'static str {
         match self {
             RecycleReason::Memory => "memory",
             RecycleReason::Age => "age",
+            RecycleReason::Requested => "requested",
+            RecycleReason::Operator => "operator",
         }
     }
 }
@@ -161,6 +172,6 @@ mod tests {
         assert_eq!(back, c);
         assert_eq!(back.restarts_of(RestartKind::Hot, Ended::Failed), 1);
         let names: Vec<(&str, u64)> = back.recycled.all().map(|(k, n)| (k.name(), n)).collect();
-        assert_eq!(names, [("memory", 0), ("age", 2)]);
+        assert_eq!(names, [("memory", 0), ("age", 2), ("requested", 0), ("operator", 0)]);
     }
 }

@@ -36,6 +36,8 @@
 //! Idle means no deadline: a steady sup sets no timer at all.
 
 pub mod counters;
+mod deploy;
+mod one_worker;
 mod passes;
 mod recycle;
 pub mod restart;
@@ -57,7 +59,7 @@ pub use counters::{Counters, ExitCause, Key, KillReason, RecycleReason};
 pub use restart::{Ended, Outcome, RestartKind, RestartRecord};
 pub use snapshot::Snapshot;
 pub use stop::{Health, HealthStatus};
-pub use vocab::{Action, Event, Intent, Reply, RestartRef, Settings, Upward};
+pub use vocab::{Action, Event, Intent, Pinned, Reply, RestartRef, Settings, Upward, WorkerAction, WorkerRef};
 
 use crate::message::{Message, Sender};
 use crate::pid::{Pgid, Pid};
@@ -92,6 +94,9 @@ pub struct Core {
     recycling: Recycling,
     /// Set once sup begins to stop.
     stopping: Option<Stopping>,
+    /// The generation `sup ctl rollback` goes back to: the one that served
+    /// before the last rollout began.
+    rollback_target: Option<u64>,
     counters: Counters,
     /// READY=1 has been sent upward for the first start.
     ready_announced: bool,
@@ -121,6 +126,7 @@ impl Core {
             restart: Restarts::new(&settings),
             recycling: Recycling::default(),
             stopping: None,
+            rollback_target: None,
             counters: Counters::default(),
             ready_announced: false,
             last_status: String::new(),
@@ -160,6 +166,11 @@ impl Core {
     /// The restart in progress, or else the last one.
     pub fn restart_record(&self) -> Option<RestartRecord> {
         self.restart.record()
+    }
+
+    /// The last restart that ended.
+    pub fn last_restart(&self) -> Option<RestartRecord> {
+        self.restart.last.clone()
     }
 
     /// Whether the re-exec the core asked for ([`Action::ReExec`]) is still
@@ -377,6 +388,7 @@ impl Core {
                 }
             }
             Event::Notify { sender, message } => self.on_notify(sender, &message, now, &mut out),
+            Event::ReadyFd { pid, ready } => self.on_ready_fd(pid, ready, now, &mut out),
             Event::HelperSpawned { pid } => self.restart.helper_spawned(pid),
             Event::HelperFailed { reason } => {
                 let stopping = self.stopping.is_some();
@@ -459,6 +471,11 @@ impl Core {
                     ));
                 }
             }
+            Phase::Paused { generation } => line.push_str(&format!(
+                ", {} restart paused: canary of gen {generation} ({} worker(s)); resume or roll back",
+                r.kind.as_str(),
+                self.live_workers_where(|w| w.generation == generation)
+            )),
             Phase::Rolling { generation } => {
                 let booting: Vec<String> = self
                     .workers
@@ -525,8 +542,30 @@ impl Core {
             Intent::Incr => self.scale(self.target + 1, "TTIN", now, out),
             Intent::Decr => self.scale(self.target.saturating_sub(1), "TTOU", now, out),
             Intent::Scale(n) => self.scale(n, "workers", now, out),
+            Intent::Worker { target, action } => {
+                if let Err(why) = self.on_worker(target, action, now, out) {
+                    log(out, Level::Info, format!("worker request refused: {why}"));
+                }
+            }
             Intent::ReopenLogs => out.push(Action::ReopenLogs),
             Intent::Rolling => self.request_restart(RestartKind::Rolling, now, out),
+            Intent::Canary(n) => {
+                let plan = restart::Rollout {
+                    canary: Some(n.max(1)),
+                    ..restart::Rollout::default()
+                };
+                self.request_planned(RestartKind::Rolling, plan, now, out);
+            }
+            Intent::Resume => {
+                if let Err(why) = self.restart.resume_paused(out) {
+                    log(out, Level::Info, format!("resume refused: {why}"));
+                }
+            }
+            Intent::Rollback { pinned } => {
+                if let Err(why) = self.rollback(pinned, now, out) {
+                    log(out, Level::Info, format!("rollback refused: {why}"));
+                }
+            }
             Intent::Hot => self.request_restart(RestartKind::Hot, now, out),
             Intent::Reexec => self.request_restart(RestartKind::Reexec, now, out),
         }
@@ -544,7 +583,18 @@ impl Core {
         let kind = match intent {
             Intent::Hot => Some(RestartKind::Hot),
             Intent::Reexec => Some(RestartKind::Reexec),
-            Intent::Rolling => Some(RestartKind::Rolling),
+            Intent::Rolling | Intent::Canary(_) => Some(RestartKind::Rolling),
+            Intent::Resume => {
+                let (id, kind) = self.restart.resume_paused(out)?;
+                return Ok(Some(RestartRef { id, kind }));
+            }
+            Intent::Rollback { pinned } => {
+                self.rollback(pinned, now, out)?;
+                return Ok(Some(RestartRef {
+                    id: self.restart.id(),
+                    kind: RestartKind::Rollback,
+                }));
+            }
             _ => None,
         };
         if let Some(kind) = kind {
@@ -556,7 +606,7 @@ impl Core {
                 log(out, Level::Info, format!("{} restart refused: {reason}", kind.as_str()));
                 return Err(reason);
             }
-            self.request_restart(kind, now, out);
+            self.on_intent(intent, now, out);
             return Ok(Some(RestartRef {
                 id: self.restart.id(),
                 kind,
@@ -567,6 +617,7 @@ impl Core {
                 Err("sup is stopping".to_string())
             }
             Intent::Decr if self.target <= 1 => Err("already at 1 worker, the fewest there can be".to_string()),
+            Intent::Worker { target, action } => self.on_worker(target, action, now, out).map(|()| None),
             _ => {
                 self.on_intent(intent, now, out);
                 Ok(None)
@@ -575,6 +626,10 @@ impl Core {
     }
 
     fn request_restart(&mut self, kind: RestartKind, now: Instant, out: &mut Vec<Action>) {
+        self.request_planned(kind, restart::Rollout::default(), now, out);
+    }
+
+    fn request_planned(&mut self, kind: RestartKind, plan: restart::Rollout, now: Instant, out: &mut Vec<Action>) {
         if self.stopping.is_some() {
             log(
                 out,
@@ -583,7 +638,7 @@ impl Core {
             );
             return;
         }
-        let follow = self.restart.request(kind, now, &mut self.counters, out);
+        let follow = self.restart.request(kind, plan, now, &mut self.counters, out);
         self.follow(follow, now, out);
     }
 
@@ -616,22 +671,48 @@ impl Core {
     }
 
     /// The rollout of a new generation begins (rolling restart after its
-    /// hook; overlap hot restart in the new image).
+    /// hook; overlap hot restart in the new image; a rollback).
     fn start_rollout(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let before = self.generation;
         self.generation += 1;
         self.roll_cursor = 0;
         let generation = self.generation;
+        let plan = self.restart.current().map(|r| r.plan).unwrap_or_default();
         let kind = self.restart.roll_out(generation).as_str();
-        let how = if kind == "rolling" { "" } else { ", rolling" };
-        log(
-            out,
-            Level::Info,
-            format!(
-                "{kind} restart to gen {generation}{how}: {} worker(s), {} at a time",
-                self.target,
-                self.settings.max_surge.min(self.target)
-            ),
-        );
+        match plan.like {
+            // A rollback: the new generation runs the pinned release; there
+            // is nothing further back to roll back to.
+            Some(like) => {
+                out.push(Action::PinRecipe { generation, like });
+                self.rollback_target = None;
+                log(
+                    out,
+                    Level::Info,
+                    format!(
+                        "rollback to gen {like}'s release as gen {generation}: the workers of gen {} are replaced, {} at a time",
+                        plan.only.unwrap_or(before),
+                        self.settings.max_surge.min(self.target)
+                    ),
+                );
+            }
+            None => {
+                self.rollback_target = Some(before);
+                let how = if kind == "rolling" { "" } else { ", rolling" };
+                let canary = plan
+                    .canary
+                    .map(|n| format!(", a canary of {n} first"))
+                    .unwrap_or_default();
+                log(
+                    out,
+                    Level::Info,
+                    format!(
+                        "{kind} restart to gen {generation}{how}: {} worker(s), {} at a time{canary}",
+                        self.target,
+                        self.settings.max_surge.min(self.target)
+                    ),
+                );
+            }
+        }
         // Replacements still booting from a superseded rollout are not
         // serving yet: stop them, the new rollout replaces their slot.
         self.stop_replacements(|w| w.generation < generation, now, out);
@@ -818,6 +899,31 @@ impl Core {
             })
     }
 
+    /// `--ready fd:N`: a newline on the worker's readiness fd makes it
+    /// ready; the fd closed without one is a failed boot.
+    fn on_ready_fd(&mut self, pid: Pid, ready: bool, now: Instant, out: &mut Vec<Action>) {
+        let Some(i) = self.find(pid) else { return };
+        let w = &mut self.workers[i];
+        if !matches!(w.state, WorkerState::Booting { .. }) {
+            return;
+        }
+        if ready {
+            w.state = WorkerState::Ready { since: now };
+            log(out, Level::Info, format!("{} is ready", w.label()));
+            return;
+        }
+        let (label, slot, generation) = (w.label(), w.slot, w.generation);
+        log(
+            out,
+            Level::Error,
+            format!("{label} closed its readiness fd without writing a newline: a failed boot; killing it"),
+        );
+        self.kill_worker(i, now, out);
+        self.record_failure(slot, false, None, now);
+        let reason = format!("(pid {pid}) closed its readiness fd without a newline");
+        self.replacement_failed(slot, generation, reason, now, out);
+    }
+
     fn on_notify(&mut self, sender: Option<Sender>, message: &Message, now: Instant, out: &mut Vec<Action>) {
         if message.is_empty() {
             return;
@@ -857,6 +963,11 @@ impl Core {
         if message.ready && matches!(w.state, WorkerState::Booting { .. }) {
             w.state = WorkerState::Ready { since: now };
             log(out, Level::Info, format!("{} is ready", w.label()));
+        }
+        if message.recycle && !w.recycle_asked {
+            w.recycle_asked = true;
+            self.recycling.asked = true;
+            log(out, Level::Info, format!("{} asks to be recycled", w.label()));
         }
     }
 }

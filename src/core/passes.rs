@@ -76,6 +76,7 @@ impl Core {
         let Some(Phase::Rolling { generation }) = self.restart.phase() else {
             return;
         };
+        let plan = self.restart.current().map(|r| r.plan).unwrap_or_default();
         if self.stopping.is_some() {
             return;
         }
@@ -83,6 +84,16 @@ impl Core {
             .live_workers_where(|w| w.generation == generation && matches!(w.state, WorkerState::Booting { .. }))
             + self.slots.iter().filter(|s| s.is_spawning()).count();
         let mut room = self.settings.max_surge.saturating_sub(booting);
+        // A canary: no more than N of the new generation, started or starting.
+        if let Some(n) = plan.canary {
+            let started = self
+                .workers
+                .iter()
+                .filter(|w| !w.is_stopping() && w.generation == generation)
+                .count()
+                + self.slots.iter().filter(|s| s.is_spawning()).count();
+            room = room.min(n.saturating_sub(started));
+        }
         // From where the last replacement went, wrapping around: the slots
         // before it are usually done, and scanning them again at every
         // event would make a rollout quadratic in lookups.
@@ -97,7 +108,13 @@ impl Core {
             let SlotState::Running { pid } = self.slots[slot].state else {
                 continue;
             };
-            if self.worker(pid).is_none_or(|w| w.generation >= generation) {
+            // Older workers are replaced; a rollback replaces only the newer
+            // generation's (the others already run what it restores).
+            let due = |w: &crate::worker::Worker| match plan.only {
+                Some(only) => w.generation == only,
+                None => w.generation < generation,
+            };
+            if self.worker(pid).is_none_or(|w| !due(w)) {
                 continue;
             }
             self.slots[slot].request_spawn(generation);
@@ -138,16 +155,33 @@ impl Core {
     }
 
     fn check_rollout_done(&mut self, now: Instant, out: &mut Vec<Action>) {
-        let Some(generation) = self.restart.rolling_generation() else {
+        let Some((generation, plan)) = self.restart.rolling() else {
             return;
         };
-        let all_new_ready = self
-            .live_workers_where(|w| w.generation == generation && matches!(w.state, WorkerState::Ready { .. }))
-            == self.target;
-        // Finished means the old code is gone, not merely asked to go: a
-        // deploy waiting on the restart must not see an old worker answer.
-        let old_left = self.workers.iter().any(|w| w.generation < generation);
-        if all_new_ready && !old_left {
+        let ready_new =
+            self.live_workers_where(|w| w.generation == generation && matches!(w.state, WorkerState::Ready { .. }));
+        // A canary pauses once its slots serve the new generation and the
+        // workers they replaced are gone.
+        if let Some(n) = plan.canary {
+            let replaced_gone = !self.replacing.iter().any(|&k| {
+                self.slots
+                    .get(k)
+                    .is_some_and(|s| matches!(s.state, SlotState::Replacing { .. }))
+            });
+            if ready_new >= n.min(self.target) && replaced_gone {
+                self.restart.pause(self.target, out);
+            }
+            return;
+        }
+        let done = match plan.only {
+            // A rollback: every slot serves, and no worker of the generation
+            // it replaces is left.
+            Some(only) => self.ready_slots() == self.target && !self.workers.iter().any(|w| w.generation == only),
+            // Finished means the old code is gone, not merely asked to go: a
+            // deploy waiting on the restart must not see an old worker answer.
+            None => ready_new == self.target && !self.workers.iter().any(|w| w.generation < generation),
+        };
+        if done {
             self.restart.complete(self.target, now, &mut self.counters, out);
         }
     }

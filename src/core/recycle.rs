@@ -26,6 +26,8 @@ pub struct Recycling {
     pub(super) after: BTreeMap<usize, Instant>,
     /// When `--max-memory` next samples.
     pub(super) next_memory_check: Option<Instant>,
+    /// A worker asked to be recycled and has not been yet.
+    pub(super) asked: bool,
 }
 
 impl Recycling {
@@ -106,6 +108,19 @@ impl Core {
         }
     }
 
+    /// Start the replacement of `pid`, the worker of `slot`, for `reason`:
+    /// it takes over when ready (the hand-over rule), like one slot of a
+    /// rolling restart; counted in `/metrics`.
+    pub(super) fn replace_in_slot(&mut self, slot: usize, pid: Pid, reason: RecycleReason, out: &mut Vec<Action>) {
+        let generation = self.generation;
+        self.counters.recycled.bump(reason);
+        self.recycling.after.remove(&slot);
+        self.recycling.active.insert(slot, (reason, pid));
+        self.slots[slot].request_spawn(generation);
+        self.note_replacing(slot);
+        out.push(Action::Spawn { slot, generation });
+    }
+
     /// Recycling: arm the memory sampling; then, when no restart runs, give
     /// each over-limit ready worker a replacement (at most `max_surge` at a
     /// time, counting every slot being replaced).
@@ -117,7 +132,8 @@ impl Core {
             out.push(Action::SampleMemory);
             self.recycling.next_memory_check = Some(now + self.settings.recycle_check);
         }
-        if self.restart.current().is_some() || (self.settings.max_memory.is_none() && self.settings.max_age.is_none()) {
+        let flags = self.settings.max_memory.is_some() || self.settings.max_age.is_some();
+        if self.restart.current().is_some() || !(flags || self.recycling.asked) {
             return;
         }
         let replacing = self
@@ -152,6 +168,11 @@ impl Core {
             } else if w.age_due {
                 let age = now.saturating_duration_since(w.spawned_at);
                 (RecycleReason::Age, format!("it has run {age:.2?}, past --max-age"))
+            } else if w.recycle_asked {
+                (
+                    RecycleReason::Requested,
+                    "it asked for it (X_SUP_RECYCLE=1)".to_string(),
+                )
             } else {
                 continue;
             };
@@ -161,13 +182,11 @@ impl Core {
                 Level::Info,
                 format!("recycling {label}: {why}; its replacement (gen {generation}) starts first"),
             );
-            self.counters.recycled.bump(reason);
-            self.recycling.after.remove(&slot);
-            self.recycling.active.insert(slot, (reason, pid));
-            self.slots[slot].request_spawn(generation);
-            self.note_replacing(slot);
-            out.push(Action::Spawn { slot, generation });
+            self.replace_in_slot(slot, pid, reason, out);
             room -= 1;
+        }
+        if self.recycling.asked {
+            self.recycling.asked = self.workers.iter().any(|w| w.recycle_asked && !w.is_stopping());
         }
     }
 }

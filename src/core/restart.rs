@@ -30,6 +30,9 @@ pub enum RestartKind {
     Hot,
     /// sup re-executes itself and adopts its workers; no worker changes.
     Reexec,
+    /// The newer generation's workers replaced by the previous release, as
+    /// it was pinned (`sup ctl rollback`).
+    Rollback,
 }
 
 impl RestartKind {
@@ -38,6 +41,7 @@ impl RestartKind {
             RestartKind::Rolling => "rolling",
             RestartKind::Hot => "hot",
             RestartKind::Reexec => "reexec",
+            RestartKind::Rollback => "rollback",
         }
     }
 }
@@ -59,9 +63,16 @@ pub enum Ended {
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Outcome {
     Running,
+    /// A canary is up; the rollout waits for `resume` or `rollback`.
+    Paused,
     Completed,
-    Failed { slot: usize, reason: String },
-    Abandoned { reason: String },
+    Failed {
+        slot: usize,
+        reason: String,
+    },
+    Abandoned {
+        reason: String,
+    },
 }
 
 impl Outcome {
@@ -69,6 +80,7 @@ impl Outcome {
     pub fn name(&self) -> &'static str {
         match self {
             Outcome::Running => "running",
+            Outcome::Paused => "paused",
             Outcome::Completed => "completed",
             Outcome::Failed { .. } => "failed",
             Outcome::Abandoned { .. } => "abandoned",
@@ -78,7 +90,7 @@ impl Outcome {
     /// How it is counted once it has ended.
     pub fn ended(&self) -> Option<Ended> {
         match self {
-            Outcome::Running => None,
+            Outcome::Running | Outcome::Paused => None,
             Outcome::Completed => Some(Ended::Completed),
             Outcome::Failed { .. } => Some(Ended::Failed),
             Outcome::Abandoned { .. } => Some(Ended::Abandoned),
@@ -108,6 +120,9 @@ pub enum Phase {
     Preflight { pid: Option<Pid>, deadline: Instant },
     /// Replacements of `generation` are being started, make-before-break.
     Rolling { generation: u64 },
+    /// A canary of `generation` is up; the rest waits for `resume` (or a
+    /// `rollback`).
+    Paused { generation: u64 },
     /// Hot, stop mode: every worker is stopping; then the exec.
     Draining,
     /// The exec was asked for (it returns only if it failed). `adopt`: the
@@ -123,6 +138,20 @@ pub struct Restart {
     pub kind: RestartKind,
     pub started_at: Instant,
     pub phase: Phase,
+    pub plan: Rollout,
+}
+
+/// What a rollout replaces, and how far it goes before it waits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Rollout {
+    /// Replace this many slots, then pause (`--canary N`).
+    pub canary: Option<usize>,
+    /// Replace only the workers of this generation (a rollback replaces the
+    /// newer generation's; the others already run the release it restores).
+    pub only: Option<u64>,
+    /// The new generation runs this generation's pinned preparation (a
+    /// rollback), not what the release directory holds now.
+    pub like: Option<u64>,
 }
 
 /// What a transition needs done to the workers (the core owns them).
@@ -152,6 +181,9 @@ pub struct Restarts {
     /// runs when that one has ended (a hot one outranks a rolling one).
     pub(super) pending: Option<RestartKind>,
     pub(super) last: Option<RestartRecord>,
+    /// A paused canary, set aside while `sup ctl reexec` runs; it is the
+    /// restart in progress again once the reexec has ended.
+    pub(super) parked: Option<Restart>,
     /// Restarts begun so far (the next one gets this plus one).
     pub(super) begun: u64,
     /// READY=1 has gone upward at the end of a restart.
@@ -167,6 +199,7 @@ impl Restarts {
             current: None,
             pending: None,
             last: None,
+            parked: None,
             begun: 0,
             ready_sent: false,
             hook: settings.hook,
@@ -205,8 +238,19 @@ impl Restarts {
     /// The generation a restart is bringing up, while it does.
     pub fn rolling_generation(&self) -> Option<u64> {
         match self.phase()? {
-            Phase::Rolling { generation } | Phase::Starting { generation } => Some(generation),
+            Phase::Rolling { generation } | Phase::Starting { generation } | Phase::Paused { generation } => {
+                Some(generation)
+            }
             Phase::Hook { .. } | Phase::Preflight { .. } | Phase::Draining | Phase::Exec { .. } => None,
+        }
+    }
+
+    /// The rollout in progress and its plan, unless it is paused.
+    pub fn rolling(&self) -> Option<(u64, Rollout)> {
+        let r = self.current?;
+        match r.phase {
+            Phase::Rolling { generation } | Phase::Starting { generation } => Some((generation, r.plan)),
+            _ => None,
         }
     }
 
@@ -219,7 +263,11 @@ impl Restarts {
     pub fn helper_pid(&self) -> Option<Pid> {
         match self.phase()? {
             Phase::Hook { pid, .. } | Phase::Preflight { pid, .. } => pid,
-            Phase::Rolling { .. } | Phase::Draining | Phase::Exec { .. } | Phase::Starting { .. } => None,
+            Phase::Rolling { .. }
+            | Phase::Paused { .. }
+            | Phase::Draining
+            | Phase::Exec { .. }
+            | Phase::Starting { .. } => None,
         }
     }
 
@@ -236,7 +284,7 @@ impl Restarts {
         match self.current.map(|r| r.kind) {
             Some(RestartKind::Reexec) => true,
             Some(RestartKind::Hot) => self.overlap,
-            Some(RestartKind::Rolling) | None => false,
+            Some(RestartKind::Rolling | RestartKind::Rollback) | None => false,
         }
     }
 
@@ -249,7 +297,10 @@ impl Restarts {
                 generation: self.rolling_generation(),
                 started_at: r.started_at,
                 finished_at: None,
-                outcome: Outcome::Running,
+                outcome: match r.phase {
+                    Phase::Paused { .. } => Outcome::Paused,
+                    _ => Outcome::Running,
+                },
             }),
             None => self.last.clone(),
         }
@@ -271,8 +322,13 @@ impl Restarts {
             Phase::Draining | Phase::Exec { .. } => Some(format!(
                 "hot restart {id} is stopping the workers to re-execute sup; ask again when it has finished"
             )),
+            Phase::Paused { .. } if kind == RestartKind::Hot => Some(format!(
+                "{name} restart {id} is paused at its canary: resume it or roll it back first"
+            )),
+            // A reexec keeps a paused canary paused.
+            Phase::Paused { .. } if kind == RestartKind::Reexec => return None,
             // A rollout in progress starts over with the newest code.
-            Phase::Rolling { .. } | Phase::Starting { .. } => None,
+            Phase::Rolling { .. } | Phase::Starting { .. } | Phase::Paused { .. } => None,
         };
         // A rollout in progress cannot be handed over half done.
         phase.or_else(|| {
@@ -282,11 +338,32 @@ impl Restarts {
     }
 
     /// A restart of `kind` is asked for (sup is not stopping).
-    pub fn request(&mut self, kind: RestartKind, now: Instant, c: &mut Counters, out: &mut Vec<Action>) -> Follow {
+    pub fn request(
+        &mut self,
+        kind: RestartKind,
+        plan: Rollout,
+        now: Instant,
+        c: &mut Counters,
+        out: &mut Vec<Action>,
+    ) -> Follow {
         let Some(current) = self.current else {
-            return self.begin(kind, now, out);
+            return self.begin(kind, plan, now, out);
         };
         let name = kind.as_str();
+        // A reexec during a paused canary: the canary waits, paused, across it.
+        if kind == RestartKind::Reexec && matches!(current.phase, Phase::Paused { .. }) {
+            self.parked = self.current.take();
+            log(
+                out,
+                Level::Info,
+                format!(
+                    "{} restart {} stays paused while sup re-executes itself",
+                    current.kind.as_str(),
+                    current.id
+                ),
+            );
+            return self.begin(kind, plan, now, out);
+        }
         // A reexec changes no worker: joining it would deliver nothing.
         if current.kind == RestartKind::Reexec {
             log(
@@ -322,22 +399,22 @@ impl Restarts {
                 );
                 Follow::Nothing
             }
-            Phase::Rolling { generation } | Phase::Starting { generation } => {
+            Phase::Rolling { generation } | Phase::Starting { generation } | Phase::Paused { generation } => {
                 log(
                     out,
                     Level::Info,
                     format!("{name} restart requested during the rollout of gen {generation}: starting over"),
                 );
-                if kind != current.kind {
+                if kind != current.kind || kind == RestartKind::Rollback {
                     let reason = format!("superseded by a {name} restart");
                     self.finish(Outcome::Abandoned { reason }, now, c, out);
                 }
-                self.begin(kind, now, out)
+                self.begin(kind, plan, now, out)
             }
         }
     }
 
-    fn begin(&mut self, kind: RestartKind, now: Instant, out: &mut Vec<Action>) -> Follow {
+    fn begin(&mut self, kind: RestartKind, plan: Rollout, now: Instant, out: &mut Vec<Action>) -> Follow {
         self.begun += 1;
         out.push(Action::Upward(Upward::Reloading));
         self.current = Some(Restart {
@@ -348,9 +425,11 @@ impl Restarts {
                 pid: None,
                 deadline: now + self.timeout,
             },
+            plan,
         });
-        // The hook is for new code; a reexec starts none.
-        if self.hook && kind != RestartKind::Reexec {
+        // The hook is for new code; a reexec starts none, a rollback goes
+        // back to code that ran.
+        if self.hook && !matches!(kind, RestartKind::Reexec | RestartKind::Rollback) {
             out.push(Action::RunHook { kind });
             Follow::Nothing
         } else {
@@ -365,7 +444,7 @@ impl Restarts {
             return Follow::Nothing;
         };
         match r.kind {
-            RestartKind::Rolling => Follow::Rollout,
+            RestartKind::Rolling | RestartKind::Rollback => Follow::Rollout,
             RestartKind::Hot | RestartKind::Reexec => {
                 r.phase = Phase::Preflight {
                     pid: None,
@@ -493,7 +572,8 @@ impl Restarts {
     pub fn finish(&mut self, outcome: Outcome, now: Instant, c: &mut Counters, out: &mut Vec<Action>) {
         let Some(r) = self.current else { return };
         let generation = self.rolling_generation();
-        self.current = None;
+        // A paused canary set aside for a reexec is the one in progress again.
+        self.current = self.parked.take();
         self.ready_sent = true;
         out.push(Action::Upward(Upward::Ready));
         if let Some(ended) = outcome.ended() {
@@ -540,7 +620,7 @@ impl Restarts {
                 );
                 Follow::Nothing
             }
-            Phase::Rolling { generation } => {
+            Phase::Rolling { generation } | Phase::Paused { generation } => {
                 log(
                     out,
                     Level::Error,
@@ -556,6 +636,41 @@ impl Restarts {
             }
             Phase::Hook { .. } | Phase::Preflight { .. } | Phase::Draining | Phase::Exec { .. } => Follow::Nothing,
         }
+    }
+
+    /// The canary is up: the rollout waits for `resume` or `rollback`.
+    pub fn pause(&mut self, target: usize, out: &mut Vec<Action>) {
+        let Some(r) = &mut self.current else { return };
+        let Phase::Rolling { generation } = r.phase else { return };
+        r.phase = Phase::Paused { generation };
+        let canary = r.plan.canary.unwrap_or(0).min(target);
+        log(
+            out,
+            Level::Info,
+            format!(
+                "{} restart {} to gen {generation}: the canary of {canary} worker(s) is ready; paused (sup ctl resume finishes it, sup ctl rollback undoes it)",
+                r.kind.as_str(),
+                r.id
+            ),
+        );
+    }
+
+    /// `sup ctl resume`: the paused rollout goes on; the restart it is.
+    pub fn resume_paused(&mut self, out: &mut Vec<Action>) -> Result<(u64, RestartKind), String> {
+        let Some(r) = &mut self.current else {
+            return Err("no restart is paused".to_string());
+        };
+        let Phase::Paused { generation } = r.phase else {
+            return Err(format!("{} restart {} is not paused", r.kind.as_str(), r.id));
+        };
+        r.phase = Phase::Rolling { generation };
+        r.plan.canary = None;
+        log(
+            out,
+            Level::Info,
+            format!("{} restart {} to gen {generation}: resumed", r.kind.as_str(), r.id),
+        );
+        Ok((r.id, r.kind))
     }
 
     /// The re-exec failed; sup runs on in this image.
@@ -614,7 +729,7 @@ impl Restarts {
             Level::Info,
             format!("starting the {} restart requested meanwhile", kind.as_str()),
         );
-        self.begin(kind, now, out)
+        self.begin(kind, Rollout::default(), now, out)
     }
 
     /// A stop ends any restart in progress and forgets the pending one.
@@ -641,7 +756,7 @@ impl Restarts {
             return Follow::Nothing;
         };
         match (r.kind, adopt) {
-            (RestartKind::Reexec, _) | (RestartKind::Rolling, _) => {
+            (RestartKind::Reexec | RestartKind::Rolling | RestartKind::Rollback, _) => {
                 let took = now.saturating_duration_since(r.started_at);
                 log(
                     out,

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Core;
 use super::counters::{Counters, RecycleReason};
-use super::restart::{Outcome, Phase, Restart, RestartKind, RestartRecord};
+use super::restart::{Outcome, Phase, Restart, RestartKind, RestartRecord, Rollout};
 use super::vocab::{Action, Settings, log};
 use crate::pid::{Pgid, Pid};
 use crate::worker::{ExitStatus, Lingering, Slot, Worker, WorkerState};
@@ -42,6 +42,12 @@ pub struct Snapshot {
     pub slots: Vec<SlotSnap>,
     pub lingering: Vec<LingeringSnap>,
     pub restart: Option<RestartSnap>,
+    /// A paused canary set aside while a reexec runs.
+    #[serde(default)]
+    pub parked: Option<RestartSnap>,
+    /// The generation `sup ctl rollback` goes back to.
+    #[serde(default)]
+    pub rollback_target: Option<u64>,
     pub pending: Option<RestartKind>,
     pub last_restart: Option<RecordSnap>,
     pub restarts_begun: u64,
@@ -65,14 +71,26 @@ pub struct WorkerSnap {
     pub memory: Option<u64>,
     pub over_memory: u32,
     pub age_due: bool,
+    #[serde(default)]
+    pub recycle_asked: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum StateSnap {
-    Booting { ready_at: Option<Ms>, boot_deadline: Ms },
-    Ready { since: Ms },
-    Stopping { kill_at: Ms, killed: bool },
+    Booting {
+        ready_at: Option<Ms>,
+        boot_deadline: Ms,
+    },
+    Ready {
+        since: Ms,
+    },
+    Stopping {
+        kill_at: Ms,
+        killed: bool,
+        #[serde(default)]
+        dumped: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,6 +117,8 @@ pub struct RestartSnap {
     pub kind: RestartKind,
     pub started: Ms,
     pub phase: PhaseSnap,
+    #[serde(default)]
+    pub plan: Rollout,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,6 +127,7 @@ pub enum PhaseSnap {
     Hook { pid: Option<Pid>, deadline: Ms },
     Preflight { pid: Option<Pid>, deadline: Ms },
     Rolling { generation: u64 },
+    Paused { generation: u64 },
     Draining,
     Exec { adopt: bool },
     Starting { generation: u64 },
@@ -156,9 +177,14 @@ impl WorkerSnap {
                     boot_deadline: rel(boot_deadline, now),
                 },
                 WorkerState::Ready { since } => StateSnap::Ready { since: rel(since, now) },
-                WorkerState::Stopping { kill_at, killed } => StateSnap::Stopping {
+                WorkerState::Stopping {
+                    kill_at,
+                    killed,
+                    dumped,
+                } => StateSnap::Stopping {
                     kill_at: rel(kill_at, now),
                     killed,
+                    dumped,
                 },
             },
             status: w.status.clone(),
@@ -166,6 +192,7 @@ impl WorkerSnap {
             memory: w.memory,
             over_memory: w.over_memory,
             age_due: w.age_due,
+            recycle_asked: w.recycle_asked,
         }
     }
 
@@ -186,9 +213,14 @@ impl WorkerSnap {
                 StateSnap::Ready { since } => WorkerState::Ready {
                     since: abs(since, base),
                 },
-                StateSnap::Stopping { kill_at, killed } => WorkerState::Stopping {
+                StateSnap::Stopping {
+                    kill_at,
+                    killed,
+                    dumped,
+                } => WorkerState::Stopping {
                     kill_at: abs(kill_at, base),
                     killed,
+                    dumped,
                 },
             },
             status: self.status.clone(),
@@ -196,6 +228,29 @@ impl WorkerSnap {
             memory: self.memory,
             over_memory: self.over_memory,
             age_due: self.age_due,
+            recycle_asked: self.recycle_asked,
+        }
+    }
+}
+
+impl RestartSnap {
+    fn of(r: &Restart, now: Instant) -> RestartSnap {
+        RestartSnap {
+            id: r.id,
+            kind: r.kind,
+            started: rel(r.started_at, now),
+            phase: PhaseSnap::of(r.phase, now),
+            plan: r.plan,
+        }
+    }
+
+    fn restart(&self, base: Instant) -> Restart {
+        Restart {
+            id: self.id,
+            kind: self.kind,
+            started_at: abs(self.started, base),
+            phase: self.phase.phase(base),
+            plan: self.plan,
         }
     }
 }
@@ -212,6 +267,7 @@ impl PhaseSnap {
                 deadline: rel(deadline, now),
             },
             Phase::Rolling { generation } => PhaseSnap::Rolling { generation },
+            Phase::Paused { generation } => PhaseSnap::Paused { generation },
             Phase::Draining => PhaseSnap::Draining,
             Phase::Exec { adopt } => PhaseSnap::Exec { adopt },
             Phase::Starting { generation } => PhaseSnap::Starting { generation },
@@ -229,6 +285,7 @@ impl PhaseSnap {
                 deadline: abs(deadline, base),
             },
             PhaseSnap::Rolling { generation } => Phase::Rolling { generation },
+            PhaseSnap::Paused { generation } => Phase::Paused { generation },
             PhaseSnap::Draining => Phase::Draining,
             PhaseSnap::Exec { adopt } => Phase::Exec { adopt },
             PhaseSnap::Starting { generation } => Phase::Starting { generation },
@@ -271,12 +328,9 @@ impl Core {
                     kill_at: rel(l.kill_at, now),
                 })
                 .collect(),
-            restart: restart.current.map(|r| RestartSnap {
-                id: r.id,
-                kind: r.kind,
-                started: rel(r.started_at, now),
-                phase: PhaseSnap::of(r.phase, now),
-            }),
+            restart: restart.current.map(|r| RestartSnap::of(&r, now)),
+            parked: restart.parked.map(|r| RestartSnap::of(&r, now)),
+            rollback_target: self.rollback_target,
             pending: restart.pending,
             last_restart: restart.last.as_ref().map(|r| RecordSnap {
                 id: r.id,
@@ -333,8 +387,8 @@ impl Core {
             outcome: l.outcome,
         });
         r.current = snap.restart.map(|s| {
-            let mut phase = s.phase.phase(base);
-            if let Phase::Hook { pid, .. } | Phase::Preflight { pid, .. } = &mut phase
+            let mut r = s.restart(base);
+            if let Phase::Hook { pid, .. } | Phase::Preflight { pid, .. } = &mut r.phase
                 && let Some(p) = *pid
                 && let Err(why) = ours(p)
             {
@@ -345,13 +399,10 @@ impl Core {
                 );
                 *pid = None;
             }
-            Restart {
-                id: s.id,
-                kind: s.kind,
-                started_at: abs(s.started, base),
-                phase,
-            }
+            r
         });
+        r.parked = snap.parked.map(|s| s.restart(base));
+        core.rollback_target = snap.rollback_target;
         let highest = snap.workers.iter().map(|w| w.slot + 1).max().unwrap_or(0);
         let slots = snap.slots.len().max(highest).max(core.target);
         core.slots.resize(slots, Slot::default());
@@ -392,6 +443,7 @@ impl Core {
             .map(|(k, why, pid)| (k, (why, pid)))
             .collect();
         core.recycling.after = snap.recycle_after.into_iter().map(|(k, t)| (k, abs(t, base))).collect();
+        core.recycling.asked = core.workers.iter().any(|w| w.recycle_asked);
         core.arm_linger_probe(now);
         let adopted = core.workers.len();
         let follow = core

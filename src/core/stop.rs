@@ -254,6 +254,7 @@ impl Core {
             w.state = WorkerState::Stopping {
                 kill_at: now,
                 killed: true,
+                dumped: false,
             };
         }
         for s in &mut self.slots {
@@ -304,6 +305,7 @@ impl Core {
         w.state = WorkerState::Stopping {
             kill_at: now + self.settings.graceful_timeout,
             killed: false,
+            dumped: false,
         };
         let (slot, pid) = (w.slot, w.pid);
         if let Some(s) = self.slots.get_mut(slot) {
@@ -311,15 +313,37 @@ impl Core {
         }
     }
 
-    /// Kill worker `i`'s group now (it failed a deadline).
+    /// Kill worker `i`'s group (it failed a deadline): at once, or with
+    /// `--dump-signal`, after asking it for a dump and giving it
+    /// `--dump-grace` to write it.
     pub(super) fn kill_worker(&mut self, i: usize, now: Instant, out: &mut Vec<Action>) {
+        let dump = self.settings.dump_signal;
+        let grace = self.settings.dump_grace;
         let w = &mut self.workers[i];
-        out.push(Action::KillGroup {
-            pgid: Pgid::led_by(w.pid),
-        });
-        w.state = WorkerState::Stopping {
-            kill_at: now,
-            killed: true,
+        w.state = match dump {
+            Some(signal) => {
+                out.push(Action::Signal { pid: w.pid, signal });
+                // A stopped (SIGSTOP) process takes the signal once continued.
+                out.push(Action::Signal {
+                    pid: w.pid,
+                    signal: Signal::SIGCONT,
+                });
+                WorkerState::Stopping {
+                    kill_at: now + grace,
+                    killed: false,
+                    dumped: true,
+                }
+            }
+            None => {
+                out.push(Action::KillGroup {
+                    pgid: Pgid::led_by(w.pid),
+                });
+                WorkerState::Stopping {
+                    kill_at: now,
+                    killed: true,
+                    dumped: false,
+                }
+            }
         };
         let (slot, pid) = (w.slot, w.pid);
         if let Some(s) = self.slots.get_mut(slot) {

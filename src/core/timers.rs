@@ -86,7 +86,9 @@ impl Core {
                     list.push((boot_deadline, Timer::Boot(w.pid)));
                     list.extend(ready_at.map(|t| (t, Timer::ReadyDelay(w.pid))));
                 }
-                WorkerState::Stopping { kill_at, killed: false } => list.push((kill_at, Timer::Kill(w.pid))),
+                WorkerState::Stopping {
+                    kill_at, killed: false, ..
+                } => list.push((kill_at, Timer::Kill(w.pid))),
                 WorkerState::Ready { .. } | WorkerState::Stopping { killed: true, .. } => {}
             }
             if !w.is_stopping() {
@@ -113,7 +115,14 @@ impl Core {
         match self.restart.phase() {
             Some(Phase::Hook { deadline, .. }) => list.push((deadline, Timer::Hook)),
             Some(Phase::Preflight { deadline, .. }) => list.push((deadline, Timer::Preflight)),
-            Some(Phase::Rolling { .. } | Phase::Draining | Phase::Exec { .. } | Phase::Starting { .. }) | None => {}
+            Some(
+                Phase::Rolling { .. }
+                | Phase::Paused { .. }
+                | Phase::Draining
+                | Phase::Exec { .. }
+                | Phase::Starting { .. },
+            )
+            | None => {}
         }
         if let Some(s) = &self.stopping {
             list.extend(s.helper.map(|(_, t)| (t, Timer::HelperKill)));
@@ -183,7 +192,7 @@ impl Core {
                 log(
                     out,
                     Level::Error,
-                    format!("{} was not ready within {t:?}: killing it", w.label()),
+                    format!("{} was not ready within {t:?}: {}", w.label(), self.kill_words()),
                 );
                 self.counters.kills.bump(KillReason::BootTimeout);
                 self.fail_worker(i, format!("(pid {pid}) was not ready within {t:?}"), now, out);
@@ -198,7 +207,7 @@ impl Core {
                 log(
                     out,
                     Level::Error,
-                    format!("{} sent no WATCHDOG=1 for {d:?}: killing it", w.label()),
+                    format!("{} sent no WATCHDOG=1 for {d:?}: {}", w.label(), self.kill_words()),
                 );
                 self.counters.kills.bump(KillReason::Watchdog);
                 self.fail_worker(i, format!("missed its watchdog ({d:?})"), now, out);
@@ -206,23 +215,66 @@ impl Core {
             Timer::Kill(pid) => {
                 let Some(i) = self.find(pid) else { return };
                 let graceful = self.settings.graceful_timeout;
+                let (dump, grace) = (self.settings.dump_signal, self.settings.dump_grace);
                 let w = &mut self.workers[i];
-                let WorkerState::Stopping { kill_at, killed: false } = w.state else {
+                let WorkerState::Stopping {
+                    kill_at,
+                    killed: false,
+                    dumped,
+                } = w.state
+                else {
                     return;
                 };
-                log(
-                    out,
-                    Level::Warn,
-                    format!(
-                        "{} did not stop within {graceful:?}: killing its process group",
-                        w.label()
-                    ),
-                );
+                let label = w.label();
+                match (dumped, dump) {
+                    // Its dump's time is over.
+                    (true, _) => {
+                        log(
+                            out,
+                            Level::Warn,
+                            format!("{label}: its --dump-grace ({grace:?}) is over: killing its process group"),
+                        );
+                    }
+                    // The graceful timeout: a dump first.
+                    (false, Some(signal)) => {
+                        let name = signal.as_str().trim_start_matches("SIG");
+                        log(
+                            out,
+                            Level::Warn,
+                            format!(
+                                "{label} did not stop within {graceful:?}: sent it {name} for a dump; SIGKILL to its process group in {grace:?}"
+                            ),
+                        );
+                        out.push(Action::Signal { pid, signal });
+                        out.push(Action::Signal {
+                            pid,
+                            signal: Signal::SIGCONT,
+                        });
+                        w.state = WorkerState::Stopping {
+                            kill_at: now + grace,
+                            killed: false,
+                            dumped: true,
+                        };
+                        self.counters.kills.bump(KillReason::GracefulTimeout);
+                        return;
+                    }
+                    (false, None) => {
+                        log(
+                            out,
+                            Level::Warn,
+                            format!("{label} did not stop within {graceful:?}: killing its process group"),
+                        );
+                        self.counters.kills.bump(KillReason::GracefulTimeout);
+                    }
+                }
                 out.push(Action::KillGroup {
-                    pgid: Pgid::led_by(w.pid),
+                    pgid: Pgid::led_by(pid),
                 });
-                w.state = WorkerState::Stopping { kill_at, killed: true };
-                self.counters.kills.bump(KillReason::GracefulTimeout);
+                w.state = WorkerState::Stopping {
+                    kill_at,
+                    killed: true,
+                    dumped,
+                };
             }
             Timer::Age(pid) => {
                 // Due: the recycle pass replaces it when the surge allows.
@@ -325,6 +377,18 @@ impl Core {
             }
             // The next batch: `fill` runs after the timers, and arms it again if more remain.
             Timer::Continue => self.more_spawns = false,
+        }
+    }
+
+    /// What happens to a worker that failed a deadline, for the log.
+    fn kill_words(&self) -> String {
+        match self.settings.dump_signal {
+            Some(signal) => format!(
+                "sent it {} for a dump; SIGKILL to its process group in {:?}",
+                signal.as_str().trim_start_matches("SIG"),
+                self.settings.dump_grace
+            ),
+            None => "killing it".to_string(),
         }
     }
 

@@ -36,6 +36,48 @@ pub enum Intent {
     Reexec,
     /// Set the worker count (control server); never below one.
     Scale(usize),
+    /// Act on one worker (control server: `sup ctl worker`).
+    Worker { target: WorkerRef, action: WorkerAction },
+    /// A rolling restart that replaces this many slots, then pauses.
+    Canary(usize),
+    /// Finish the paused rollout.
+    Resume,
+    /// Replace the newer generation's workers by the previous release, as
+    /// it was pinned; `pinned` is what the shell found of it.
+    Rollback { pinned: Pinned },
+}
+
+/// What the shell found of the release a rollback would restore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pinned {
+    /// Its preparation is kept and its directory is still there.
+    Ready,
+    /// Nothing is kept of it (sup was started since, or nothing rolled out).
+    Unknown,
+    /// Its release directory is gone.
+    Gone,
+}
+
+/// Which worker a one-worker request names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerRef {
+    /// The serving worker of this slot (`slot:N`).
+    Slot(usize),
+    /// The worker with this pid (`pid:N`).
+    Pid(Pid),
+    /// A bare number: a slot, or a pid; refused if it could be two workers.
+    Either(u32),
+}
+
+/// What to do to one worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerAction {
+    /// A replacement first, then the worker stops (make-before-break).
+    Replace,
+    /// Send this signal to the worker's process group.
+    Signal(Signal),
+    /// Stop it gracefully; its slot gets a new worker.
+    Stop,
 }
 
 /// Something that happened, as the shell saw it.
@@ -85,6 +127,12 @@ pub enum Event {
     Memory {
         samples: Vec<(Pid, u64)>,
     },
+    /// `--ready fd:N`: worker `pid` wrote a newline to its readiness fd
+    /// (`ready`), or closed it without one.
+    ReadyFd {
+        pid: Pid,
+        ready: bool,
+    },
     /// An sd_notify datagram (or an Einhorn ack, as `READY=1` + `MAINPID`).
     Notify {
         sender: Option<Sender>,
@@ -122,6 +170,17 @@ pub enum Action {
     /// SIGKILL a whole process group.
     KillGroup {
         pgid: Pgid,
+    },
+    /// Generation `generation` runs generation `like`'s pinned preparation
+    /// (a rollback), not what the release directory holds now.
+    PinRecipe {
+        generation: u64,
+        like: u64,
+    },
+    /// Send `signal` to a whole process group (`sup ctl worker … signal`).
+    SignalGroup {
+        pgid: Pgid,
+        signal: Signal,
     },
     /// Find out whether a lingering process group still has members; answer
     /// with [`Event::GroupEmpty`] if it has none.
@@ -226,6 +285,11 @@ pub struct Settings {
     pub ready_delay: Option<Duration>,
     pub boot_timeout: Duration,
     pub watchdog: Option<Duration>,
+    /// `--dump-signal`: a worker about to be killed for a timeout (boot,
+    /// watchdog, graceful) gets this first, then `dump_grace` to write its
+    /// dump, then SIGKILL to its group.
+    pub dump_signal: Option<Signal>,
+    pub dump_grace: Duration,
     pub max_surge: usize,
     /// `--max-memory` (bytes): a worker whose process group's PSS stays
     /// above it is recycled. Sampled every `recycle_check`.

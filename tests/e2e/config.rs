@@ -75,13 +75,13 @@ fn an_invalid_config_edit_abandons_the_hot_restart() {
     let good =
         format!("bind: 127.0.0.1:0\nworkers: 2\nready: notify\ncommand: [{WORKER}, --serve, --ready-after, \"0\"]\n");
     let cfg = write(&dir, "sup.yml", &good);
-    let sup = Sup::start(&dir, &["--config", &cfg]);
+    let sup = Sup::controlled(&dir, &["--config", &cfg]);
     let addr = sup.tcp_addr(0);
     let old: HashSet<i64> = answering_pids(addr, 2);
     write(&dir, "sup.yml", &good.replace("workers: 2", "workers: two"));
     sup.signal(libc::SIGUSR2);
-    let line = sup.wait_log("hot restart abandoned", secs(30));
-    assert!(line.contains("failed its check"), "{line}");
+    let (_, error) = sup.wait_restart_ended(1, RestartKind::Hot, RestartOutcome::Abandoned, secs(30));
+    assert!(error.contains("failed its check"), "{error}");
     assert!(
         sup.log().contains("sup.yml: line 2 column 10"),
         "the reason is logged:\n{}",
@@ -101,7 +101,7 @@ fn a_valid_config_edit_is_applied_by_a_hot_restart() {
         )
     };
     let cfg = write(&dir, "sup.yml", &config(2, &old_sock));
-    let sup = Sup::start(&dir, &["--config", &cfg]);
+    let sup = Sup::controlled(&dir, &["--config", &cfg]);
     let addr = sup.tcp_addr(0);
     assert_eq!(answering(addr, 2).len(), 2);
     assert!(get_unix(std::path::Path::new(&old_sock)).is_ok());
@@ -109,7 +109,7 @@ fn a_valid_config_edit_is_applied_by_a_hot_restart() {
     write(&dir, "sup.yml", &config(3, &new_sock));
     let load = Load::start(addr);
     sup.signal(libc::SIGUSR2);
-    sup.wait_log("hot restart to gen 1 complete", secs(60));
+    sup.wait_restart_complete(RestartKind::Hot, 1, secs(60));
     load.finish_without_failures(&sup);
     let now = answering(addr, 3);
     assert!(
@@ -136,17 +136,19 @@ fn a_relative_config_is_read_from_the_new_release_after_a_hot_restart() {
     let r1 = release_with("r1", 1);
     point(&dir, &r1);
     // sup starts in the release (as under systemd's WorkingDirectory=current).
+    let control = dir.join("ctl.sock");
     let mut cmd = std::process::Command::new("sh");
     cmd.arg("-c").arg(format!(
-        "cd current && exec {SUP} --directory {} --config sup.yml",
+        "cd current && exec {SUP} --control unix:{} --directory {} --config sup.yml",
+        control.display(),
         dir.s("current")
     ));
-    let sup = Sup::launch(&dir, cmd);
+    let sup = Sup::launch(&dir, cmd).control_at(&control);
     let addr = sup.tcp_addr(0);
     assert_eq!(answering(addr, 1).len(), 1);
     point(&dir, &release_with("r2", 3));
     sup.signal(libc::SIGUSR2);
-    sup.wait_log("hot restart to gen 1 complete", secs(60));
+    sup.wait_restart_complete(RestartKind::Hot, 1, secs(60));
     let now = answering(addr, 3);
     assert!(now.iter().all(|(_, g)| *g == 1), "{now:?}");
 }

@@ -7,7 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-use sup::control::protocol::{Answer, Stats, WorkerPhase};
+use sup::control::protocol::Answer;
 
 use crate::harness::*;
 
@@ -117,6 +117,8 @@ fn ctl_falls_back_to_signals_through_the_pidfile() {
     let (code, stdout, _) = ctl(&["--pidfile", &pidfile, "incr"]);
     assert_eq!(code, Some(0));
     assert!(stdout.contains("sent SIGTTIN"), "{stdout}");
+    // This sup has no control server (that is the point): its log says
+    // what the signal did.
     sup.wait_log("TTIN: workers 1 → 2", secs(10));
     let (code, _, stderr) = ctl(&["--pidfile", &pidfile, "status"]);
     assert_eq!(code, Some(2));
@@ -179,6 +181,7 @@ fn tcp_control_needs_a_token_and_checks_it() {
             WORKER,
         ],
     );
+    // The port sup picked is in its log (and /stats needs the token).
     let line = sup.wait_log("control server on tcp://", secs(10));
     let addr: std::net::SocketAddr = line.split("tcp://").nth(1).unwrap().trim().parse().unwrap();
     let control = format!("tcp://{addr}");
@@ -369,11 +372,14 @@ fn a_restart_asked_for_while_sup_is_stopping_is_refused_with_the_reason() {
             "0",
         ],
     );
-    sup.wait_ready(1);
+    sup.wait_workers_ready(1);
     let control = format!("unix:{}", sock.display());
     let (code, _, stderr) = ctl(&["--control", &control, "stop"]);
     assert_eq!(code, Some(0), "{stderr}");
-    sup.wait_log("stopping: 1 worker(s) get the stop signal", secs(10));
+    sup.wait_stats("the worker to be stopping", secs(10), |s| {
+        let stopping = |w: &WorkerStats| w.state == WorkerPhase::Stopping;
+        (s.worker_status.len() == 1 && s.worker_status.iter().all(stopping)).then_some(())
+    });
     for command in ["phased-restart", "restart"] {
         let (code, stdout, stderr) = ctl(&["--control", &control, command, "--wait"]);
         assert_eq!(code, Some(1), "{command}: {stdout}{stderr}");
@@ -482,7 +488,7 @@ fn control_answers_throughout_hot_restarts(mode: &str) {
             "300",
         ],
     );
-    sup.wait_ready(2);
+    sup.wait_workers_ready(2);
     let inode = std::fs::metadata(&sock).unwrap().ino();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = stop.clone();
@@ -507,7 +513,7 @@ fn control_answers_throughout_hot_restarts(mode: &str) {
     });
     for n in 1..=2 {
         sup.signal(libc::SIGUSR2);
-        sup.wait_log(&format!("hot restart to gen {n} complete"), secs(60));
+        sup.wait_restart_complete(RestartKind::Hot, n, secs(60));
     }
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let (ok, failed) = client.join().unwrap();

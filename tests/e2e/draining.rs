@@ -312,3 +312,40 @@ fn the_fd_store_keeps_the_listeners_across_a_crash_of_sup() {
     assert_eq!(inode(&again.1[0]), listener_inode, "the same listener, not a new one");
     assert_eq!(second.tcp_addr(0), addr);
 }
+
+/// Scaling down stops one worker at a time while the others serve the
+/// shared queue: nothing queued is lost.
+#[test]
+fn scaling_down_under_load_loses_nothing() {
+    let dir = TestDir::new();
+    let sock = dir.join("c.sock");
+    let control = format!("unix:{}", sock.display());
+    let sup = Sup::serving(
+        &dir,
+        &[
+            "--workers",
+            "4",
+            "--control",
+            &control,
+            "--",
+            WORKER,
+            "--serve",
+            "--delay-response",
+            "20",
+        ],
+    );
+    wait_until("4 workers ready", secs(30), || {
+        (sock.exists() && stats(&sock).booted_workers == 4).then_some(())
+    });
+    let loads: Vec<Load> = (0..4).map(|_| Load::start(sup.tcp_addr(0))).collect();
+    for n in (1..4).rev() {
+        sup.signal(libc::SIGTTOU);
+        wait_until("one worker fewer", secs(30), || {
+            let s = stats(&sock);
+            (s.target_workers == n && s.worker_status.len() == n).then_some(())
+        });
+    }
+    for load in loads {
+        load.finish_without_failures(&sup);
+    }
+}

@@ -4,6 +4,11 @@
 //! `Sup` runs sup in its own process group. On drop, a sup that is still
 //! running gets TERM, then after 5 s SIGKILL to its group and to the group
 //! of every worker it logged, so a failing test leaves nothing behind.
+//!
+//! A test waits for sup's *state* through `GET /stats` on its control
+//! socket ([`Sup::wait_stats`] and the waits built on it), typed with the
+//! same structs `sup ctl` reads; [`Sup::wait_log`] is for tests whose
+//! subject is what sup says, or something /stats does not show.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -16,7 +21,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use sup::control::protocol::Stats;
+pub use sup::control::protocol::{RestartOutcome, RestartStats, Stats, WorkerPhase, WorkerStats};
+pub use sup::core::RestartKind;
 
 pub const SUP: &str = env!("CARGO_BIN_EXE_sup");
 /// A TCP address on loopback whose port the kernel picks: tests never
@@ -35,7 +41,12 @@ pub fn secs(n: u64) -> Duration {
 }
 
 /// Poll `probe` until it returns `Some`, or panic after `timeout`.
-pub fn wait_until<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+pub fn wait_until<T>(what: &str, timeout: Duration, probe: impl FnMut() -> Option<T>) -> T {
+    poll(what, timeout, probe, String::new)
+}
+
+/// [`wait_until`], with `seen()` (what the probe saw last) in the panic.
+fn poll<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>, seen: impl FnOnce() -> String) -> T {
     let start = Instant::now();
     let mut pause = Duration::from_millis(5);
     loop {
@@ -43,7 +54,7 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> O
             return v;
         }
         if start.elapsed() > timeout {
-            panic!("timed out after {:?} waiting for {what}", start.elapsed());
+            panic!("timed out after {:?} waiting for {what}{}", start.elapsed(), seen());
         }
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(100));
@@ -101,19 +112,51 @@ impl Drop for TestDir {
 pub struct Sup {
     pub child: Child,
     pub log: PathBuf,
+    /// sup's control socket, when it serves one on a unix path: where the
+    /// typed waits read `GET /stats`.
+    control: Option<PathBuf>,
     status: Option<ExitStatus>,
 }
 
+/// The unix control socket named in `args` (`--control unix:PATH`), with a
+/// relative path taken from `cwd`, as sup takes it.
+fn control_in<'a>(args: impl IntoIterator<Item = &'a std::ffi::OsStr>, cwd: &Path) -> Option<PathBuf> {
+    let args: Vec<&str> = args.into_iter().filter_map(|a| a.to_str()).collect();
+    let value = args
+        .iter()
+        .enumerate()
+        .find_map(|(i, a)| match a.strip_prefix("--control") {
+            Some("") => args.get(i + 1).copied(),
+            Some(rest) => rest.strip_prefix('='),
+            None => None,
+        })?;
+    Some(cwd.join(value.strip_prefix("unix:")?))
+}
+
 impl Sup {
-    /// Start sup with `args`, output to `dir/sup.log`.
+    /// Start sup with exactly `args`, output to `dir/sup.log`.
     pub fn start(dir: &TestDir, args: &[&str]) -> Sup {
         Sup::start_with(dir, args, |_| {})
     }
 
     /// Start sup serving a fresh TCP port (`--bind 127.0.0.1:0`, read back
-    /// with [`Sup::tcp_addr`]), then `args`.
+    /// with [`Sup::tcp_addr`]) with a control socket (see
+    /// [`Sup::controlled`]), then `args`.
     pub fn serving(dir: &TestDir, args: &[&str]) -> Sup {
         let mut all = vec!["--bind", ANY_PORT];
+        all.extend_from_slice(args);
+        Sup::controlled(dir, &all)
+    }
+
+    /// Start sup with `args` and a control socket, `dir/ctl.sock`, for the
+    /// typed waits (unless `args` name one: then that one). For a test
+    /// whose sup must run exactly as given, use [`Sup::start`].
+    pub fn controlled(dir: &TestDir, args: &[&str]) -> Sup {
+        let control = format!("unix:{}", dir.s("ctl.sock"));
+        let mut all = Vec::new();
+        if control_in(args.iter().map(std::ffi::OsStr::new), &dir.path).is_none() {
+            all.extend(["--control", control.as_str()]);
+        }
         all.extend_from_slice(args);
         Sup::start(dir, &all)
     }
@@ -126,8 +169,10 @@ impl Sup {
     }
 
     /// Run `cmd` (sup, or something that execs sup) in its own process
-    /// group, in `dir`, with its output appended to `dir/sup.log`.
+    /// group, in `dir`, with its output appended to `dir/sup.log`. A
+    /// `--control unix:PATH` among its arguments is the control socket.
     pub fn launch(dir: &TestDir, mut cmd: Command) -> Sup {
+        let control = control_in(cmd.get_args(), &dir.path);
         let log = dir.join("sup.log");
         let out = std::fs::OpenOptions::new()
             .create(true)
@@ -143,8 +188,98 @@ impl Sup {
         Sup {
             child,
             log,
+            control,
             status: None,
         }
+    }
+
+    /// The control socket at `path`, for a sup launched through a shell
+    /// (whose arguments [`Sup::launch`] cannot see).
+    pub fn control_at(mut self, path: &Path) -> Sup {
+        self.control = Some(path.to_path_buf());
+        self
+    }
+
+    /// sup's control socket.
+    pub fn control(&self) -> &Path {
+        self.control
+            .as_deref()
+            .unwrap_or_else(|| panic!("this sup has no control socket: start it with Sup::serving or Sup::controlled"))
+    }
+
+    /// `GET /stats` now.
+    pub fn stats(&self) -> Stats {
+        stats(self.control())
+    }
+
+    /// Poll `GET /stats` until `probe` returns `Some`; panic after
+    /// `timeout`, or at once if sup exits, with the last answer. A request
+    /// that gets no answer counts as "not yet" (its error is shown then).
+    pub fn wait_stats<T>(&self, what: &str, timeout: Duration, mut probe: impl FnMut(&Stats) -> Option<T>) -> T {
+        let path = self.control();
+        let last = std::cell::RefCell::new(String::from("no answer"));
+        poll(
+            what,
+            timeout,
+            || {
+                assert!(
+                    alive(self.pid()),
+                    "sup exited while waiting for {what}:\n{}",
+                    self.log()
+                );
+                match try_stats(path) {
+                    Ok(s) => {
+                        *last.borrow_mut() = summary(&s);
+                        probe(&s)
+                    }
+                    Err(e) => {
+                        *last.borrow_mut() = e;
+                        None
+                    }
+                }
+            },
+            || format!("; /stats last said: {}\n{}", last.borrow(), self.log()),
+        )
+    }
+
+    /// Wait until `n` live workers are ready.
+    pub fn wait_workers_ready(&self, n: usize) {
+        self.wait_stats(&format!("{n} workers ready"), secs(20), |s| {
+            (s.booted_workers >= n).then_some(())
+        });
+    }
+
+    /// Wait until restart `id` has ended (sup numbers its restarts from 1,
+    /// across hot restarts) and assert that it was a `kind` restart that
+    /// ended `outcome`; /stats at that moment, and the reason it gave.
+    pub fn wait_restart_ended(
+        &self,
+        id: u64,
+        kind: RestartKind,
+        outcome: RestartOutcome,
+        timeout: Duration,
+    ) -> (Stats, String) {
+        let (s, r) = self.wait_stats(&format!("restart #{id} to end"), timeout, |s| {
+            let r = s.restart.as_ref()?;
+            assert!(r.id <= id, "restart #{id} ended unseen: {}", summary(s));
+            (r.id == id && r.outcome != RestartOutcome::Running).then(|| (s.clone(), r.clone()))
+        });
+        assert_eq!((r.kind, r.outcome), (kind, outcome), "{r:?}\n{}", self.log());
+        (s, r.error.unwrap_or_default())
+    }
+
+    /// Wait until the `kind` restart to gen `generation` has ended, and
+    /// assert that it completed: every worker of the new generation is
+    /// ready and no older one is left.
+    pub fn wait_restart_complete(&self, kind: RestartKind, generation: u64, timeout: Duration) -> RestartStats {
+        let what = format!("{} restart to gen {generation} to complete", kind.as_str());
+        let r = self.wait_stats(&what, timeout, |s| {
+            s.restart
+                .clone()
+                .filter(|r| r.kind == kind && r.generation == Some(generation) && r.outcome != RestartOutcome::Running)
+        });
+        assert_eq!(r.outcome, RestartOutcome::Completed, "{r:?}\n{}", self.log());
+        r
     }
 
     pub fn pid(&self) -> i32 {
@@ -160,13 +295,6 @@ impl Sup {
         wait_until(&format!("log line `{needle}`"), timeout, || {
             self.log().lines().find(|l| l.contains(needle)).map(str::to_string)
         })
-    }
-
-    /// Wait until sup has logged `n` workers as ready.
-    pub fn wait_ready(&self, n: usize) {
-        wait_until(&format!("{n} workers ready"), secs(20), || {
-            (self.log().matches(" is ready").count() >= n).then_some(())
-        });
     }
 
     /// The address sup logged for its `index`th tcp socket.
@@ -452,9 +580,42 @@ pub fn raw(path: &Path, bytes: &[u8]) -> String {
 
 /// `/stats`, read with the same types `sup ctl` uses.
 pub fn stats(path: &Path) -> Stats {
-    let text = raw(path, b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\n");
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    serde_json::from_str(text.split_once("\r\n\r\n").unwrap().1).unwrap()
+    try_stats(path).unwrap()
+}
+
+/// `/stats`, or what went wrong asking for it.
+pub fn try_stats(path: &Path) -> Result<Stats, String> {
+    let mut s = UnixStream::connect(path).map_err(|e| format!("connect {}: {e}", path.display()))?;
+    s.set_read_timeout(Some(secs(15))).map_err(|e| e.to_string())?;
+    s.write_all(b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\n")
+        .map_err(|e| format!("write: {e}"))?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).map_err(|e| format!("read: {e}"))?;
+    match text.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") => {
+            serde_json::from_str(body).map_err(|e| format!("{e}: {body}"))
+        }
+        _ => Err(format!("answer {text:?}")),
+    }
+}
+
+/// The parts of /stats a wait looks at, on one line.
+pub fn summary(s: &Stats) -> String {
+    let workers: Vec<String> = s
+        .worker_status
+        .iter()
+        .map(|w| format!("{}:{}/gen {}/{:?}", w.slot, w.pid, w.generation, w.state))
+        .collect();
+    format!(
+        "gen {}, target {}, {} live ({} ready), restart {:?} (busy {}), workers [{}]",
+        s.generation,
+        s.target_workers,
+        s.workers,
+        s.booted_workers,
+        s.restart,
+        s.restart_busy,
+        workers.join(", ")
+    )
 }
 
 /// Whether this test may use `--user` (it needs root). Locally it skips

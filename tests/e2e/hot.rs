@@ -27,12 +27,12 @@ fn three_hot_restarts_of_four_workers_refuse_no_connection() {
         ],
     );
     let addr = sup.tcp_addr(0);
-    sup.wait_ready(4);
+    sup.wait_workers_ready(4);
     let first: HashSet<i64> = answering_pids(addr, 4);
     let load = Load::start(addr);
     for generation in 1..=3 {
         sup.signal(libc::SIGUSR2);
-        sup.wait_log(&format!("hot restart to gen {generation} complete"), secs(60));
+        sup.wait_restart_complete(RestartKind::Hot, generation, secs(60));
     }
     load.finish_without_failures(&sup);
     assert!(sup.is_running());
@@ -71,13 +71,13 @@ fn twenty_hot_restarts_leak_nothing() {
         ],
     );
     let addr = sup.tcp_addr(0);
-    sup.wait_ready(2);
+    sup.wait_workers_ready(2);
     let fds_before = fd_count(sup.pid());
     let worker_fds = |r: &serde_json::Value| r["fds"].as_object().unwrap().keys().cloned().collect::<Vec<_>>();
     let before = worker_fds(&dir.reports("reports")[0]);
     for n in 1..=20 {
         sup.signal(libc::SIGUSR2);
-        sup.wait_log(&format!("hot restart to gen {n} complete"), secs(60));
+        sup.wait_restart_complete(RestartKind::Hot, n, secs(60));
     }
     assert_eq!(fd_count(sup.pid()), fds_before, "sup holds as many fds as before");
     assert_eq!(children_of(sup.pid()).1, Vec::<i32>::new());
@@ -117,15 +117,15 @@ fn a_release_that_fails_the_preflight_is_not_started_and_the_old_workers_serve()
         ],
     );
     let addr = sup.tcp_addr(0);
-    sup.wait_ready(2);
+    sup.wait_workers_ready(2);
     let old: HashSet<i64> = answering_pids(addr, 2);
     // The new release has no ./run: the new sup's --check fails on it.
     let empty = dir.join("r2");
     std::fs::create_dir(&empty).unwrap();
     point(&dir, &std::fs::canonicalize(&empty).unwrap());
     sup.signal(libc::SIGUSR2);
-    let line = sup.wait_log("hot restart abandoned", secs(30));
-    assert!(line.contains("the new sup failed its check (status 2"), "{line}");
+    let (_, error) = sup.wait_restart_ended(1, RestartKind::Hot, RestartOutcome::Abandoned, secs(30));
+    assert!(error.contains("the new sup failed its check (status 2"), "{error}");
     assert!(
         sup.log().contains("sup: error: command"),
         "the check's reason is in the log:\n{}",
@@ -143,8 +143,11 @@ fn an_upgraded_binary_at_the_same_path_takes_over() {
     let installed = dir.join("bin/sup");
     std::fs::copy(SUP, &installed).unwrap();
     let reports = dir.s("reports");
+    let control = format!("unix:{}", dir.s("ctl.sock"));
     let mut cmd = std::process::Command::new(&installed);
     cmd.args([
+        "--control",
+        &control,
         "--bind",
         ANY_PORT,
         "--ready",
@@ -157,7 +160,7 @@ fn an_upgraded_binary_at_the_same_path_takes_over() {
     ])
     .args(["--report-dir", &reports]);
     let sup = Sup::launch(&dir, cmd);
-    wait_until("ready", secs(20), || sup.log().contains("is ready").then_some(()));
+    sup.wait_workers_ready(1);
     // "Upgrade" in place: the new program at the same path is a build that
     // announces itself (through the environment its workers inherit).
     let staged = dir.join("bin/sup.new");
@@ -165,7 +168,7 @@ fn an_upgraded_binary_at_the_same_path_takes_over() {
     std::fs::set_permissions(&staged, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     std::fs::rename(&staged, &installed).unwrap();
     sup.signal(libc::SIGUSR2);
-    sup.wait_log("hot restart to gen 1 complete", secs(60));
+    sup.wait_restart_complete(RestartKind::Hot, 1, secs(60));
     let upgraded = dir
         .reports("reports")
         .into_iter()
@@ -193,20 +196,19 @@ fn a_usr2_storm_and_a_term_during_the_exec_never_kill_sup() {
         ],
     );
     let addr = sup.tcp_addr(0);
-    sup.wait_ready(2);
+    sup.wait_workers_ready(2);
     // USR2s land in every phase, the exec window included.
     for _ in 0..30 {
         sup.signal(libc::SIGUSR2);
         std::thread::sleep(std::time::Duration::from_millis(7));
     }
-    wait_until("the storm to settle", secs(60), || {
-        let log = sup.log();
-        let last = log
-            .lines()
-            .rfind(|l| l.contains("hot restart"))
-            .unwrap_or("")
-            .to_string();
-        (last.contains("complete") && live_workers(&log).len() == 2).then_some(())
+    sup.wait_stats("the storm to settle", secs(60), |s| {
+        let done = s
+            .restart
+            .as_ref()
+            .is_some_and(|r| r.outcome == RestartOutcome::Completed)
+            && !s.restart_busy;
+        (done && s.worker_status.len() == 2).then_some(())
     });
     assert!(sup.is_running(), "{}", sup.log());
     let gens: HashSet<i64> = answering(addr, 2).into_iter().map(|(_, g)| g).collect();
@@ -260,7 +262,7 @@ fn relative_pidfile_and_socket_paths_stay_put_across_a_hot_restart() {
     point(&dir, &r1);
     let current = dir.s("current");
     // Relative to where sup starts (the test dir), not to the release.
-    let mut sup = Sup::start(
+    let mut sup = Sup::controlled(
         &dir,
         &[
             "--bind",
@@ -275,10 +277,10 @@ fn relative_pidfile_and_socket_paths_stay_put_across_a_hot_restart() {
             "./run",
         ],
     );
-    sup.wait_ready(1);
+    sup.wait_workers_ready(1);
     assert!(dir.join("sup.pid").exists() && dir.join("app.sock").exists());
     sup.signal(libc::SIGUSR2);
-    sup.wait_log("hot restart to gen 1 complete", secs(60));
+    sup.wait_restart_complete(RestartKind::Hot, 1, secs(60));
     assert!(get_unix(&dir.join("app.sock")).is_ok(), "the same socket path serves");
     assert!(
         !r1.join("sup.pid").exists() && !r1.join("app.sock").exists(),
@@ -313,24 +315,26 @@ fn a_release_a_spawn_would_refuse_fails_the_preflight_and_the_old_workers_serve(
         ],
     );
     let addr = sup.tcp_addr(0);
-    sup.wait_ready(2);
+    sup.wait_workers_ready(2);
     let old: HashSet<i64> = answering_pids(addr, 2);
     let run = r1.join("run");
     let mode = |m: u32| std::fs::set_permissions(&run, std::os::unix::fs::PermissionsExt::from_mode(m)).unwrap();
     // The release's program lost its exec bit.
     mode(0o644);
     sup.signal(libc::SIGUSR2);
-    let line = sup.wait_log("hot restart abandoned", secs(30));
-    assert!(line.contains("the new sup failed its check"), "{line}");
+    let abandoned = |id: u64| {
+        let (_, error) = sup.wait_restart_ended(id, RestartKind::Hot, RestartOutcome::Abandoned, secs(30));
+        assert!(error.contains("the new sup failed its check"), "{error}");
+    };
+    abandoned(1);
+    // The check's own reason is in the log, where the new sup wrote it.
     assert!(sup.log().contains("is not executable by"), "{}", sup.log());
     assert_eq!(answering_pids(addr, 2), old);
     // Its env file gained a NUL byte.
     mode(0o755);
     std::fs::write(r1.join(".env"), "A=1\nB=\0\n").unwrap();
     sup.signal(libc::SIGUSR2);
-    wait_until("a second abandoned hot restart", secs(30), || {
-        (sup.log().matches("hot restart abandoned").count() == 2).then_some(())
-    });
+    abandoned(2);
     assert!(sup.log().contains("line 2: contains a NUL byte"), "{}", sup.log());
     assert_eq!(answering_pids(addr, 2), old, "the old workers serve on");
     assert!(sup.is_running());
@@ -358,10 +362,11 @@ fn a_new_generation_that_cannot_boot_after_the_exec_retries_and_says_so() {
         ],
     );
     let addr = sup.tcp_addr(0);
-    sup.wait_ready(2);
+    sup.wait_workers_ready(2);
     // Passes every check (an executable script), then exits at boot.
     point(&dir, &release(&dir, "r2", "exit 3"));
     sup.signal(libc::SIGUSR2);
+    // What the test is about: sup says so.
     sup.wait_log("no old worker is left to serve", secs(30));
     let (code, stdout, stderr) = ctl(&["--control", &control, "status"]);
     assert_eq!(code, Some(0), "{stderr}");
@@ -373,7 +378,7 @@ fn a_new_generation_that_cannot_boot_after_the_exec_retries_and_says_so() {
     );
     // The release is fixed: the retries pick it up and the restart completes.
     point(&dir, &good(&dir, "r3"));
-    sup.wait_log("hot restart to gen 1 complete", secs(60));
+    sup.wait_restart_complete(RestartKind::Hot, 1, secs(60));
     assert_eq!(answering_pids(addr, 2).len(), 2);
     assert!(sup.is_running());
 }
@@ -396,13 +401,14 @@ fn a_worker_count_changed_by_ttin_survives_a_hot_restart() {
         ],
     );
     let addr = sup.tcp_addr(0);
-    sup.wait_ready(2);
+    sup.wait_workers_ready(2);
+    // One signal at a time: two pending TTINs would be one.
     sup.signal(libc::SIGTTIN);
-    sup.wait_log("workers 2 → 3", secs(10));
+    sup.wait_stats("3 workers wanted", secs(10), |s| (s.target_workers == 3).then_some(()));
     sup.signal(libc::SIGTTIN);
-    sup.wait_ready(4);
+    sup.wait_workers_ready(4);
     sup.signal(libc::SIGUSR2);
-    sup.wait_log("hot restart to gen 1 complete", secs(30));
+    sup.wait_restart_complete(RestartKind::Hot, 1, secs(30));
     assert!(
         sup.log()
             .contains("keeping the worker count set at runtime: 4 (the configuration says 2)"),

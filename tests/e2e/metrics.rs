@@ -81,10 +81,10 @@ fn metrics_parse_as_prometheus_text_and_show_the_accept_queue_of_stopped_workers
         ],
     );
     let addr = sup.tcp_addr(0);
-    sup.wait_ready(2);
+    sup.wait_workers_ready(2);
     sup.signal(libc::SIGUSR1);
-    sup.wait_log("rolling restart to gen 1 complete", secs(30));
-    let pids: Vec<i32> = stats(&sock).worker_status.iter().map(|w| w.pid).collect();
+    sup.wait_restart_complete(RestartKind::Rolling, 1, secs(30));
+    let pids: Vec<i32> = sup.stats().worker_status.iter().map(|w| w.pid).collect();
     assert_eq!(pids.len(), 2);
     // Nobody accepts: 7 connections wait in the listener's queue.
     for pid in &pids {

@@ -35,7 +35,7 @@ fn reports_of_generation(dir: &TestDir, generation: &str) -> Vec<serde_json::Val
         .collect()
 }
 
-/// The notify socket sup logged at startup.
+/// The notify socket sup logged at startup (/stats does not show it).
 fn logged_notify_socket(sup: &Sup) -> String {
     let line = sup.wait_log("notify socket for workers: ", secs(10));
     line.split("notify socket for workers: ")
@@ -67,7 +67,7 @@ fn notify_socket_is_a_private_path_kept_across_a_hot_restart_and_removed_at_stop
             &reports,
         ],
     );
-    sup.wait_ready(2);
+    sup.wait_workers_ready(2);
     let gen0 = wait_until("two reports", secs(10), || {
         let r = reports_of_generation(&dir, "0");
         (r.len() == 2).then_some(r)
@@ -89,7 +89,7 @@ fn notify_socket_is_a_private_path_kept_across_a_hot_restart_and_removed_at_stop
     assert!(holds_socket(sup.pid(), notify_ino));
 
     sup.signal(libc::SIGUSR2);
-    sup.wait_log("hot restart to gen 1 complete", secs(60));
+    sup.wait_restart_complete(RestartKind::Hot, 1, secs(60));
     let gen1 = wait_until("two reports of gen 1", secs(10), || {
         let r = reports_of_generation(&dir, "1");
         (r.len() == 2).then_some(r)
@@ -114,7 +114,7 @@ fn a_worker_running_as_another_user_reaches_the_notify_socket() {
         return;
     }
     let dir = TestDir::new();
-    let mut sup = Sup::start(
+    let mut sup = Sup::controlled(
         &dir,
         &[
             "--user",
@@ -132,7 +132,7 @@ fn a_worker_running_as_another_user_reaches_the_notify_socket() {
     );
     // Worker 0 acks on the Einhorn socket; both are ready only if both
     // sockets are reachable by nobody (READY=1 here comes through Einhorn).
-    sup.wait_ready(2);
+    sup.wait_workers_ready(2);
     let notify = logged_notify_socket(&sup);
     let private = PathBuf::from(&notify).parent().unwrap().to_path_buf();
     let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
@@ -150,7 +150,7 @@ fn a_user_worker_sends_ready_on_the_notify_socket() {
         return;
     }
     let dir = TestDir::new();
-    let mut sup = Sup::start(
+    let mut sup = Sup::controlled(
         &dir,
         &[
             "--user",
@@ -163,7 +163,7 @@ fn a_user_worker_sends_ready_on_the_notify_socket() {
             "0",
         ],
     );
-    sup.wait_ready(1);
+    sup.wait_workers_ready(1);
     assert!(!sup.log().contains("notify: "), "{}", sup.log());
     sup.signal(libc::SIGTERM);
     assert_eq!(sup.wait_exit(secs(30)).code(), Some(0), "{}", sup.log());
@@ -174,7 +174,7 @@ fn the_abstract_address_is_there_on_request() {
     let dir = TestDir::new();
     std::fs::create_dir(dir.join("reports")).unwrap();
     let reports = dir.s("reports");
-    let mut sup = Sup::start(
+    let mut sup = Sup::controlled(
         &dir,
         &[
             "--notify-socket",
@@ -192,14 +192,14 @@ fn the_abstract_address_is_there_on_request() {
             &reports,
         ],
     );
-    sup.wait_ready(2);
+    sup.wait_workers_ready(2);
     let r = wait_until("a report", secs(10), || dir.reports("reports").into_iter().next());
     let notify = r["env"]["NOTIFY_SOCKET"].as_str().unwrap();
     let einhorn = r["env"]["EINHORN_SOCK_PATH"].as_str().unwrap();
     assert!(notify.starts_with("@sup/"), "{notify}");
     assert!(einhorn.starts_with("@sup/"), "{einhorn}");
     sup.signal(libc::SIGUSR2);
-    sup.wait_log("hot restart to gen 1 complete", secs(60));
+    sup.wait_restart_complete(RestartKind::Hot, 1, secs(60));
     let r1 = wait_until("a gen 1 report", secs(10), || {
         reports_of_generation(&dir, "1").into_iter().next()
     });
@@ -240,6 +240,8 @@ fn the_private_directory_goes_after_a_crash_loop_and_after_a_failed_start() {
         notify.starts_with(&format!("{}/sup.", tmp.display())),
         "made under TMPDIR: {notify}"
     );
+    // A crash is what this part needs, and the log has it: /stats lists
+    // live workers, and these live for an instant.
     sup.wait_log("exited with status 3", secs(10));
     sup.signal(libc::SIGTERM);
     assert_eq!(sup.wait_exit(secs(30)).code(), Some(0), "{}", sup.log());

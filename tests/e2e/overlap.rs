@@ -39,7 +39,7 @@ fn reexec_keeps_every_worker_and_listener_and_sup_goes_on_supervising_them() {
         ],
     );
     let addr = sup.tcp_addr(0);
-    sup.wait_ready(3);
+    sup.wait_workers_ready(3);
     let (workers, _) = children_of(sup.pid());
     assert_eq!(workers.len(), 3);
     let listener = socket_inode(sup.pid(), 3);
@@ -49,7 +49,19 @@ fn reexec_keeps_every_worker_and_listener_and_sup_goes_on_supervising_them() {
     assert_eq!(code, Some(0), "{stdout}{stderr}\n{}", sup.log());
     assert!(stdout.contains("reexec complete, every worker adopted"), "{stdout}");
     load.finish_without_failures(&sup);
-    sup.wait_log("this is the new sup: adopting 1 socket(s) and 3 worker(s)", secs(10));
+    let s = sup.stats();
+    let r = s.restart.as_ref().unwrap();
+    assert_eq!(
+        (r.kind, r.outcome),
+        (RestartKind::Reexec, RestartOutcome::Completed),
+        "{r:?}"
+    );
+    let adopted: std::collections::BTreeSet<i32> = s.worker_status.iter().map(|w| w.pid).collect();
+    assert_eq!(
+        (s.binds.len(), &adopted),
+        (1, &workers),
+        "the new sup has the socket and the 3 workers"
+    );
     assert!(sup.is_running(), "the same sup pid, re-executed in place");
     assert_eq!(children_of(sup.pid()).0, workers, "every worker kept, none started");
     assert_eq!(socket_inode(sup.pid(), 3), listener, "the same listening socket");
@@ -68,7 +80,12 @@ fn reexec_keeps_every_worker_and_listener_and_sup_goes_on_supervising_them() {
     let victim = *workers.iter().next().unwrap();
     // SAFETY: killing one of sup's workers, by pid, as the test's point.
     unsafe { libc::kill(victim, libc::SIGKILL) };
-    sup.wait_log(&format!("(pid {victim}, gen 0) exited with signal KILL"), secs(10));
+    let slot = s.worker_status.iter().find(|w| w.pid == victim).unwrap().slot;
+    sup.wait_stats("a replacement in the victim's slot", secs(20), |s| {
+        let w = s.worker_status.iter().find(|w| w.slot == slot && w.pid != victim)?;
+        assert_eq!(w.last_exit.as_deref(), Some("signal KILL"), "{}", summary(s));
+        Some(())
+    });
     wait_until("a replacement", secs(20), || {
         let (now, _) = children_of(sup.pid());
         (now.len() == 3 && !now.contains(&victim)).then_some(())
@@ -117,11 +134,15 @@ fn an_overlap_hot_restart_keeps_the_old_workers_serving_while_the_new_ones_boot(
         ],
     );
     let addr = sup.tcp_addr(0);
-    sup.wait_ready(2);
+    sup.wait_workers_ready(2);
     let old: HashSet<i64> = answering_pids(addr, 2);
     let load = Load::start(addr);
     sup.signal(libc::SIGUSR2);
-    sup.wait_log("adopted worker 1", secs(30));
+    // The new image answers: it has adopted the workers and rolls to gen 1.
+    sup.wait_stats("the new sup to roll to gen 1", secs(30), |s| {
+        let r = s.restart.as_ref()?;
+        (r.kind == RestartKind::Hot && r.generation == Some(1)).then_some(())
+    });
     // The new sup runs, the replacements are still booting: the old
     // workers answer.
     for _ in 0..10 {
@@ -129,7 +150,7 @@ fn an_overlap_hot_restart_keeps_the_old_workers_serving_while_the_new_ones_boot(
         assert!(old.contains(&answer["pid"].as_i64().unwrap()), "{answer}");
         assert_eq!(answer["generation"], 0);
     }
-    sup.wait_log("hot restart to gen 1 complete", secs(60));
+    sup.wait_restart_complete(RestartKind::Hot, 1, secs(60));
     load.finish_without_failures(&sup);
     let now = answering(addr, 2);
     assert!(now.iter().all(|(pid, g)| *g == 1 && !old.contains(pid)), "{now:?}");
@@ -158,12 +179,12 @@ fn twenty_overlap_restarts_leak_nothing_and_orphan_nothing() {
         ],
     );
     let addr = sup.tcp_addr(0);
-    sup.wait_ready(2);
+    sup.wait_workers_ready(2);
     let fds = fd_count(sup.pid());
     let load = Load::start(addr);
     for n in 1..=20 {
         sup.signal(libc::SIGUSR2);
-        sup.wait_log(&format!("hot restart to gen {n} complete"), secs(60));
+        sup.wait_restart_complete(RestartKind::Hot, n, secs(60));
     }
     load.finish_without_failures(&sup);
     assert_eq!(fd_count(sup.pid()), fds, "sup holds as many fds as before");

@@ -95,7 +95,7 @@ fn the_python_example_from_the_readme_serves_and_stops_gracefully() {
     };
     let text = wait_until("the example to answer", secs(20), fetch);
     assert!(text.contains("hello from worker "), "{text}");
-    sup.wait_log("worker 3 (pid", secs(10));
+    sup.wait_stats("4 workers", secs(10), |s| (s.worker_status.len() == 4).then_some(()));
     // Every connection wakes every waiting worker; the ones that lose the
     // race must still hear TERM.
     for _ in 0..20 {
@@ -137,12 +137,12 @@ fn gunicorn_becomes_readiness_aware_under_ready_notify_and_rolls() {
         ],
     );
     let addr = sup.tcp_addr(0);
-    wait_until("both gunicorns ready", secs(30), || {
-        (sup.log().matches(" is ready").count() == 2).then_some(())
+    sup.wait_stats("both gunicorns ready", secs(30), |s| {
+        (s.booted_workers == 2).then_some(())
     });
     let before = sup.started_pids();
     sup.signal(libc::SIGUSR1);
-    sup.wait_log("rolling restart to gen 1 complete", secs(60));
+    sup.wait_restart_complete(RestartKind::Rolling, 1, secs(60));
     let answer = get(addr).unwrap();
     let master = answer["master"].as_i64().unwrap() as i32;
     assert!(!before.contains(&master), "a new gunicorn answers");

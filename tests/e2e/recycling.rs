@@ -3,12 +3,11 @@
 
 use crate::harness::*;
 
-/// How many times the log says a worker was recycled for `reason`.
-fn recycled(sup: &Sup, why: &str) -> usize {
-    sup.log()
-        .lines()
-        .filter(|l| l.contains("recycling worker") && l.contains(why))
-        .count()
+/// Wait until /stats counts `n` workers recycled for `reason` (`memory`, `age`).
+fn wait_recycled(sup: &Sup, reason: &str, n: u64) {
+    sup.wait_stats(&format!("{n} recyclings ({reason})"), secs(60), |s| {
+        (s.recycled.get(reason).copied().unwrap_or(0) >= n).then_some(())
+    });
 }
 
 #[test]
@@ -35,11 +34,9 @@ fn a_worker_that_grows_past_max_memory_is_replaced_again_and_again_with_no_faile
         ],
     );
     let addr = sup.tcp_addr(0);
-    sup.wait_ready(2);
+    sup.wait_workers_ready(2);
     let load = Load::start(addr);
-    wait_until("four recyclings", secs(60), || {
-        (recycled(&sup, "stayed above --max-memory") >= 4).then_some(())
-    });
+    wait_recycled(&sup, "memory", 4);
     load.finish_without_failures(&sup);
     let log = sup.log();
     // Each one: the replacement first, then the old worker stopped.
@@ -74,11 +71,9 @@ fn max_age_recycles_on_schedule_with_jitter() {
         ],
     );
     let addr = sup.tcp_addr(0);
-    sup.wait_ready(3);
+    sup.wait_workers_ready(3);
     let load = Load::start(addr);
-    wait_until("six recyclings", secs(60), || {
-        (recycled(&sup, "past --max-age") >= 6).then_some(())
-    });
+    wait_recycled(&sup, "age", 6);
     load.finish_without_failures(&sup);
     // "it has run 2.07s, past --max-age": each at 2 s plus at most 10% and
     // the time it waited for the one before (one at a time).

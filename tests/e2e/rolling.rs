@@ -23,12 +23,12 @@ fn roll_under_load(workers: &str, n: usize) {
         ],
     );
     let addr = sup.tcp_addr(0);
-    sup.wait_ready(n);
+    sup.wait_workers_ready(n);
     let first: HashSet<i64> = answering_pids(addr, n);
     let load = Load::start(addr);
     for generation in 1..=3 {
         sup.signal(libc::SIGUSR1);
-        sup.wait_log(&format!("rolling restart to gen {generation} complete"), secs(60));
+        sup.wait_restart_complete(RestartKind::Rolling, generation, secs(60));
     }
     load.finish_without_failures(&sup);
     let last = answering(addr, n);
@@ -70,15 +70,21 @@ fn a_broken_release_stops_the_rollout_and_the_old_workers_keep_serving() {
         ],
     );
     let addr = sup.tcp_addr(0);
-    sup.wait_ready(3);
+    sup.wait_workers_ready(3);
     let old: HashSet<i64> = answering_pids(addr, 3);
 
     point(&dir, &broken);
     let load = Load::start(addr);
     sup.signal(libc::SIGUSR1);
-    let line = sup.wait_log("rolling restart to gen 1 failed", secs(30));
-    assert!(line.contains("exited with status 1 before becoming ready"), "{line}");
-    assert!(line.contains("3 worker(s) keep serving"), "{line}");
+    let (s, error) = sup.wait_restart_ended(1, RestartKind::Rolling, RestartOutcome::Failed, secs(30));
+    assert_eq!(s.restart.as_ref().map(|r| r.generation), Some(Some(1)));
+    assert!(error.contains("exited with status 1 before becoming ready"), "{error}");
+    assert_eq!(
+        (s.workers, s.booted_workers),
+        (3, 3),
+        "3 workers keep serving: {}",
+        summary(&s)
+    );
     load.finish_without_failures(&sup);
     let still: HashSet<i64> = answering_pids(addr, 3);
     assert_eq!(still, old, "the same old workers serve");
@@ -91,7 +97,7 @@ fn a_broken_release_stops_the_rollout_and_the_old_workers_keep_serving() {
 
     point(&dir, &good(&dir, "r3"));
     sup.signal(libc::SIGUSR1);
-    sup.wait_log("rolling restart to gen 2 complete", secs(60));
+    sup.wait_restart_complete(RestartKind::Rolling, 2, secs(60));
     let new = answering(addr, 3);
     assert!(new.iter().all(|(pid, g)| *g == 2 && !old.contains(pid)), "{new:?}");
 }
@@ -118,13 +124,15 @@ fn a_replacement_that_never_sends_ready_times_out_and_the_rollout_stops() {
         ],
     );
     let addr = sup.tcp_addr(0);
-    sup.wait_ready(2);
+    sup.wait_workers_ready(2);
     let old: HashSet<i64> = answering_pids(addr, 2);
     point(&dir, &silent);
     sup.signal(libc::SIGUSR1);
-    let line = sup.wait_log("rolling restart to gen 1 failed", secs(30));
-    assert!(line.contains("was not ready within 2s"), "{line}");
-    // The silent replacement is killed and reaped; the old ones still serve.
+    let (s, error) = sup.wait_restart_ended(1, RestartKind::Rolling, RestartOutcome::Failed, secs(30));
+    assert_eq!(s.restart.as_ref().map(|r| r.generation), Some(Some(1)));
+    assert!(error.contains("was not ready within 2s"), "{error}");
+    // The silent replacement is killed and reaped (how it ended is only in
+    // the log); the old ones still serve.
     sup.wait_log("stopped (signal KILL)", secs(10));
     let still: HashSet<i64> = answering_pids(addr, 2);
     assert_eq!(still, old);
@@ -138,9 +146,8 @@ fn ready_from_a_child_in_the_group_counts_and_strangers_are_dropped() {
     // Worker 0's readiness comes from systemd-notify, a child process; the
     // worker itself never sends anything.
     let script = format!("systemd-notify --ready --status=child; exec {WORKER} --report-dir {reports}");
-    let sup = Sup::start(&dir, &["--ready", "notify", "--", "sh", "-c", &script]);
-    sup.wait_log("worker 0 (pid", secs(10));
-    sup.wait_log("is ready", secs(20));
+    let sup = Sup::controlled(&dir, &["--ready", "notify", "--", "sh", "-c", &script]);
+    sup.wait_workers_ready(1);
     let report = wait_until("a report", secs(10), || dir.reports("reports").into_iter().next());
     let address = report["env"]["NOTIFY_SOCKET"].as_str().unwrap().to_string();
     assert!(address.starts_with('/') && address.ends_with("/notify"), "{address}");
@@ -148,6 +155,7 @@ fn ready_from_a_child_in_the_group_counts_and_strangers_are_dropped() {
     // A stranger (this test process) claims readiness and passes an fd.
     let client = std::os::unix::net::UnixDatagram::unbound().unwrap();
     client.send_to(b"READY=1\nSTATUS=impostor", &address).unwrap();
+    // Dropping changes no state: the log line is all there is to see.
     sup.wait_log(
         &format!("dropped a notify message from pid {}", std::process::id()),
         secs(10),
@@ -207,14 +215,14 @@ fn a_failing_hook_vetoes_and_a_passing_one_runs_in_the_release() {
         ],
     );
     let addr = sup.tcp_addr(0);
-    sup.wait_ready(2);
+    sup.wait_workers_ready(2);
     let old: HashSet<i64> = answering_pids(addr, 2);
 
     let r2 = good(&dir, "r2");
     point(&dir, &r2);
     sup.signal(libc::SIGUSR1);
-    let line = sup.wait_log("rolling restart abandoned", secs(30));
-    assert!(line.contains("the restart hook exited with status 3"), "{line}");
+    let (_, error) = sup.wait_restart_ended(1, RestartKind::Rolling, RestartOutcome::Abandoned, secs(30));
+    assert!(error.contains("the restart hook exited with status 3"), "{error}");
     assert!(sup.log().contains("migrations pending"), "hook output is in sup's log");
     assert_eq!(answering_pids(addr, 2), old);
     assert_eq!(
@@ -224,7 +232,7 @@ fn a_failing_hook_vetoes_and_a_passing_one_runs_in_the_release() {
 
     std::fs::write(&flag, "").unwrap();
     sup.signal(libc::SIGUSR1);
-    sup.wait_log("rolling restart to gen 1 complete", secs(60));
+    sup.wait_restart_complete(RestartKind::Rolling, 1, secs(60));
     let new = answering(addr, 2);
     assert!(new.iter().all(|(pid, _)| !old.contains(pid)), "{new:?}");
 }
@@ -247,29 +255,24 @@ fn a_storm_of_usr1_ends_with_n_ready_workers_of_one_generation() {
         ],
     );
     let addr = sup.tcp_addr(0);
-    sup.wait_ready(3);
+    sup.wait_workers_ready(3);
     for _ in 0..50 {
         sup.signal(libc::SIGUSR1);
     }
-    // Quiet: the last restart line is a completion, and it stays so.
-    let last_restart_line = |log: &str| {
-        log.lines()
-            .rfind(|l| l.contains("rolling restart"))
-            .map(str::to_string)
-            .unwrap_or_default()
-    };
-    wait_until("the storm to settle", secs(60), || {
-        let log = sup.log();
-        let line = last_restart_line(&log);
-        let live = live_workers(&log);
-        (line.contains("complete") && live.len() == 3).then_some(())
+    // Quiet: the last restart is completed, none waits to run, and three
+    // workers are left.
+    let live = sup.wait_stats("the storm to settle", secs(60), |s| {
+        let done = s
+            .restart
+            .as_ref()
+            .is_some_and(|r| r.outcome == RestartOutcome::Completed)
+            && !s.restart_busy;
+        (done && s.worker_status.len() == 3).then(|| s.worker_status.clone())
     });
-    let log = sup.log();
-    let live = live_workers(&log);
-    let gens: HashSet<&str> = live.iter().map(|(_, g)| g.as_str()).collect();
+    let gens: HashSet<u64> = live.iter().map(|w| w.generation).collect();
     assert_eq!(gens.len(), 1, "one generation: {live:?}");
     let answering: HashSet<i64> = answering_pids(addr, 3);
-    let live_pids: HashSet<i64> = live.iter().map(|(p, _)| *p).collect();
+    let live_pids: HashSet<i64> = live.iter().map(|w| i64::from(w.pid)).collect();
     assert_eq!(answering, live_pids);
     assert!(sup.is_running());
 }
@@ -292,6 +295,7 @@ fn a_silent_watchdog_gets_a_worker_replaced() {
         ],
     );
     let first = wait_until("a worker", secs(10), || sup.started_pids().first().copied());
+    // Why it was killed is in the log only.
     let line = sup.wait_log("sent no WATCHDOG=1 for 1s: killing it", secs(20));
     assert!(line.contains(&format!("(pid {first},")), "{line}");
     wait_until("a replacement", secs(20), || {
@@ -302,7 +306,7 @@ fn a_silent_watchdog_gets_a_worker_replaced() {
 #[test]
 fn an_einhorn_ack_counts_as_ready() {
     let dir = TestDir::new();
-    let sup = Sup::start(
+    let sup = Sup::controlled(
         &dir,
         &[
             "--ready",
@@ -315,7 +319,10 @@ fn an_einhorn_ack_counts_as_ready() {
         ],
     );
     let pid = wait_until("a worker", secs(10), || sup.started_pids().first().copied());
-    sup.wait_log(&format!("worker 0 (pid {pid}, gen 0) is ready"), secs(20));
+    sup.wait_stats(&format!("worker 0 (pid {pid}) ready"), secs(20), |s| {
+        let ready = |w: &WorkerStats| w.slot == 0 && w.pid == pid && w.state == WorkerPhase::Ready;
+        s.worker_status.iter().any(ready).then_some(())
+    });
 }
 
 #[test]
@@ -358,7 +365,7 @@ fn a_rust_sd_notify_worker_pings_on_its_own_and_is_replaced_when_it_stops() {
         &dir,
         &["--ready", "notify", "--watchdog", "1s", "--", example.to_str().unwrap()],
     );
-    sup.wait_ready(1);
+    sup.wait_workers_ready(1);
     let pid = sup.started_pids()[0];
     // Three watchdog periods: its own pings keep it alive.
     std::thread::sleep(secs(3));
@@ -368,6 +375,7 @@ fn a_rust_sd_notify_worker_pings_on_its_own_and_is_replaced_when_it_stops() {
     // do to a worker that never pinged.
     // SAFETY: a worker of our sup.
     unsafe { libc::kill(pid, libc::SIGSTOP) };
+    // As above: the reason is in the log.
     let line = sup.wait_log("sent no WATCHDOG=1 for 1s: killing it", secs(20));
     assert!(line.contains(&format!("(pid {pid},")), "{line}");
     wait_until("a replacement", secs(20), || {

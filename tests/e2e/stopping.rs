@@ -28,6 +28,7 @@ fn a_graceful_stop_lets_an_in_flight_request_finish() {
     });
     assert_eq!(std::fs::read_to_string(&pidfile).unwrap().trim(), sup.pid().to_string());
     let client = std::thread::spawn(move || get(addr));
+    // The worker's own line: only it knows the request is in flight.
     sup.wait_log("request received", secs(10));
     sup.signal(libc::SIGTERM);
     let answer = client.join().unwrap().expect("the in-flight request is answered");
@@ -94,7 +95,7 @@ fn a_wrapper_that_exits_leaves_no_child_behind() {
 fn a_second_int_stops_at_once() {
     let dir = TestDir::new();
     // Ready (READY=1) comes after the worker ignores TERM: no race with the first INT.
-    let mut sup = Sup::start(
+    let mut sup = Sup::controlled(
         &dir,
         &[
             "--graceful-timeout",
@@ -108,10 +109,14 @@ fn a_second_int_stops_at_once() {
             "0",
         ],
     );
-    sup.wait_ready(1);
+    sup.wait_workers_ready(1);
     let pid = sup.started_pids()[0];
     sup.signal(libc::SIGINT);
-    sup.wait_log("stopping: 1 worker(s)", secs(10));
+    // The first INT is taken before the second is sent (two pending INTs are one).
+    sup.wait_stats("the worker to be stopping", secs(10), |s| {
+        let stopping = |w: &WorkerStats| w.pid == pid && w.state == WorkerPhase::Stopping;
+        s.worker_status.iter().any(stopping).then_some(())
+    });
     sup.signal(libc::SIGINT);
     assert_eq!(sup.wait_exit(secs(10)).code(), Some(0), "{}", sup.log());
     assert!(sup.log().contains("second INT: stopping at once"));
@@ -121,7 +126,7 @@ fn a_second_int_stops_at_once() {
 #[test]
 fn quit_stops_at_once() {
     let dir = TestDir::new();
-    let mut sup = Sup::start(
+    let mut sup = Sup::controlled(
         &dir,
         &[
             "--workers",
@@ -137,7 +142,7 @@ fn quit_stops_at_once() {
             "0",
         ],
     );
-    sup.wait_ready(2);
+    sup.wait_workers_ready(2);
     let pids = sup.started_pids();
     sup.signal(libc::SIGQUIT);
     assert_eq!(sup.wait_exit(secs(10)).code(), Some(0), "{}", sup.log());
@@ -225,8 +230,10 @@ fn a_group_member_that_exits_by_itself_after_its_worker_is_not_waited_for() {
             &script,
         ],
     );
-    sup.wait_ready(1);
+    sup.wait_workers_ready(1);
     sup.signal(libc::SIGTERM);
+    // The case under test happened: members were left when the worker was
+    // reaped (/stats does not show a group's members).
     sup.wait_log("other processes remain in its group", secs(10));
     // Far less than the 600 s deadline: a liveness bound, not a speed test.
     assert_eq!(sup.wait_exit(secs(60)).code(), Some(0), "{}", sup.log());
@@ -249,7 +256,7 @@ fn a_daemon_that_escaped_a_worker_is_stopped_with_sup() {
     // becomes the server.
     let script = format!("setsid sleep 300 & echo $! > daemon.pid; exec {WORKER} --serve --ready-after 0");
     let mut sup = Sup::serving(&dir, &["--ready", "notify", "--", "sh", "-c", &script]);
-    sup.wait_ready(1);
+    sup.wait_workers_ready(1);
     let daemon = pid_in(&dir, "daemon.pid");
     assert!(alive(daemon));
     // Its worker dies: the daemon is left to sup, which says so at once.
@@ -257,6 +264,7 @@ fn a_daemon_that_escaped_a_worker_is_stopped_with_sup() {
     let worker = sup.started_pids()[0];
     // SAFETY: a worker of our sup.
     unsafe { libc::kill(worker, libc::SIGKILL) };
+    // What sup says about an escaped process is the subject here.
     let line = sup.wait_log(&format!("pid {daemon} (sleep 300) escaped"), secs(10));
     assert!(line.contains("it holds one of sup's listening sockets"), "{line}");
     let second = pid_in(&dir, "daemon.pid");
@@ -288,7 +296,7 @@ fn a_daemon_that_ignores_the_stop_signal_is_killed_at_the_deadline() {
             &script,
         ],
     );
-    sup.wait_ready(1);
+    sup.wait_workers_ready(1);
     let daemon = pid_in(&dir, "daemon.pid");
     sup.signal(libc::SIGTERM);
     assert_eq!(sup.wait_exit(secs(20)).code(), Some(0), "{}", sup.log());
@@ -313,7 +321,7 @@ fn the_hooks_children_die_with_a_killed_sup() {
             "0",
         ],
     );
-    sup.wait_ready(1);
+    sup.wait_workers_ready(1);
     sup.signal(libc::SIGUSR1);
     let child = pid_in(&dir, "hook-child.pid");
     assert!(alive(child));

@@ -11,24 +11,22 @@ fn a_killed_worker_is_replaced_in_its_slot() {
     let dir = TestDir::new();
     let sup = Sup::serving(&dir, &["--workers", "2", "--", WORKER, "--serve"]);
     let addr = sup.tcp_addr(0);
-    wait_until("two workers", secs(10), || {
-        (sup.started_pids().len() == 2).then_some(())
+    let workers = sup.wait_stats("two workers", secs(10), |s| {
+        (s.worker_status.len() == 2).then(|| s.worker_status.clone())
     });
-    let victim = sup.started_pids()[1];
-    let victim_slot = sup.wait_log(&format!("(pid {victim}, gen 0) started"), secs(5));
-    let slot = victim_slot
-        .split("worker ")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap()
-        .to_string();
+    let (victim, slot) = (workers[1].pid, workers[1].slot);
     // SAFETY: the victim is a worker of our sup.
     unsafe { libc::kill(victim, libc::SIGKILL) };
-    sup.wait_log(&format!("(pid {victim}, gen 0) exited with signal KILL"), secs(10));
-    let replacement = wait_until("a replacement", secs(10), || sup.started_pids().get(2).copied());
-    sup.wait_log(&format!("worker {slot} (pid {replacement}, gen 0) started"), secs(5));
+    let replacement = sup.wait_stats("a replacement in the victim's slot", secs(10), |s| {
+        let w = s.worker_status.iter().find(|w| w.slot == slot && w.pid != victim)?;
+        Some(w.clone())
+    });
+    assert_eq!(
+        (replacement.generation, replacement.last_exit.as_deref()),
+        (0, Some("signal KILL")),
+        "{replacement:?}"
+    );
+    let replacement = replacement.pid;
     // The replacement serves: within a few requests it answers.
     wait_until("the replacement to answer", secs(10), || {
         let v = get(addr).ok()?;
@@ -61,18 +59,20 @@ fn a_crash_looping_command_backs_off_and_sup_survives() {
 fn ttin_and_ttou_change_the_worker_count() {
     let dir = TestDir::new();
     let sup = Sup::serving(&dir, &["--workers", "2", "--", WORKER, "--serve"]);
-    wait_until("two workers", secs(10), || {
-        (sup.started_pids().len() == 2).then_some(())
-    });
+    sup.wait_stats("two workers", secs(10), |s| (s.worker_status.len() == 2).then_some(()));
     sup.signal(libc::SIGTTIN);
-    sup.wait_log("worker 2 (pid", secs(10));
+    let third = sup.wait_stats("worker 2", secs(10), |s| {
+        s.worker_status.iter().find(|w| w.slot == 2).map(|w| w.pid)
+    });
     sup.signal(libc::SIGTTOU);
-    sup.wait_log("TTOU: workers 3 → 2", secs(10));
-    let third = sup.started_pids()[2];
-    sup.wait_log(&format!("worker 2 (pid {third}, gen 0) stopped"), secs(10));
+    sup.wait_stats("worker 2 stopped and reaped", secs(10), |s| {
+        let gone = !s.worker_status.iter().any(|w| w.pid == third);
+        (s.target_workers == 2 && gone).then_some(())
+    });
     sup.signal(libc::SIGTTOU);
-    sup.wait_log("TTOU: workers 2 → 1", secs(10));
+    sup.wait_stats("1 worker wanted", secs(10), |s| (s.target_workers == 1).then_some(()));
     sup.signal(libc::SIGTTOU);
+    // A TTOU at 1 changes nothing: only the log shows it was taken.
     sup.wait_log("TTOU ignored: already at 1 worker", secs(10));
     assert_eq!(sup.started_pids().len(), 3, "nothing was respawned:\n{}", sup.log());
 }
@@ -146,6 +146,7 @@ fn a_dangling_release_is_a_failed_boot_and_running_workers_keep_serving() {
     let victim = sup.started_pids()[0];
     // SAFETY: a worker of our sup.
     unsafe { libc::kill(victim, libc::SIGKILL) };
+    // Why the spawn failed is in the log only.
     let line = sup.wait_log("failed to start", secs(10));
     assert!(line.contains("does not resolve"), "{line}");
     // The other worker keeps serving.

@@ -22,6 +22,9 @@
 //!   --watchdog-once       send WATCHDOG=1 once (with READY=1), then never again
 //!   --einhorn-ack-after MS  send {"command":"worker:ack","pid":PID} to
 //!                         EINHORN_SOCK_PATH after MS
+//!   --recycle-every N     after every N requests answered, ask sup to be
+//!                         recycled (X_SUP_RECYCLE=1 on NOTIFY_SOCKET)
+//!   --say-usr1            print `worker <pid> got USR1` at each SIGUSR1
 //!
 //! Graceful stop in --serve mode: on TERM it stops accepting, finishes the
 //! requests in flight, prints `worker <pid> exiting gracefully` and exits 0.
@@ -39,6 +42,8 @@ use std::time::Duration;
 static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 static TERMINATING: AtomicBool = AtomicBool::new(false);
 static ACCEPTORS: AtomicUsize = AtomicUsize::new(0);
+static ANSWERED: AtomicUsize = AtomicUsize::new(0);
+static RECYCLE_EVERY: AtomicUsize = AtomicUsize::new(0);
 
 #[derive(Default)]
 struct Opts {
@@ -55,6 +60,8 @@ struct Opts {
     watchdog_once: bool,
     einhorn_ack_after: Option<u64>,
     grow_kb: usize,
+    recycle_every: usize,
+    say_usr1: bool,
 }
 
 fn parse() -> Opts {
@@ -75,6 +82,8 @@ fn parse() -> Opts {
             "--ready-after" => o.ready_after = Some(value("--ready-after").parse().unwrap_or_else(|_| die("ms"))),
             "--watchdog-once" => o.watchdog_once = true,
             "--grow-kb" => o.grow_kb = value("--grow-kb").parse().unwrap_or_else(|_| die("KiB")),
+            "--recycle-every" => o.recycle_every = value("--recycle-every").parse().unwrap_or_else(|_| die("count")),
+            "--say-usr1" => o.say_usr1 = true,
             "--einhorn-ack-after" => {
                 o.einhorn_ack_after = Some(value("--einhorn-ack-after").parse().unwrap_or_else(|_| die("ms")))
             }
@@ -145,6 +154,15 @@ fn main() {
         }
         std::process::exit(code);
     }
+    if opts.say_usr1 {
+        let mut signals = signal_hook::iterator::Signals::new([libc::SIGUSR1]).unwrap_or_else(|_| die("signals"));
+        std::thread::spawn(move || {
+            for _ in signals.forever() {
+                let _ = writeln!(std::io::stdout(), "worker {} got USR1", std::process::id());
+            }
+        });
+    }
+    RECYCLE_EVERY.store(opts.recycle_every, Ordering::SeqCst);
     if opts.serve {
         serve(&opts);
     }
@@ -270,6 +288,7 @@ fn answer(fd: RawFd) -> String {
         "generation": std::env::var("SUP_GENERATION").ok().and_then(|v| v.parse::<u64>().ok()),
         "fd": fd,
         "name": name,
+        "cwd": std::env::current_dir().map(|p| p.display().to_string()).unwrap_or_default(),
     })
     .to_string()
 }
@@ -385,6 +404,10 @@ fn accept_loop(fd: RawFd, delay: Duration, grow_kb: usize) {
             );
             let _ = s.flush();
             drop(s);
+            let every = RECYCLE_EVERY.load(Ordering::SeqCst);
+            if every > 0 && (ANSWERED.fetch_add(1, Ordering::SeqCst) + 1).is_multiple_of(every) {
+                notify("X_SUP_RECYCLE=1");
+            }
             IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
         });
     }

@@ -31,6 +31,8 @@ pub(crate) fn settings(workers: usize) -> Settings {
         ready_delay: Some(Duration::from_secs(1)),
         boot_timeout: Duration::from_secs(60),
         watchdog: None,
+        dump_signal: None,
+        dump_grace: Duration::from_secs(2),
         max_surge: 1,
         max_memory: None,
         max_age: None,
@@ -68,6 +70,10 @@ struct Harness {
     strays_alive: bool,
     /// What a memory sample finds, by pid.
     memory_of: std::collections::HashMap<i32, u64>,
+    /// Signals sent to whole groups (`sup ctl worker … signal`).
+    signalled_groups: Vec<(i32, i32)>,
+    /// Generations told to run another's pinned preparation (rollbacks).
+    pins: Vec<(u64, u64)>,
     /// The listeners were closed to new connections (a drain).
     closed: bool,
     /// What a look at the accept queues finds.
@@ -101,6 +107,7 @@ impl Harness {
             kind: RestartKind::Hot,
             started: -100,
             phase: crate::core::snapshot::PhaseSnap::Exec { adopt: false },
+            plan: Default::default(),
         });
         let (h, actions) = Harness::restored(settings, snap, 0);
         assert!(actions.iter().all(|a| matches!(a, Action::Log { .. })), "{actions:?}");
@@ -147,6 +154,8 @@ impl Harness {
             strays_signalled: vec![],
             strays_alive: false,
             memory_of: std::collections::HashMap::new(),
+            signalled_groups: vec![],
+            pins: vec![],
             closed: false,
             queued: 0,
             queue_probes: 0,
@@ -182,6 +191,7 @@ impl Harness {
                     }
                     Action::Signal { pid, signal } => self.signals.push((pid.raw(), signal as i32)),
                     Action::KillGroup { pgid } => self.killed_groups.push(pgid.raw()),
+                    Action::SignalGroup { pgid, signal } => self.signalled_groups.push((pgid.raw(), signal as i32)),
                     Action::ProbeGroup { pgid } => self.probed_groups.push(pgid.raw()),
                     Action::SignalStrays { signal } => self.strays_signalled.push(signal as i32),
                     Action::ProbeStrays => {
@@ -201,6 +211,7 @@ impl Harness {
                     Action::Exit(code) => self.exit = Some(code),
                     Action::Reply { conn, intent, reply } => self.replies.push((conn, intent, reply)),
                     Action::CloseListeners => self.closed = true,
+                    Action::PinRecipe { generation, like } => self.pins.push((generation, like)),
                     Action::ProbeQueues => {
                         self.queue_probes += 1;
                         queue.push_back(Event::Queued {
@@ -450,8 +461,10 @@ fn recycling_harness(workers: usize, s: impl FnOnce(&mut Settings)) -> Harness {
 }
 
 mod control;
+mod deploy;
 mod hot;
 mod notify;
+mod one_worker;
 mod property;
 mod recycling;
 mod rolling;

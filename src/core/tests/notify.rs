@@ -144,3 +144,53 @@ fn the_supervisor_watchdog_is_the_only_periodic_timer() {
     let idle = ready_harness(1, |_| {});
     assert_eq!(idle.core.next_deadline(), None);
 }
+
+#[test]
+fn a_readiness_fd_makes_a_worker_ready_or_fails_its_boot() {
+    let mut st = settings(2);
+    st.ready_delay = None;
+    let mut h = Harness::with(st);
+    h.send(
+        Event::ReadyFd {
+            pid: p(100),
+            ready: true,
+        },
+        100,
+    );
+    assert!(
+        h.logs.iter().any(|l| l == "worker 0 (pid 100, gen 0) is ready"),
+        "{:?}",
+        h.logs
+    );
+    h.send(
+        Event::ReadyFd {
+            pid: p(101),
+            ready: false,
+        },
+        200,
+    );
+    assert_eq!(h.killed_groups, [101], "a failed boot");
+    assert!(
+        h.logs
+            .iter()
+            .any(|l| l.contains("closed its readiness fd without writing a newline")),
+        "{:?}",
+        h.logs
+    );
+    // A late word about a worker that is ready already, or gone, changes nothing.
+    h.send(
+        Event::ReadyFd {
+            pid: p(100),
+            ready: false,
+        },
+        300,
+    );
+    h.send(
+        Event::ReadyFd {
+            pid: p(999),
+            ready: true,
+        },
+        300,
+    );
+    assert_eq!(h.killed_groups, [101]);
+}

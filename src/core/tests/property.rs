@@ -165,7 +165,16 @@ fn random_run(seed: u64, steps: usize, recycling: bool) {
             }),
             10 => Event::Control {
                 conn: 1,
-                intent: [Intent::Rolling, Intent::Hot, Intent::Incr, Intent::Decr, Intent::Reexec][rng.below(5)],
+                intent: [
+                    Intent::Rolling,
+                    Intent::Hot,
+                    Intent::Incr,
+                    Intent::Decr,
+                    Intent::Reexec,
+                    Intent::Canary(1 + rng.below(3)),
+                    Intent::Resume,
+                    Intent::Rollback { pinned: Pinned::Ready },
+                ][rng.below(8)],
             },
             11 if helper_asked => {
                 helper_asked = false;

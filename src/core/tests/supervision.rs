@@ -152,3 +152,51 @@ fn unknown_pids_are_only_logged() {
     assert_eq!(h.pids(), [100]);
     assert!(h.logs.iter().any(|l| l.contains("reaped process 4242")));
 }
+
+/// With `--dump-signal`, a worker about to be killed for a timeout first
+/// gets the signal, then `--dump-grace`, then SIGKILL to its group; the log
+/// says which timeout. Without it, the kill is at once.
+#[test]
+fn a_timed_out_worker_is_asked_for_a_dump_before_the_kill() {
+    let mut h = ready_harness(1, |s| {
+        s.watchdog = Some(Duration::from_secs(5));
+        s.dump_signal = Some(Signal::SIGUSR1);
+        s.dump_grace = Duration::from_secs(2);
+    });
+    h.send(notify(100, "WATCHDOG=1"), 1_000);
+    h.tick_until(6_000);
+    assert_eq!(
+        h.signals,
+        [(100, libc::SIGUSR1), (100, SIGCONT)],
+        "the dump signal, to its pid"
+    );
+    assert!(h.killed_groups.is_empty(), "not killed yet");
+    assert!(
+        h.logs
+            .iter()
+            .any(|l| l.contains("sent no WATCHDOG=1 for 5s: sent it USR1 for a dump; SIGKILL")),
+        "{:?}",
+        h.logs
+    );
+    assert_eq!(h.spawns, 2, "its replacement starts at once");
+    h.tick_until(7_999);
+    assert!(h.killed_groups.is_empty());
+    h.tick_until(8_000);
+    assert_eq!(h.killed_groups, [100], "SIGKILL after the grace");
+    // A graceful stop that runs out: the dump first there too.
+    let mut h = ready_harness(1, |s| {
+        s.graceful_timeout = Duration::from_secs(3);
+        s.dump_signal = Some(Signal::SIGQUIT);
+    });
+    h.send(Event::Intent(Intent::Stop), 1_000);
+    h.tick_until(4_000);
+    assert!(h.signals.contains(&(100, libc::SIGQUIT)), "{:?}", h.signals);
+    assert!(h.killed_groups.is_empty());
+    h.tick_until(6_000);
+    assert_eq!(h.killed_groups, [100]);
+    assert_eq!(
+        h.core.counters().kills.get(KillReason::GracefulTimeout),
+        1,
+        "counted once"
+    );
+}
