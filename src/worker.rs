@@ -81,15 +81,22 @@ pub struct Worker {
 impl Worker {
     /// A worker just started as `pid`: booting, ready after the `delay:`
     /// if there is one (or on READY=1), failed if not ready by the boot timeout.
-    pub fn booting(slot: usize, generation: u64, pid: Pid, now: Instant, settings: &crate::core::Settings) -> Worker {
+    pub fn booting(
+        slot: usize,
+        generation: u64,
+        pid: Pid,
+        now: Instant,
+        ready_delay: Option<Duration>,
+        boot_timeout: Duration,
+    ) -> Worker {
         Worker {
             slot,
             generation,
             pid,
             spawned_at: now,
             state: WorkerState::Booting {
-                ready_at: settings.ready_delay.map(|d| now + d),
-                boot_deadline: now + settings.boot_timeout,
+                ready_at: ready_delay.map(|d| now + d),
+                boot_deadline: now + boot_timeout,
             },
             status: None,
             watchdog_deadline: None,

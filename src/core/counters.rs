@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use super::restart::{Ended, RestartKind};
+use super::vocab::{Ended, RestartKind};
 
 /// Why a worker was reaped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]

@@ -7,7 +7,8 @@
 use std::time::Instant;
 
 use super::Core;
-use super::restart::{Phase, RestartKind, Rollout};
+use super::restart::{Phase, Rollout};
+use super::vocab::RestartKind;
 use super::vocab::{Action, Pinned};
 
 impl Core {

@@ -42,6 +42,7 @@ mod passes;
 mod recycle;
 pub mod restart;
 pub mod snapshot;
+mod state;
 mod stop;
 pub mod timers;
 pub mod vocab;
@@ -50,23 +51,23 @@ pub mod vocab;
 pub(crate) mod tests;
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
 
 use log::Level;
 
 pub use counters::{Counters, ExitCause, Key, KillReason, RecycleReason};
-pub use restart::{Ended, Outcome, RestartKind, RestartRecord};
+pub use restart::{Outcome, RestartRecord};
 pub use snapshot::Snapshot;
-pub use stop::{Health, HealthStatus};
-pub use vocab::{Action, Event, Intent, Pinned, Reply, RestartRef, Settings, Upward, WorkerAction, WorkerRef};
+pub use state::{Health, HealthStatus};
+pub use vocab::{
+    Action, Ended, Event, Intent, Pinned, Reply, RestartKind, RestartRef, Settings, Upward, WorkerAction, WorkerRef,
+};
 
 use crate::message::{Message, Sender};
 use crate::pid::{Pgid, Pid};
 use crate::worker::{ExitStatus, Lingering, Slot, SlotState, Worker, WorkerState};
-use recycle::Recycling;
 use restart::{Follow, Phase, Restarts};
-use stop::Stopping;
+use state::{PidHash, Recycling, Stopping};
 use vocab::log;
 
 /// The supervisor's whole state.
@@ -384,7 +385,7 @@ impl Core {
             }
             Event::StraysGone => {
                 if let Some(s) = &mut self.stopping {
-                    s.strays = stop::Strays::Gone;
+                    s.strays = state::Strays::Gone;
                 }
             }
             Event::Notify { sender, message } => self.on_notify(sender, &message, now, &mut out),
@@ -524,16 +525,16 @@ impl Core {
             Intent::Stop => self.begin_graceful(now, out),
             Intent::Interrupt => match self.stopping.as_ref().map(|s| s.mode) {
                 None => self.begin_graceful(now, out),
-                Some(stop::Mode::Graceful) => {
+                Some(state::Mode::Graceful) => {
                     log(out, Level::Warn, "second INT: stopping at once".to_string());
                     self.begin_immediate(now, out);
                 }
-                Some(stop::Mode::Immediate { .. }) => {}
+                Some(state::Mode::Immediate { .. }) => {}
             },
             Intent::Halt => {
                 if !matches!(
                     self.stopping.as_ref().map(|s| s.mode),
-                    Some(stop::Mode::Immediate { .. })
+                    Some(state::Mode::Immediate { .. })
                 ) {
                     log(out, Level::Info, "QUIT: stopping at once".to_string());
                     self.begin_immediate(now, out);
@@ -786,7 +787,8 @@ impl Core {
         let recycled = self.recycling.is_recycling(slot) && generation == self.generation;
         let wanted = !replacement || recycled || self.restart.rolling_generation() == Some(generation);
         let taken = self.slots[slot].take(pid);
-        let worker = Worker::booting(slot, generation, pid, now, &self.settings);
+        let (delay, timeout) = (self.settings.ready_delay, self.settings.boot_timeout);
+        let worker = Worker::booting(slot, generation, pid, now, delay, timeout);
         log(out, Level::Info, format!("{} started", worker.label()));
         let i = self.push_worker(worker);
         self.note_replacing(slot);
@@ -974,29 +976,6 @@ impl Core {
 
 /// The most spawns one event leads to (see `fill`).
 const SPAWN_BATCH: usize = 32;
-
-/// Pids are small, distinct and chosen by the kernel, not by an attacker:
-/// a multiplicative hash spreads them, at a fraction of SipHash's cost.
-type PidHash = BuildHasherDefault<PidHasher>;
-
-#[derive(Default)]
-struct PidHasher(u64);
-
-impl Hasher for PidHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 << 8 | u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-
-    fn write_i32(&mut self, pid: i32) {
-        self.0 = u64::from(pid as u32).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
 
 fn retry_text(delay: Duration, failures: u32) -> String {
     if delay.is_zero() {

@@ -207,7 +207,7 @@ impl Core {
     /// While the accept queues drain, a sup left with no live worker (they
     /// crashed) has nobody to drain them: the stop goes on.
     fn check_queue_drain(&mut self, now: Instant, out: &mut Vec<Action>) {
-        let draining = matches!(self.stopping.map(|s| s.drain), Some(super::stop::Drain::Queue { .. }));
+        let draining = matches!(self.stopping.map(|s| s.drain), Some(super::state::Drain::Queue { .. }));
         if draining && self.live_workers() == 0 {
             self.stop_workers(now, out);
         }

@@ -3,71 +3,19 @@
 //! replacement is ready — like one slot of a rolling restart, at most
 //! `--max-surge` at a time, never while a restart runs.
 
-use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use log::Level;
 
+use super::Core;
 use super::counters::RecycleReason;
-use super::vocab::{Action, Settings, log};
-use super::{Core, PidHash};
+use super::vocab::{Action, log};
 use crate::pid::Pid;
-use crate::worker::{SlotState, Worker, WorkerState};
+use crate::worker::{SlotState, WorkerState};
 
 /// How many memory samples in a row above `--max-memory` make a worker
 /// due for recycling (a short spike is not enough).
 pub(super) const RECYCLE_SAMPLES: u32 = 3;
-
-#[derive(Debug, Clone, Default)]
-pub struct Recycling {
-    /// Slots whose worker is being recycled: why, and the pid replaced.
-    pub(super) active: BTreeMap<usize, (RecycleReason, Pid)>,
-    /// A slot whose recycling failed waits until then before another try.
-    pub(super) after: BTreeMap<usize, Instant>,
-    /// When `--max-memory` next samples.
-    pub(super) next_memory_check: Option<Instant>,
-    /// A worker asked to be recycled and has not been yet.
-    pub(super) asked: bool,
-}
-
-impl Recycling {
-    pub(super) fn is_recycling(&self, slot: usize) -> bool {
-        self.active.contains_key(&slot)
-    }
-
-    /// When a worker is due for recycling by age: its start, plus
-    /// `--max-age`, plus a jitter of up to a tenth of it, fixed per pid
-    /// (spreads workers started together; the core has no randomness).
-    pub(super) fn age_deadline(&self, w: &Worker, settings: &Settings) -> Option<Instant> {
-        let max_age = settings.max_age?;
-        let mut z = (w.pid.raw() as u64).wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        let fraction = ((z ^ (z >> 31)) % 1000) as f64 / 1000.0;
-        Some(w.spawned_at + max_age + (max_age / 10).mul_f64(fraction))
-    }
-
-    pub(super) fn on_memory(
-        &mut self,
-        samples: &[(Pid, u64)],
-        index: &HashMap<Pid, usize, PidHash>,
-        workers: &mut [Worker],
-        settings: &Settings,
-    ) {
-        let Some(limit) = settings.max_memory else { return };
-        for &(pid, bytes) in samples {
-            if let Some(&i) = index.get(&pid) {
-                let w = &mut workers[i];
-                w.memory = Some(bytes);
-                w.over_memory = if bytes > limit {
-                    w.over_memory.saturating_add(1)
-                } else {
-                    0
-                };
-            }
-        }
-    }
-}
 
 impl Core {
     /// A worker's recycling ends when its slot is no longer being replaced:

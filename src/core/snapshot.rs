@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use super::Core;
 use super::counters::{Counters, RecycleReason};
-use super::restart::{Outcome, Phase, Restart, RestartKind, RestartRecord, Rollout};
+use super::restart::{Outcome, Phase, Restart, RestartRecord, Rollout};
+use super::vocab::RestartKind;
 use super::vocab::{Action, Settings, log};
 use crate::pid::{Pgid, Pid};
 use crate::worker::{ExitStatus, Lingering, Slot, Worker, WorkerState};

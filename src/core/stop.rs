@@ -9,6 +9,7 @@ use log::Level;
 use nix::sys::signal::Signal;
 
 use super::Core;
+use super::state::{Drain, Health, HealthStatus, Mode, Stopping, Strays};
 use super::vocab::{Action, Upward, log};
 use crate::pid::{Pgid, Pid};
 use crate::worker::{ExitStatus, Lingering, SlotState, Worker, WorkerState};
@@ -18,88 +19,6 @@ pub(super) const LINGER_PROBE: Duration = Duration::from_secs(1);
 
 /// How often the accept queues are looked at while they drain.
 pub(super) const DRAIN_PROBE: Duration = Duration::from_millis(10);
-
-/// How sup is stopping.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Mode {
-    Graceful,
-    /// Everything was killed; sup exits at `exit_by` whatever is left.
-    Immediate {
-        exit_by: Instant,
-    },
-}
-
-/// Where a graceful stop is, before the workers are asked to stop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Drain {
-    /// `--stop-delay`: sup reports not ready (`GET /health` → 503) and the
-    /// workers keep serving until then, so load balancers stop sending.
-    Delay { until: Instant },
-    /// New connections are kept out; the workers take what is queued.
-    /// `queued`: the last count; the next look at `probe` (none while one
-    /// is out); the workers get the stop signal at `deadline` whatever is left.
-    Queue {
-        deadline: Instant,
-        probe: Option<Instant>,
-        queued: u32,
-    },
-    /// The workers have the stop signal.
-    Workers,
-}
-
-/// At a stop, what is known of sup's other children (strays): like a
-/// systemd unit's control group, nothing of the service outlives it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Strays {
-    /// Not signalled yet: they go with the workers.
-    Later,
-    /// They got the stop signal; SIGKILL at `kill_at`.
-    Signalled { kill_at: Instant },
-    /// They got SIGKILL.
-    Killed,
-    /// None is left (the shell looked).
-    Gone,
-}
-
-/// sup's own stop, once begun.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Stopping {
-    pub(super) mode: Mode,
-    pub(super) drain: Drain,
-    pub(super) strays: Strays,
-    /// The group of the helper (hook, preflight) that was running: SIGKILL
-    /// at the deadline, and sup waits for it.
-    pub(super) helper: Option<(Pgid, Instant)>,
-    /// A [`Action::ProbeStrays`] is out, not answered by a reap since.
-    pub(super) strays_probed: bool,
-}
-
-/// What `GET /health` answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum HealthStatus {
-    /// Every slot serves: 200.
-    Serving,
-    /// Starting, or a slot has no ready worker: 503.
-    NotReady,
-    /// sup is stopping (the stop delay, the drain, the workers' stop): 503.
-    Stopping,
-}
-
-/// sup's readiness, for a load balancer or a Kubernetes probe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Health {
-    pub status: HealthStatus,
-    /// Slots whose worker is ready, of `target`.
-    pub ready: usize,
-    pub target: usize,
-}
-
-impl Health {
-    pub fn serving(&self) -> bool {
-        self.status == HealthStatus::Serving
-    }
-}
 
 impl Core {
     /// A graceful stop: after `--stop-delay` (reported as not ready, still

@@ -19,7 +19,7 @@ use nix::sys::signal::Signal;
 use super::Core;
 use super::counters::KillReason;
 use super::restart::Phase;
-use super::stop::{Drain, Mode, Stopping, Strays};
+use super::state::{Drain, Mode, Stopping, Strays};
 use super::vocab::{Action, Upward, log};
 use crate::pid::{Pgid, Pid};
 use crate::worker::WorkerState;

@@ -8,10 +8,45 @@ use std::time::Duration;
 use log::Level;
 use nix::sys::signal::Signal;
 
-use super::restart::RestartKind;
 use crate::message::{Message, Sender};
 use crate::pid::{Pgid, Pid};
 use crate::worker::{Backoff, ExitStatus};
+
+/// Which restart (`rolling` or `hot` on the wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestartKind {
+    Rolling,
+    Hot,
+    /// sup re-executes itself and adopts its workers; no worker changes.
+    Reexec,
+    /// The newer generation's workers replaced by the previous release, as
+    /// it was pinned (`sup ctl rollback`).
+    Rollback,
+}
+
+impl RestartKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartKind::Rolling => "rolling",
+            RestartKind::Hot => "hot",
+            RestartKind::Reexec => "reexec",
+            RestartKind::Rollback => "rollback",
+        }
+    }
+}
+
+/// How a restart ended, as counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ended {
+    Completed,
+    /// A replacement failed to boot; the old workers kept serving.
+    Failed,
+    /// Nothing was stopped: the hook or the preflight failed, or sup began
+    /// stopping, or another restart superseded it.
+    Abandoned,
+}
 
 /// What the signal handlers (and the control server) ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -26,3 +26,4 @@ mod recycling;
 mod rolling;
 mod stopping;
 mod supervision;
+mod systemd;

@@ -1,19 +1,29 @@
-//! `sup-load`: a load generator for the benchmarks. C client threads each
-//! make fresh TCP connections (one HTTP/1.0 request each) to ADDR for a
-//! duration; failures are counted by kind (refused, reset, timeout, empty
-//! reply, other). With `--windows FILE`, the benchmark script appends
+//! `sup-load`: a load generator for the benchmarks and the systemd test. C
+//! client threads each make fresh TCP connections (one HTTP/1.0 request
+//! each) to ADDR for a duration; failures are counted by kind. A connection
+//! that was never established fails as `refused`, `connect timeout`,
+//! `connect reset` or `connect other`; one the server's kernel accepted and
+//! then lost fails as `reset`, `timeout`, `empty reply` or `other`, and
+//! those are also counted together as `failed_after_connect` (what a drained
+//! stop must keep at 0). With `--windows FILE`, the benchmark script appends
 //! `start end` lines (CLOCK_MONOTONIC seconds) for its restart windows, and
-//! latencies are split into inside and outside them. With `--pause MS`,
-//! each client waits MS between requests: a steady load that leaves the
-//! machine's cores to whatever else the test runs (a deploy tool).
-//! Prints one JSON line.
+//! latencies are split into inside and outside them. With `--until FILE`,
+//! the clients stop when FILE exists (`--seconds` is then an upper bound).
+//! With `--pause MS`, each client waits MS between requests: a steady load
+//! that leaves the cores to whatever else the test runs (a deploy tool).
+//! Prints one JSON line; `longest_ms` is the longest successful request.
 //!
-//!   sup-load --addr 127.0.0.1:8080 --clients 8 --seconds 10 [--windows FILE] [--pause MS]
+//!   sup-load --addr 127.0.0.1:8080 --clients 8 --seconds 10 [--windows FILE] [--until FILE] [--pause MS]
 
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+/// The kinds of failure that happen after the connection was established.
+const AFTER_CONNECT: [&str; 4] = ["reset", "timeout", "empty reply", "other"];
 
 fn monotonic() -> f64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -25,9 +35,9 @@ fn monotonic() -> f64 {
 fn one(addr: SocketAddr) -> Result<(), &'static str> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| match e.kind() {
         ErrorKind::ConnectionRefused => "refused",
-        ErrorKind::TimedOut | ErrorKind::WouldBlock => "timeout",
-        ErrorKind::ConnectionReset => "reset",
-        _ => "other",
+        ErrorKind::TimedOut | ErrorKind::WouldBlock => "connect timeout",
+        ErrorKind::ConnectionReset => "connect reset",
+        _ => "connect other",
     })?;
     let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
     s.write_all(b"GET / HTTP/1.0\r\nHost: bench\r\n\r\n")
@@ -63,7 +73,7 @@ fn summary(mut v: Vec<f64>) -> serde_json::Value {
 
 fn main() {
     let mut addr = None;
-    let (mut clients, mut seconds, mut windows, mut pause) = (4usize, 10f64, None, 0u64);
+    let (mut clients, mut seconds, mut windows, mut until, mut pause) = (4usize, 10f64, None, None, 0u64);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let v = args.next().unwrap_or_default();
@@ -72,6 +82,7 @@ fn main() {
             "--clients" => clients = v.parse().unwrap_or(4),
             "--seconds" => seconds = v.parse().unwrap_or(10.0),
             "--windows" => windows = Some(v),
+            "--until" => until = Some(v),
             "--pause" => pause = v.parse().unwrap_or(0),
             _ => {}
         }
@@ -79,16 +90,19 @@ fn main() {
     let Some(addr) = addr else {
         let _ = writeln!(
             std::io::stderr(),
-            "usage: sup-load --addr HOST:PORT [--clients C] [--seconds S] [--windows FILE] [--pause MS]"
+            "usage: sup-load --addr HOST:PORT [--clients C] [--seconds S] [--windows FILE] [--until FILE] [--pause MS]"
         );
         std::process::exit(2);
     };
-    let end = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let end = started + Duration::from_secs_f64(seconds);
+    let done = Arc::new(AtomicBool::new(false));
     let threads: Vec<_> = (0..clients)
         .map(|_| {
+            let done = Arc::clone(&done);
             std::thread::spawn(move || {
                 let mut samples = Vec::new();
-                while Instant::now() < end {
+                while Instant::now() < end && !done.load(Ordering::Relaxed) {
                     let t0 = monotonic();
                     let r = one(addr);
                     samples.push((t0, monotonic() - t0, r));
@@ -100,6 +114,12 @@ fn main() {
             })
         })
         .collect();
+    if let Some(until) = until {
+        while Instant::now() < end && !std::path::Path::new(&until).exists() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        done.store(true, Ordering::Relaxed);
+    }
     let samples: Vec<(f64, f64, Result<(), &str>)> =
         threads.into_iter().flat_map(|t| t.join().unwrap_or_default()).collect();
     let windows: Vec<(f64, f64)> = windows
@@ -126,12 +146,17 @@ fn main() {
         }
     }
     let ok = inside.len() + outside.len();
+    let longest = inside.iter().chain(&outside).fold(0f64, |a, b| a.max(*b));
+    let after_connect: usize = AFTER_CONNECT.iter().filter_map(|k| failures.get(k)).sum();
+    let elapsed = started.elapsed().as_secs_f64().min(seconds);
     let report = serde_json::json!({
         "requests": samples.len(),
         "ok": ok,
         "failed": samples.len() - ok,
+        "failed_after_connect": after_connect,
         "failures": failures,
-        "requests_per_second": (ok as f64 / seconds).round(),
+        "longest_ms": (longest * 100_000.0).round() / 100.0,
+        "requests_per_second": (ok as f64 / elapsed.max(1e-3)).round(),
         "inside_restarts": summary(inside),
         "outside_restarts": summary(outside),
     });
