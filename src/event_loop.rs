@@ -700,8 +700,17 @@ impl Shell<'_> {
                 }
             }
             Action::CloseListeners => {
+                // systemd restarting the unit keeps the listeners in its fd
+                // store for the next sup: nothing is kept out then.
+                let restarting = self.fd_store && crate::upward::unit_restarting();
+                if restarting {
+                    log::info!(
+                        "stopping: systemd is restarting this unit and keeps the listeners in its fd store, so \
+                         connections keep queueing for the next sup; the workers take what is queued now"
+                    );
+                }
                 for socket in self.ctx.sockets {
-                    match socket.keep_out_new(self.fd_store) {
+                    match socket.keep_out_new(restarting) {
                         Ok(KeptOut::Filtered) => log::info!(
                             "{}: new connections are dropped (clients retry); the queued ones stay",
                             socket.local
