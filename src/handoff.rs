@@ -52,6 +52,44 @@ pub struct HandedControl {
     pub created: Option<(PathBuf, u64, u64)>,
 }
 
+/// The workers' output pipes (`--worker-output`) handed across, and what
+/// sup held of their lines: partial lines and its own queues travel in a
+/// spill file (memory only on Linux), by (offset, length), since the
+/// environment cannot carry megabytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandedOutput {
+    /// The format the old image wrote in (kept if the new one says `inherit`).
+    pub mode: crate::config::WorkerOutput,
+    pub timestamps: bool,
+    pub pipes: Vec<HandedPipe>,
+    #[serde(default)]
+    pub spill: Option<RawFd>,
+    /// What waited for sup's stdout and stderr.
+    #[serde(default)]
+    pub queued: [(u64, u64); 2],
+    /// Lines written, dropped (by sup's stream) and cut: the counters go on.
+    #[serde(default)]
+    pub lines: [u64; 2],
+    #[serde(default)]
+    pub dropped: [u64; 2],
+    #[serde(default)]
+    pub cut: u64,
+}
+
+/// One worker's stdout or stderr pipe (the read end), and whose it is: its
+/// lines keep their prefix after the worker is gone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandedPipe {
+    pub fd: RawFd,
+    pub slot: usize,
+    pub pid: i32,
+    pub generation: u64,
+    pub stream: crate::output::Stream,
+    /// The bytes of a line not yet ended, in the spill file.
+    #[serde(default)]
+    pub partial: (u64, u64),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Handoff {
     pub version: u64,
@@ -70,6 +108,8 @@ pub struct Handoff {
     pub einhorn: Option<HandedUnix>,
     #[serde(default)]
     pub control: Option<HandedControl>,
+    #[serde(default)]
+    pub worker_output: Option<HandedOutput>,
     /// Everything the core carries: workers, slots, the restart in
     /// progress, counters, the worker count (`Core::snapshot`).
     pub core: Snapshot,
@@ -86,6 +126,7 @@ impl Handoff {
             notify: None,
             einhorn: None,
             control: None,
+            worker_output: None,
             core,
         }
     }
@@ -123,6 +164,10 @@ impl Handoff {
         let mut fds: Vec<RawFd> = self.sockets.iter().map(|s| s.fd).collect();
         fds.extend(self.notify.iter().chain(&self.einhorn).map(|u| u.fd));
         fds.extend(self.control.iter().map(|c| c.fd));
+        if let Some(o) = &self.worker_output {
+            fds.extend(o.pipes.iter().map(|p| p.fd));
+            fds.extend(o.spill);
+        }
         fds
     }
 }
@@ -300,6 +345,7 @@ mod v1 {
             notify: old.notify,
             einhorn: old.einhorn,
             control: old.control,
+            worker_output: None,
             core,
         })
     }
