@@ -17,6 +17,7 @@ mod hot;
 mod inheritance;
 mod metrics;
 mod notify_socket;
+mod output;
 mod overlap;
 mod real_servers;
 mod recycling;
