@@ -61,7 +61,7 @@ fn check_lines(texts: &[&str]) -> BTreeMap<i64, u64> {
                 let len: usize = f[4].parse().unwrap();
                 assert_eq!(f[5].len(), len, "torn: {short}");
                 assert_eq!(format!("{:08x}", fnv32(f[5].as_bytes())), f[6], "torn: {short}");
-                let expected = if seq % 2 == 0 { "stdout" } else { "stderr" };
+                let expected = if seq.is_multiple_of(2) { "stdout" } else { "stderr" };
                 assert_eq!(stream, expected, "{short}");
                 assert!(seen.insert((pid, seq)), "twice: {short}");
                 *per_pid.entry(pid).or_default() += 1;
