@@ -522,6 +522,39 @@ mod tests {
     }
 
     #[test]
+    fn worker_output_pipes_and_the_spill_file_cross_with_the_rest() {
+        let mut h = Handoff::new("sup".into(), "/".into(), snapshot());
+        h.sockets = vec![HandedSocket {
+            fd: 5,
+            addr: "tcp://127.0.0.1:0".into(),
+            name: "web".into(),
+            created: None,
+        }];
+        h.worker_output = Some(HandedOutput {
+            mode: crate::config::WorkerOutput::Prefix,
+            timestamps: false,
+            pipes: vec![HandedPipe {
+                fd: 9,
+                slot: 1,
+                pid: 4121,
+                generation: 7,
+                stream: crate::output::Stream::Stderr,
+                partial: (0, 3),
+            }],
+            spill: Some(10),
+            queued: [(3, 0), (3, 40)],
+            lines: [5, 6],
+            dropped: [0, 2],
+            cut: 1,
+        });
+        assert_eq!(Handoff::decode(&h.encode()).unwrap(), h);
+        assert_eq!(h.fds(), vec![5, 9, 10], "sanitize_fds keeps them, the exec clears their CLOEXEC");
+        // A handoff written before worker output still reads.
+        let before = h.encode().replace(r#","worker_output":"#, r#","ignored":"#);
+        assert_eq!(Handoff::decode(&before).unwrap().worker_output, None);
+    }
+
+    #[test]
     fn reads_what_the_previous_version_wrote() {
         // sup 0.1 before the snapshot: upgrading sup by hot restart must
         // still adopt its listeners, and in overlap mode its workers.

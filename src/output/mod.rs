@@ -120,7 +120,9 @@ pub struct Output {
     /// Pipes read on the timer.
     polled: Vec<usize>,
     next_tick: Option<Instant>,
-    sinks: [Sink; 2],
+    /// sup's stdout and stderr (by [`Stream::index`]); none with `inherit`
+    /// and nothing handed over, so that sup then opens nothing at all.
+    sinks: Vec<Sink>,
     buf: Vec<u8>,
     lines: [u64; 2],
     cut: u64,
@@ -137,13 +139,18 @@ impl Output {
         tokens: Tokens,
         registry: &Registry,
     ) -> std::io::Result<Output> {
+        let sinks = if format.is_some() || handed.is_some() {
+            vec![Sink::open(1, "stdout")?, Sink::open(2, "stderr")?]
+        } else {
+            Vec::new()
+        };
         let mut out = Output {
             format,
             pipes: Vec::new(),
             free: Vec::new(),
             polled: Vec::new(),
             next_tick: None,
-            sinks: [Sink::open(1, "stdout")?, Sink::open(2, "stderr")?],
+            sinks,
             buf: Vec::new(),
             lines: [0; 2],
             cut: 0,
@@ -173,9 +180,9 @@ impl Output {
             None => Vec::new(),
         };
         let range = |(at, len): (u64, u64)| spill.get(at as usize..(at + len) as usize).unwrap_or_default();
-        for k in 0..2 {
-            self.sinks[k].push_raw(range(h.queued[k]));
-            self.sinks[k].dropped = h.dropped[k];
+        for (k, sink) in self.sinks.iter_mut().enumerate() {
+            sink.push_raw(range(h.queued[k]));
+            sink.dropped = h.dropped[k];
         }
         self.lines = h.lines;
         self.cut = h.cut;
@@ -350,7 +357,9 @@ impl Output {
             };
         };
         let k = pipe.who.stream.index();
-        let sink = &mut sinks[k];
+        let Some(sink) = sinks.get_mut(k) else {
+            return Drained::default();
+        };
         let mut d = Drained::default();
         loop {
             match nix::unistd::read(&pipe.fd, buf) {
@@ -408,8 +417,9 @@ impl Output {
         self.polled.retain(|&p| p != i);
         if let (Some(format), false) = (self.format, pipe.partial.is_empty()) {
             let k = pipe.who.stream.index();
-            let pushed = self.sinks[k]
-                .push(|q| lines::render(q, format, &pipe.head, stamp.as_ref(), &pipe.partial, Piece::NoNewline));
+            let pushed = self.sinks.get_mut(k).is_some_and(|sink| {
+                sink.push(|q| lines::render(q, format, &pipe.head, stamp.as_ref(), &pipe.partial, Piece::NoNewline))
+            });
             if pushed {
                 self.lines[k] += 1;
             }
@@ -527,7 +537,7 @@ impl Output {
                 partial: range(&p.partial),
             })
             .collect();
-        let queued = [range(self.sinks[0].pending()), range(self.sinks[1].pending())];
+        let queued = [range(self.pending(0)), range(self.pending(1))];
         let file = if spill.is_empty() {
             None
         } else {
@@ -541,7 +551,7 @@ impl Output {
                 spill: file.as_ref().map(AsRawFd::as_raw_fd),
                 queued,
                 lines: self.lines,
-                dropped: [self.sinks[0].dropped, self.sinks[1].dropped],
+                dropped: self.dropped(),
                 cut: self.cut,
             },
             file,
@@ -551,16 +561,20 @@ impl Output {
     pub fn counters(&self) -> Counters {
         Counters {
             lines: self.lines,
-            dropped: [self.sinks[0].dropped, self.sinks[1].dropped],
+            dropped: self.dropped(),
             cut: self.cut,
-            queued: [self.sinks[0].queued(), self.sinks[1].queued()],
+            queued: [self.pending(0).len(), self.pending(1).len()],
             pipes: self.pipes.iter().flatten().count(),
         }
     }
 
-    /// Whether sup writes the workers' output (for `/metrics`).
-    pub fn enabled(&self) -> bool {
-        self.format.is_some()
+    /// What waits for sup's stdout (0) or stderr (1).
+    fn pending(&self, k: usize) -> &[u8] {
+        self.sinks.get(k).map_or(&[], Sink::pending)
+    }
+
+    fn dropped(&self) -> [u64; 2] {
+        [0, 1].map(|k| self.sinks.get(k).map_or(0, |s| s.dropped))
     }
 }
 
@@ -593,6 +607,65 @@ mod tests {
             pipes: 100,
             sinks: [Token(4), Token(5)],
         }
+    }
+
+    #[test]
+    fn the_flags_and_the_file_choose_the_format() {
+        use crate::config::{Config, ConfigError, WorkerOutput};
+        use clap::Parser;
+        let parse = |args: &[&str]| Config::parse(crate::cli::Cli::try_parse_from(args).unwrap());
+        let (c, errors) = parse(&["sup", "--", "x"]);
+        assert!(errors.is_empty());
+        assert_eq!(
+            Format::of(c.worker_output, c.worker_output_timestamps),
+            None,
+            "inherit by default"
+        );
+        let (c, errors) = parse(&[
+            "sup",
+            "--worker-output",
+            "json",
+            "--worker-output-timestamps",
+            "--",
+            "x",
+        ]);
+        assert!(errors.is_empty());
+        assert_eq!(
+            Format::of(c.worker_output, c.worker_output_timestamps),
+            Some(Format {
+                style: lines::Style::Json,
+                timestamps: true
+            })
+        );
+        let (_, errors) = parse(&["sup", "--worker-output", "loud", "--", "x"]);
+        assert!(matches!(errors[..], [ConfigError::WorkerOutput(_)]), "{errors:?}");
+        assert!(
+            errors[0]
+                .to_string()
+                .contains("expected inherit, plain, prefix or json")
+        );
+        let (_, errors) = parse(&["sup", "--worker-output-timestamps", "--", "x"]);
+        assert!(matches!(errors[..], [ConfigError::TimestampsNeedOutput]), "{errors:?}");
+        let file = crate::config_file::parse("worker_output: prefix\nworker_output_timestamps: true\n").unwrap();
+        assert_eq!(
+            (file.worker_output.as_deref(), file.worker_output_timestamps),
+            (Some("prefix"), Some(true))
+        );
+        assert_eq!(
+            serde_json::to_string(&WorkerOutput::Prefix).unwrap(),
+            "\"prefix\"",
+            "as the handoff writes it"
+        );
+    }
+
+    #[test]
+    fn with_inherit_sup_opens_nothing() {
+        let poll = mio::Poll::new().unwrap();
+        let out = Output::new(None, None, tokens(), poll.registry()).unwrap();
+        assert!(out.sinks.is_empty());
+        assert!(out.pipes_for_worker().unwrap().is_none());
+        assert!(out.hand_over().unwrap().is_none());
+        assert_eq!(out.counters(), Counters::default());
     }
 
     #[test]
