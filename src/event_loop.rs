@@ -285,13 +285,17 @@ impl Shell<'_> {
     ///    a TERM during the start of a thousand workers acts at once);
     ///    a re-exec the core asked for runs only then, once nothing is left
     ///    queued, and only if the core still wants it;
-    /// 2. sleep in `poll` until readiness or the earliest deadline (the
-    ///    core's, a control connection's); none means sleep indefinitely;
+    /// 2. worker lines (`--worker-output`) are written to sup's stdout and
+    ///    stderr as far as they take them without blocking; then sleep in
+    ///    `poll` until readiness or the earliest deadline (the core's, a
+    ///    control connection's, the busy output pipes' timer); none means
+    ///    sleep indefinitely;
     /// 3. readiness becomes events in the order epoll reports it
-    ///    ([`Shell::dispatch`]); then control connections past their read
-    ///    deadline are cut off; then signals are read — intents queue, and a
-    ///    SIGCHLD reaps every exited child; last, a `Tick` if a core
-    ///    deadline has passed.
+    ///    ([`Shell::dispatch`]; a worker's output pipe is read at once, by
+    ///    `output`); the busy output pipes are read if their timer is due;
+    ///    then control connections past their read deadline are cut off;
+    ///    then signals are read — intents queue, and a SIGCHLD reaps every
+    ///    exited child; last, a `Tick` if a core deadline has passed.
     fn run(&mut self) -> Result<i32, LoopError> {
         let mut events = Events::with_capacity(64);
         loop {
@@ -322,6 +326,9 @@ impl Shell<'_> {
                 self.strays_check_at = None;
                 self.note_strays();
             }
+            // Worker lines go out to sup's stdout and stderr as far as they
+            // take them now (also what a previous image left queued).
+            self.res.output.flush(self.res.poll.registry());
             let core_deadline = self.core.next_deadline();
             let deadline = [
                 core_deadline,
@@ -349,10 +356,9 @@ impl Shell<'_> {
                     self.dispatch(token);
                 }
             }
-            // Worker lines: the busy pipes on their timer, then out to
-            // sup's stdout and stderr as far as they take them now.
+            // Worker lines: the busy pipes on their timer (written out
+            // before the next poll).
             self.res.output.tick(Instant::now(), self.res.poll.registry());
-            self.res.output.flush(self.res.poll.registry());
             if let Some(server) = &mut self.res.control {
                 server.expire(Instant::now());
             }

@@ -548,7 +548,11 @@ mod tests {
             cut: 1,
         });
         assert_eq!(Handoff::decode(&h.encode()).unwrap(), h);
-        assert_eq!(h.fds(), vec![5, 9, 10], "sanitize_fds keeps them, the exec clears their CLOEXEC");
+        assert_eq!(
+            h.fds(),
+            vec![5, 9, 10],
+            "sanitize_fds keeps them, the exec clears their CLOEXEC"
+        );
         // A handoff written before worker output still reads.
         let before = h.encode().replace(r#","worker_output":"#, r#","ignored":"#);
         assert_eq!(Handoff::decode(&before).unwrap().worker_output, None);
