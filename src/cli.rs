@@ -257,9 +257,27 @@ pub struct Cli {
     /// Send sup's and the workers' output to FILE, reopened on SIGHUP
     ///
     /// Appended to; reopened by sup on HUP (for logrotate). Workers started after the reopen
-    /// write to the new file; running ones keep theirs until they are replaced.
+    /// write to the new file; running ones keep theirs until they are replaced, unless
+    /// --worker-output has sup write their lines (then they follow at once).
     #[arg(long, value_name = "FILE", env = "SUP_LOG_FILE")]
     pub log_file: Option<PathBuf>,
+
+    /// Who writes the workers' output: inherit, plain, prefix or json [default: inherit]
+    ///
+    /// inherit: workers write to sup's stdout and stderr themselves. Otherwise sup reads each
+    /// worker's stdout and stderr through pipes and writes every line whole, to its own stdout
+    /// or stderr (or --log-file): plain as written; prefix after `worker 3 (pid 4121, gen 7)
+    /// stdout: `; json as one object per line with slot, pid, generation, stream and line. The
+    /// pipes cross hot restarts and reexecs, so no line is lost or torn. A line over 64 KiB is
+    /// cut into pieces; when sup's output cannot keep up, sup buffers 4 MiB per stream, then
+    /// drops whole lines and counts them (sup_worker_output_dropped_lines_total) rather than
+    /// block the workers.
+    #[arg(long, value_name = "MODE", env = "SUP_WORKER_OUTPUT")]
+    pub worker_output: Option<String>,
+
+    /// Start each worker line with the time sup read it (RFC 3339, UTC; "time" in json)
+    #[arg(long, env = "SUP_WORKER_OUTPUT_TIMESTAMPS")]
+    pub worker_output_timestamps: bool,
 
     /// Log more (-v debug, -vv trace); RUST_LOG is used when neither -v nor -q is given
     #[arg(short, long, action = ArgAction::Count, conflicts_with = "quiet")]

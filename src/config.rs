@@ -88,6 +88,24 @@ pub struct Config {
     pub control: Option<crate::bind::ControlAddr>,
     pub control_token: Option<String>,
     pub log_file: Option<PathBuf>,
+    /// `--worker-output`: who writes the workers' stdout and stderr.
+    pub worker_output: WorkerOutput,
+    /// `--worker-output-timestamps`.
+    pub worker_output_timestamps: bool,
+}
+
+/// Who writes the workers' output (`--worker-output`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerOutput {
+    /// The workers inherit sup's stdout and stderr (sup's behaviour before the flag).
+    Inherit,
+    /// sup writes each line whole, as it was written.
+    Plain,
+    /// sup writes each line after `worker 3 (pid 4121, gen 7) stdout: `.
+    Prefix,
+    /// sup writes each line as a JSON object.
+    Json,
 }
 
 /// A usage or configuration error: reported as one line, exit status 2.
@@ -145,6 +163,12 @@ pub enum ConfigError {
     Control(#[from] crate::bind::ControlAddrError),
     #[error("--control on TCP needs --control-token: anyone who can reach the port could stop sup")]
     ControlToken,
+    #[error("invalid --worker-output `{0}`: expected inherit, plain, prefix or json")]
+    WorkerOutput(String),
+    #[error(
+        "--worker-output-timestamps needs --worker-output plain, prefix or json: with inherit sup does not see the lines"
+    )]
+    TimestampsNeedOutput,
 }
 
 const MAX_WORKERS: usize = 10_000;
@@ -329,6 +353,19 @@ impl Config {
         if matches!(control, Some(crate::bind::ControlAddr::Tcp(_))) && token.is_none() {
             errors.push(ConfigError::ControlToken);
         }
+        let worker_output = match cli.worker_output.as_deref() {
+            None | Some("inherit") => WorkerOutput::Inherit,
+            Some("plain") => WorkerOutput::Plain,
+            Some("prefix") => WorkerOutput::Prefix,
+            Some("json") => WorkerOutput::Json,
+            Some(s) => {
+                errors.push(ConfigError::WorkerOutput(s.to_string()));
+                WorkerOutput::Inherit
+            }
+        };
+        if cli.worker_output_timestamps && matches!(cli.worker_output.as_deref(), None | Some("inherit")) {
+            errors.push(ConfigError::TimestampsNeedOutput);
+        }
         let verbosity = match (cli.verbose, cli.quiet) {
             (0, 0) => None,
             (v, q) => Some(v.min(4) as i8 - q.min(4) as i8),
@@ -364,6 +401,8 @@ impl Config {
             control,
             control_token: token,
             log_file: cli.log_file,
+            worker_output,
+            worker_output_timestamps: cli.worker_output_timestamps,
         };
         (config, errors)
     }
@@ -528,6 +567,8 @@ fn merge_file(cli: &mut Cli, file: FileConfig) {
     fill(&mut cli.control, file.control);
     fill(&mut cli.control_token, file.control_token);
     fill(&mut cli.log_file, file.log_file);
+    fill(&mut cli.worker_output, file.worker_output);
+    cli.worker_output_timestamps |= file.worker_output_timestamps.unwrap_or(false);
 }
 
 /// Why a duration does not parse; the caller names the flag and value.

@@ -51,6 +51,8 @@ pub struct FileConfig {
     pub control: Option<String>,
     pub control_token: Option<String>,
     pub log_file: Option<PathBuf>,
+    pub worker_output: Option<String>,
+    pub worker_output_timestamps: Option<bool>,
 }
 
 /// The largest configuration file sup reads (64 KiB: a real one is a few

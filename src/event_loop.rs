@@ -32,6 +32,7 @@ use crate::control::{self, Route};
 use crate::core::{Action, Core, Event};
 use crate::handoff::Handoff;
 use crate::hot_restart;
+use crate::output::{self, Output};
 use crate::own_sockets::{OwnSocketError, OwnSockets};
 use crate::pid::{Pgid, Pid};
 use crate::procfs;
@@ -56,8 +57,12 @@ const CONTROL: Token = Token(3);
 const EINHORN_CONN: usize = 16;
 /// Control connections: `CONTROL_CONN + slot`.
 const CONTROL_CONN: usize = 1 << 20;
-/// Readiness pipes (`--ready fd:N`): `READY_PIPE + index`.
-const READY_PIPE: usize = 1 << 24;
+/// Readiness pipes (`--ready fd:N`): `READY_PIPE + index`, below `OUTPUT_PIPE`.
+const READY_PIPE: usize = 1 << 22;
+/// sup's stdout and stderr, while worker lines wait for them (`--worker-output`).
+const OUTPUT_SINKS: [Token; 2] = [Token(4), Token(5)];
+/// Workers' output pipes: `OUTPUT_PIPE + index` (see `output`).
+const OUTPUT_PIPE: usize = 1 << 24;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoopError {
@@ -82,6 +87,8 @@ pub struct EventLoop {
     own: OwnSockets,
     control: Option<ControlServer>,
     upward: Option<Notifier>,
+    /// The workers' output pipes, with `--worker-output`.
+    output: Output,
 }
 
 impl EventLoop {
@@ -145,12 +152,23 @@ impl EventLoop {
                 None
             }
         };
+        let output = Output::new(
+            output::Format::of(config.worker_output, config.worker_output_timestamps),
+            handoff.and_then(|h| h.worker_output.as_ref()),
+            output::Tokens {
+                pipes: OUTPUT_PIPE,
+                sinks: OUTPUT_SINKS,
+            },
+            poll.registry(),
+        )
+        .map_err(LoopError::Setup)?;
         Ok(EventLoop {
             poll,
             signals,
             own,
             control,
             upward: Notifier::from_env(),
+            output,
         })
     }
 
@@ -282,13 +300,17 @@ impl Shell<'_> {
     ///    a TERM during the start of a thousand workers acts at once);
     ///    a re-exec the core asked for runs only then, once nothing is left
     ///    queued, and only if the core still wants it;
-    /// 2. sleep in `poll` until readiness or the earliest deadline (the
-    ///    core's, a control connection's); none means sleep indefinitely;
+    /// 2. worker lines (`--worker-output`) are written to sup's stdout and
+    ///    stderr as far as they take them without blocking; then sleep in
+    ///    `poll` until readiness or the earliest deadline (the core's, a
+    ///    control connection's, the busy output pipes' timer); none means
+    ///    sleep indefinitely;
     /// 3. readiness becomes events in the order epoll reports it
-    ///    ([`Shell::dispatch`]); then control connections past their read
-    ///    deadline are cut off; then signals are read — intents queue, and a
-    ///    SIGCHLD reaps every exited child; last, a `Tick` if a core
-    ///    deadline has passed.
+    ///    ([`Shell::dispatch`]; a worker's output pipe is read at once, by
+    ///    `output`); the busy output pipes are read if their timer is due;
+    ///    then control connections past their read deadline are cut off;
+    ///    then signals are read — intents queue, and a SIGCHLD reaps every
+    ///    exited child; last, a `Tick` if a core deadline has passed.
     fn run(&mut self) -> Result<i32, LoopError> {
         let mut events = Events::with_capacity(64);
         loop {
@@ -301,6 +323,7 @@ impl Shell<'_> {
                 self.take_signals(true);
             }
             if let Some(code) = self.exit {
+                self.res.output.finish(self.res.poll.registry());
                 return Ok(code);
             }
             // The core may have changed its mind since it asked (a TERM in
@@ -318,11 +341,15 @@ impl Shell<'_> {
                 self.strays_check_at = None;
                 self.note_strays();
             }
+            // Worker lines go out to sup's stdout and stderr as far as they
+            // take them now (also what a previous image left queued).
+            self.res.output.flush(self.res.poll.registry());
             let core_deadline = self.core.next_deadline();
             let deadline = [
                 core_deadline,
                 self.res.control.as_ref().and_then(ControlServer::next_deadline),
                 self.strays_check_at,
+                self.res.output.next_deadline(),
             ]
             .into_iter()
             .flatten()
@@ -338,9 +365,15 @@ impl Shell<'_> {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(LoopError::Poll(e)),
             }
+            let now = Instant::now();
             for token in events.iter().map(mio::event::Event::token) {
-                self.dispatch(token);
+                if !self.res.output.ready(token, self.res.poll.registry(), now) {
+                    self.dispatch(token);
+                }
             }
+            // Worker lines: the busy pipes on their timer (written out
+            // before the next poll).
+            self.res.output.tick(Instant::now(), self.res.poll.registry());
             if let Some(server) = &mut self.res.control {
                 server.expire(Instant::now());
             }
@@ -421,13 +454,14 @@ impl Shell<'_> {
                 server.respond(slot, http::response(200, &json, &[]));
             }
             Route::Metrics => {
-                let text = metrics::render(
+                let mut text = metrics::render(
                     &self.core,
                     self.ctx.sockets,
                     &mut self.usage,
                     self.started,
                     Instant::now(),
                 );
+                text.push_str(&metrics::worker_output(&self.res.output.counters()));
                 server.respond(slot, http::typed_response(200, metrics::CONTENT_TYPE, &text, &[]));
             }
             Route::Intent(crate::core::Intent::Rollback { .. }) => {
@@ -464,6 +498,7 @@ impl Shell<'_> {
         let (core, sockets, usage, started) = (&self.core, self.ctx.sockets, &mut self.usage, self.started);
         let prepared = &self.prepared;
         let releases = |g: u64| prepared.release(g).map(|p| p.display().to_string());
+        let output = self.res.output.counters();
         server.quiesce(QUIESCE, |req| {
             let refused = |command| {
                 let answer = Answer::Refused {
@@ -479,7 +514,8 @@ impl Shell<'_> {
                     http::response(200, &serde_json::to_string(&body).unwrap_or_default(), &[])
                 }
                 Route::Metrics => {
-                    let text = metrics::render(core, sockets, usage, started, Instant::now());
+                    let mut text = metrics::render(core, sockets, usage, started, Instant::now());
+                    text.push_str(&metrics::worker_output(&output));
                     http::typed_response(200, metrics::CONTENT_TYPE, &text, &[])
                 }
                 Route::Intent(intent) => refused(crate::control::protocol::Command::of(intent)),
@@ -578,6 +614,17 @@ impl Shell<'_> {
         let devnull = self.ctx.devnull.as_raw_fd();
         match action {
             Action::Spawn { slot, generation } => {
+                let stdio = match self.res.output.pipes_for_worker() {
+                    Ok(pipes) => pipes,
+                    Err(e) => {
+                        self.pending.push_back(Event::SpawnFailed {
+                            slot,
+                            generation,
+                            reason: format!("cannot create the output pipes: {e}"),
+                        });
+                        return;
+                    }
+                };
                 let req = SpawnRequest {
                     slot,
                     generation,
@@ -590,6 +637,7 @@ impl Shell<'_> {
                     watchdog: config.watchdog,
                     stop_signal: config.stop_signal as i32,
                     ready_fd: None,
+                    stdio: stdio.as_ref().map(output::WorkerPipes::write_ends),
                 };
                 let mut req = req;
                 let ready_pipe = match config.ready {
@@ -625,6 +673,11 @@ impl Shell<'_> {
                             crate::files::os_error(&e)
                         );
                     }
+                }
+                if let (Ok(pid), Some(pipes)) = (&outcome, stdio) {
+                    self.res
+                        .output
+                        .attach(pipes, slot, *pid, generation, self.res.poll.registry());
                 }
                 self.pending.push_back(match outcome {
                     Ok(pid) => Event::Spawned {
@@ -700,8 +753,17 @@ impl Shell<'_> {
                 }
             }
             Action::CloseListeners => {
+                // systemd restarting the unit keeps the listeners in its fd
+                // store for the next sup: nothing is kept out then.
+                let restarting = self.fd_store && crate::upward::unit_restarting();
+                if restarting {
+                    log::info!(
+                        "stopping: systemd is restarting this unit and keeps the listeners in its fd store, so \
+                         connections keep queueing for the next sup; the workers take what is queued now"
+                    );
+                }
                 for socket in self.ctx.sockets {
-                    match socket.keep_out_new(self.fd_store) {
+                    match socket.keep_out_new(restarting) {
                         Ok(KeptOut::Filtered) => log::info!(
                             "{}: new connections are dropped (clients retry); the queued ones stay",
                             socket.local
@@ -746,7 +808,11 @@ impl Shell<'_> {
                     self.pending.push_back(Event::StraysGone);
                 }
             }
-            Action::ReopenLogs => reopen_log(config.log_file.as_deref()),
+            Action::ReopenLogs => {
+                if reopen_log(config.log_file.as_deref()) {
+                    self.res.output.reopen(self.res.poll.registry());
+                }
+            }
             Action::Upward(what) => {
                 if let Some(n) = &self.res.upward {
                     n.send(&what);
@@ -778,6 +844,21 @@ impl Shell<'_> {
         if let (Some(server), Some(configured)) = (&self.res.control, &self.config.control) {
             handoff.control = Some(server.handed(configured));
         }
+        // The workers' lines: what their pipes hold now is read and written
+        // as far as sup's output takes it; the pipes, the partial lines and
+        // what is still queued cross the exec (the spill file is closed here
+        // if the exec fails).
+        let registry = self.res.poll.registry();
+        self.res.output.drain_all(registry);
+        self.res.output.flush(registry);
+        let _spill = match self.res.output.hand_over() {
+            Ok(Some((handed, spill))) => {
+                handoff.worker_output = Some(handed);
+                spill
+            }
+            Ok(None) => None,
+            Err(e) => return format!("cannot hand the workers' output over: {e}"),
+        };
         let fds = handoff.fds();
         if adopt {
             log::info!(
@@ -834,18 +915,26 @@ fn hand_to_fd_store(n: &Notifier, ctx: &Context<'_>, control: Option<&ControlSer
 }
 
 /// HUP: reopen `--log-file` onto sup's stdout and stderr (for logrotate).
-/// Workers started from now on inherit the new file.
-fn reopen_log(path: Option<&Path>) {
+/// Workers started from now on inherit the new file (with
+/// `--worker-output`, the lines of running ones follow too). Whether it was
+/// reopened.
+fn reopen_log(path: Option<&Path>) -> bool {
     let Some(path) = path else {
         log::info!("HUP: no --log-file is in use, nothing to reopen");
-        return;
+        return false;
     };
     match crate::logging::redirect_to(path) {
-        Ok(()) => log::info!("reopened the log file {}", path.display()),
-        Err(e) => log::error!(
-            "cannot reopen the log file {}: {e}; still writing to the old one",
-            path.display()
-        ),
+        Ok(()) => {
+            log::info!("reopened the log file {}", path.display());
+            true
+        }
+        Err(e) => {
+            log::error!(
+                "cannot reopen the log file {}: {e}; still writing to the old one",
+                path.display()
+            );
+            false
+        }
     }
 }
 

@@ -52,6 +52,44 @@ pub struct HandedControl {
     pub created: Option<(PathBuf, u64, u64)>,
 }
 
+/// The workers' output pipes (`--worker-output`) handed across, and what
+/// sup held of their lines: partial lines and its own queues travel in a
+/// spill file (memory only on Linux), by (offset, length), since the
+/// environment cannot carry megabytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandedOutput {
+    /// The format the old image wrote in (kept if the new one says `inherit`).
+    pub mode: crate::config::WorkerOutput,
+    pub timestamps: bool,
+    pub pipes: Vec<HandedPipe>,
+    #[serde(default)]
+    pub spill: Option<RawFd>,
+    /// What waited for sup's stdout and stderr.
+    #[serde(default)]
+    pub queued: [(u64, u64); 2],
+    /// Lines written, dropped (by sup's stream) and cut: the counters go on.
+    #[serde(default)]
+    pub lines: [u64; 2],
+    #[serde(default)]
+    pub dropped: [u64; 2],
+    #[serde(default)]
+    pub cut: u64,
+}
+
+/// One worker's stdout or stderr pipe (the read end), and whose it is: its
+/// lines keep their prefix after the worker is gone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandedPipe {
+    pub fd: RawFd,
+    pub slot: usize,
+    pub pid: i32,
+    pub generation: u64,
+    pub stream: crate::output::Stream,
+    /// The bytes of a line not yet ended, in the spill file.
+    #[serde(default)]
+    pub partial: (u64, u64),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Handoff {
     pub version: u64,
@@ -70,6 +108,8 @@ pub struct Handoff {
     pub einhorn: Option<HandedUnix>,
     #[serde(default)]
     pub control: Option<HandedControl>,
+    #[serde(default)]
+    pub worker_output: Option<HandedOutput>,
     /// Everything the core carries: workers, slots, the restart in
     /// progress, counters, the worker count (`Core::snapshot`).
     pub core: Snapshot,
@@ -93,6 +133,7 @@ impl Handoff {
             notify: None,
             einhorn: None,
             control: None,
+            worker_output: None,
             core,
             ready_pipes: Vec::new(),
             pins: Default::default(),
@@ -133,6 +174,10 @@ impl Handoff {
         fds.extend(self.notify.iter().chain(&self.einhorn).map(|u| u.fd));
         fds.extend(self.control.iter().map(|c| c.fd));
         fds.extend(self.ready_pipes.iter().map(|(fd, _)| *fd));
+        if let Some(o) = &self.worker_output {
+            fds.extend(o.pipes.iter().map(|p| p.fd));
+            fds.extend(o.spill);
+        }
         fds
     }
 }
@@ -315,6 +360,7 @@ mod v1 {
             notify: old.notify,
             einhorn: old.einhorn,
             control: old.control,
+            worker_output: None,
             core,
             ready_pipes: Vec::new(),
             pins: Default::default(),
@@ -490,6 +536,43 @@ mod tests {
         ];
         assert_eq!(Handoff::decode(&h.encode()).unwrap(), h);
         assert_eq!(h.fds(), vec![5, 6, 7, 8]);
+    }
+
+    #[test]
+    fn worker_output_pipes_and_the_spill_file_cross_with_the_rest() {
+        let mut h = Handoff::new("sup".into(), "/".into(), snapshot());
+        h.sockets = vec![HandedSocket {
+            fd: 5,
+            addr: "tcp://127.0.0.1:0".into(),
+            name: "web".into(),
+            created: None,
+        }];
+        h.worker_output = Some(HandedOutput {
+            mode: crate::config::WorkerOutput::Prefix,
+            timestamps: false,
+            pipes: vec![HandedPipe {
+                fd: 9,
+                slot: 1,
+                pid: 4121,
+                generation: 7,
+                stream: crate::output::Stream::Stderr,
+                partial: (0, 3),
+            }],
+            spill: Some(10),
+            queued: [(3, 0), (3, 40)],
+            lines: [5, 6],
+            dropped: [0, 2],
+            cut: 1,
+        });
+        assert_eq!(Handoff::decode(&h.encode()).unwrap(), h);
+        assert_eq!(
+            h.fds(),
+            vec![5, 9, 10],
+            "sanitize_fds keeps them, the exec clears their CLOEXEC"
+        );
+        // A handoff written before worker output still reads.
+        let before = h.encode().replace(r#","worker_output":"#, r#","ignored":"#);
+        assert_eq!(Handoff::decode(&before).unwrap().worker_output, None);
     }
 
     #[test]

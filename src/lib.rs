@@ -23,6 +23,7 @@ pub mod hot_restart;
 pub mod logging;
 pub mod message;
 pub mod notify;
+pub mod output;
 pub mod own_sockets;
 pub mod pid;
 pub mod procfs;

@@ -96,15 +96,17 @@ impl BoundSocket {
     /// for a while) and the last ACK of a handshake still under way; the
     /// connections already in the queue have sockets of their own, which
     /// the filter does not reach. Unprivileged: a socket's owner may filter
-    /// it. A unix socket: its path is removed, unless `keep_paths` (its fd
-    /// outlives sup in systemd's fd store, and the next sup needs the path).
-    pub fn keep_out_new(&self, keep_paths: bool) -> std::io::Result<KeptOut> {
+    /// it. A unix socket: its path is removed. With `restarting` (systemd
+    /// restarts the unit and keeps the socket in its fd store), nothing is
+    /// kept out: what comes in meanwhile waits for the next sup.
+    pub fn keep_out_new(&self, restarting: bool) -> std::io::Result<KeptOut> {
         match &self.local {
+            _ if restarting => Ok(KeptOut::Untouched),
             LocalAddr::Tcp(_) => {
                 drop_all_packets(self.fd.as_raw_fd())?;
                 Ok(KeptOut::Filtered)
             }
-            LocalAddr::Unix(path) if !keep_paths && self.created.is_some() => {
+            LocalAddr::Unix(path) if self.created.is_some() => {
                 remove_created(self.created.as_ref());
                 Ok(KeptOut::Unlinked(path.clone()))
             }
@@ -147,8 +149,18 @@ fn drop_all_packets(fd: RawFd) -> std::io::Result<()> {
 /// drained before it stopped, and systemd's fd store kept the socket): the
 /// listener takes connections again. A socket with no filter is left as is.
 pub fn let_in_new(fd: RawFd) {
-    // SAFETY: SO_DETACH_FILTER takes no value; `fd` is an open socket.
-    let r = unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_DETACH_FILTER, std::ptr::null(), 0) };
+    // The kernel ignores the value but refuses an option shorter than an int.
+    let zero: libc::c_int = 0;
+    // SAFETY: `zero` is an int that lives across the call; `fd` is an open socket.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_DETACH_FILTER,
+            (&raw const zero).cast::<libc::c_void>(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
     if r == 0 {
         log::info!("fd {fd}: removed the filter a previous sup left to drain it; taking connections again");
     }

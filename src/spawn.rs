@@ -12,7 +12,10 @@
 //!    with an empty mask and default dispositions.
 //!
 //! The child, in order: move the error pipe out of the way; `setpgid(0,0)`;
-//! every signal back to SIG_DFL; stdin from /dev/null; the sockets moved to
+//! every signal back to SIG_DFL; stdin from /dev/null; with
+//! `--worker-output`, stdout and stderr onto the write ends of sup's pipes
+//! (before the sockets move: the pipes are ≥ 3 and may sit where a socket
+//! goes, while fds 1 and 2 hold nothing a later move needs); the sockets moved to
 //! fds 3, 4, … (first duplicated above the target range with
 //! `F_DUPFD_CLOEXEC`, then `dup2`ed into place, so no move can clobber a
 //! source); every other fd marked CLOEXEC (`close_range`, a backstop: sup
@@ -56,6 +59,9 @@ pub struct SpawnRequest<'a> {
     pub stop_signal: c_int,
     /// `--ready fd:N`: the write end of the readiness pipe, and N.
     pub ready_fd: Option<(RawFd, c_int)>,
+    /// `--worker-output`: the write ends of the pipes that become the
+    /// worker's stdout and stderr; `None`: it inherits sup's.
+    pub stdio: Option<[RawFd; 2]>,
 }
 
 /// A helper process sup runs for itself: the restart hook, the hot
@@ -114,6 +120,7 @@ pub enum Stage {
     Credentials,
     Directory,
     Exec,
+    Output,
 }
 
 impl Stage {
@@ -125,6 +132,7 @@ impl Stage {
             4 => Stage::Sockets,
             5 => Stage::Credentials,
             6 => Stage::Directory,
+            8 => Stage::Output,
             _ => Stage::Exec,
         }
     }
@@ -140,6 +148,7 @@ impl std::fmt::Display for Stage {
             Stage::Credentials => "cannot switch user or group",
             Stage::Directory => "cannot change into the directory",
             Stage::Exec => "cannot execute",
+            Stage::Output => "cannot redirect stdout and stderr",
         })
     }
 }
@@ -170,6 +179,7 @@ pub fn start(req: &SpawnRequest<'_>, prepared: &Prepared) -> Result<i32, SpawnEr
     // next sup takes the listeners back from the fd store meanwhile.
     plan.death_signal = req.stop_signal;
     plan.extra = req.ready_fd;
+    plan.stdio = req.stdio.unwrap_or([-1, -1]);
     plan.fork_exec(&prepared.program)
 }
 
@@ -293,6 +303,8 @@ struct Plan {
     /// One more fd to put in place (source, target), above the sockets:
     /// the readiness pipe of `--ready fd:N`.
     extra: Option<(RawFd, c_int)>,
+    /// What becomes fds 1 and 2 (-1: sup's own, inherited).
+    stdio: [RawFd; 2],
 }
 
 impl Plan {
@@ -339,6 +351,7 @@ impl Plan {
             // TERM to its whole process group (see `hook_script`).
             death_signal: libc::SIGTERM,
             extra: None,
+            stdio: [-1, -1],
         })
     }
 
@@ -384,6 +397,7 @@ impl Plan {
             parent: unsafe { libc::getpid() },
             death_signal: self.death_signal,
             extra: self.extra,
+            stdio: self.stdio,
         };
 
         let (err_read, err_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(SpawnError::Pipe)?;
@@ -464,6 +478,7 @@ struct Child {
     parent: libc::pid_t,
     death_signal: c_int,
     extra: Option<(RawFd, c_int)>,
+    stdio: [RawFd; 2],
 }
 
 /// `close_range(2)` flag: mark CLOEXEC instead of closing (Linux 5.11).
@@ -497,6 +512,14 @@ impl Child {
             reset_signal_dispositions();
             if libc::dup2(self.devnull, 0) < 0 {
                 fail(err, Stage::Stdin);
+            }
+            // The pipes' write ends are ≥ 3 (sup keeps 0-2 open) and no
+            // socket source is 1 or 2: nothing is clobbered. dup2 clears
+            // CLOEXEC on 1 and 2; the originals close at exec.
+            for (target, source) in [(1, self.stdio[0]), (2, self.stdio[1])] {
+                if source >= 0 && libc::dup2(source, target) < 0 {
+                    fail(err, Stage::Output);
+                }
             }
             for i in 0..self.count {
                 let tmp = libc::fcntl(*self.sources.add(i), libc::F_DUPFD_CLOEXEC, first_free);

@@ -94,6 +94,37 @@ pub fn fd_store_in_use() -> bool {
     std::env::var_os("NOTIFY_SOCKET").is_some_and(|v| !v.is_empty())
 }
 
+/// Whether systemd is restarting the unit sup runs as (a `systemctl
+/// restart`, a `try-restart` at a package upgrade): its job for the unit,
+/// named by sup's control group, is a restart. systemd 252 tells a service
+/// nothing of the kind, so sup asks `systemctl list-jobs`; anything else,
+/// or no answer, is a stop.
+pub fn unit_restarting() -> bool {
+    let Some(unit) = own_unit() else { return false };
+    let Ok(out) = std::process::Command::new("systemctl")
+        .args(["list-jobs", "--no-legend", "--no-pager", "--plain", &unit])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+    else {
+        return false;
+    };
+    String::from_utf8_lossy(&out.stdout).lines().any(|l| {
+        let cols: Vec<&str> = l.split_whitespace().collect();
+        cols.get(1) == Some(&unit.as_str()) && cols.get(2).is_some_and(|t| t.contains("restart"))
+    })
+}
+
+/// The service unit sup runs in, from its control group (`…/sup@web.service`).
+fn own_unit() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    text.lines()
+        .filter_map(|l| l.rsplit(':').next())
+        .flat_map(|path| path.rsplit('/'))
+        .find(|c| c.ends_with(".service"))
+        .map(str::to_string)
+}
+
 /// Half of `WATCHDOG_USEC`, when it is meant for sup (`WATCHDOG_PID` unset
 /// or sup's pid).
 pub fn watchdog_interval() -> Option<Duration> {

@@ -222,6 +222,59 @@ pub fn render(core: &Core, sockets: &[BoundSocket], usage: &mut Usage, started: 
     m.out
 }
 
+/// The worker-output families (`--worker-output`), kept by the shell's
+/// output module rather than the core (they cross hot restarts in the
+/// handoff); appended to [`render`]'s text.
+pub fn worker_output(c: &crate::output::Counters) -> String {
+    let mut m = Metrics::default();
+    let streams = ["stdout", "stderr"];
+    m.family(
+        "sup_worker_output_lines_total",
+        "counter",
+        "Worker lines sup wrote to its stdout or stderr (--worker-output), by sup's stream.",
+    );
+    for (k, stream) in streams.iter().enumerate() {
+        m.sample(
+            "sup_worker_output_lines_total",
+            &[("stream", stream)],
+            c.lines[k] as f64,
+        );
+    }
+    m.family(
+        "sup_worker_output_dropped_lines_total",
+        "counter",
+        "Worker lines dropped because sup's stdout or stderr did not keep up.",
+    );
+    for (k, stream) in streams.iter().enumerate() {
+        m.sample(
+            "sup_worker_output_dropped_lines_total",
+            &[("stream", stream)],
+            c.dropped[k] as f64,
+        );
+    }
+    m.family(
+        "sup_worker_output_cut_lines_total",
+        "counter",
+        "Pieces of worker lines longer than 64 KiB, written cut.",
+    );
+    m.sample("sup_worker_output_cut_lines_total", &[], c.cut as f64);
+    m.family(
+        "sup_worker_output_queued_bytes",
+        "gauge",
+        "Worker output waiting for sup's stdout or stderr.",
+    );
+    for (k, stream) in streams.iter().enumerate() {
+        m.sample(
+            "sup_worker_output_queued_bytes",
+            &[("stream", stream)],
+            c.queued[k] as f64,
+        );
+    }
+    m.family("sup_worker_output_pipes", "gauge", "Worker output pipes sup reads.");
+    m.sample("sup_worker_output_pipes", &[], c.pipes as f64);
+    m.out
+}
+
 fn counted<K: Key>(m: &mut Metrics, name: &str, help: &str, label: &str, counts: &Tally<K>) {
     m.family(name, "counter", help);
     for (key, n) in counts.all() {
@@ -297,5 +350,18 @@ mod tests {
             assert!(text.contains(&format!("# TYPE {family} ")), "{family}:\n{text}");
         }
         assert!(text.contains("sup_restarts_total{kind=\"rolling\",outcome=\"completed\"} 0"));
+    }
+
+    #[test]
+    fn worker_output_families() {
+        let text = worker_output(&crate::output::Counters {
+            dropped: [3, 0],
+            ..Default::default()
+        });
+        assert!(
+            text.contains("sup_worker_output_dropped_lines_total{stream=\"stdout\"} 3\n"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE sup_worker_output_lines_total counter"));
     }
 }

@@ -171,7 +171,13 @@ impl Sup {
     /// Run `cmd` (sup, or something that execs sup) in its own process
     /// group, in `dir`, with its output appended to `dir/sup.log`. A
     /// `--control unix:PATH` among its arguments is the control socket.
-    pub fn launch(dir: &TestDir, mut cmd: Command) -> Sup {
+    pub fn launch(dir: &TestDir, cmd: Command) -> Sup {
+        Sup::launch_with_stdout(dir, cmd, None)
+    }
+
+    /// [`Sup::launch`], with sup's stdout going to `stdout` instead of the
+    /// log (its stderr still goes to `dir/sup.log`).
+    pub fn launch_with_stdout(dir: &TestDir, mut cmd: Command, stdout: Option<Stdio>) -> Sup {
         let control = control_in(cmd.get_args(), &dir.path);
         let log = dir.join("sup.log");
         let out = std::fs::OpenOptions::new()
@@ -179,9 +185,10 @@ impl Sup {
             .append(true)
             .open(&log)
             .unwrap();
+        let stdout = stdout.unwrap_or_else(|| out.try_clone().unwrap().into());
         cmd.current_dir(&dir.path)
             .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
+            .stdout(stdout)
             .stderr(out)
             .process_group(0);
         let child = cmd.spawn().unwrap();

@@ -19,6 +19,7 @@ mod inheritance;
 mod metrics;
 mod notify_socket;
 mod one_worker;
+mod output;
 mod overlap;
 mod ready_fd;
 mod real_servers;

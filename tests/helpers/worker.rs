@@ -25,6 +25,16 @@
 //!   --recycle-every N     after every N requests answered, ask sup to be
 //!                         recycled (X_SUP_RECYCLE=1 on NOTIFY_SOCKET)
 //!   --say-usr1            print `worker <pid> got USR1` at each SIGUSR1
+//!   --write-lines N       write N numbered lines, even ones to stdout, odd
+//!                         ones to stderr: `L <slot> <gen> <pid> <seq> <len>
+//!                         <payload> <fnv32>`, each written whole (one
+//!                         write), then `worker <pid> wrote <n> lines` on
+//!                         stderr; with --serve in a thread (a TERM stops
+//!                         the writing and the marker says how far it got),
+//!                         otherwise before anything else --exit asks
+//!   --line-bytes B        lines up to B bytes long (default 100); every
+//!                         50th is close to B, the others short
+//!   --lines-per-sec R     pace the lines (default: as fast as possible)
 //!
 //! Graceful stop in --serve mode: on TERM it stops accepting, finishes the
 //! requests in flight, prints `worker <pid> exiting gracefully` and exits 0.
@@ -44,6 +54,7 @@ static TERMINATING: AtomicBool = AtomicBool::new(false);
 static ACCEPTORS: AtomicUsize = AtomicUsize::new(0);
 static ANSWERED: AtomicUsize = AtomicUsize::new(0);
 static RECYCLE_EVERY: AtomicUsize = AtomicUsize::new(0);
+static WRITER_ACTIVE: AtomicBool = AtomicBool::new(false);
 
 #[derive(Default)]
 struct Opts {
@@ -62,6 +73,9 @@ struct Opts {
     grow_kb: usize,
     recycle_every: usize,
     say_usr1: bool,
+    write_lines: u64,
+    line_bytes: usize,
+    lines_per_sec: u64,
 }
 
 fn parse() -> Opts {
@@ -84,6 +98,9 @@ fn parse() -> Opts {
             "--grow-kb" => o.grow_kb = value("--grow-kb").parse().unwrap_or_else(|_| die("KiB")),
             "--recycle-every" => o.recycle_every = value("--recycle-every").parse().unwrap_or_else(|_| die("count")),
             "--say-usr1" => o.say_usr1 = true,
+            "--write-lines" => o.write_lines = value("--write-lines").parse().unwrap_or_else(|_| die("lines")),
+            "--line-bytes" => o.line_bytes = value("--line-bytes").parse().unwrap_or_else(|_| die("bytes")),
+            "--lines-per-sec" => o.lines_per_sec = value("--lines-per-sec").parse().unwrap_or_else(|_| die("rate")),
             "--einhorn-ack-after" => {
                 o.einhorn_ack_after = Some(value("--einhorn-ack-after").parse().unwrap_or_else(|_| die("ms")))
             }
@@ -147,6 +164,15 @@ fn main() {
                 .unwrap_or_else(|e| die(&format!("einhorn: {e}")));
             let _ = writeln!(s, "{{\"command\":\"worker:ack\",\"pid\":{}}}", std::process::id());
         });
+    }
+    if opts.write_lines > 0 {
+        let (n, bytes, rate) = (opts.write_lines, opts.line_bytes.max(100), opts.lines_per_sec);
+        WRITER_ACTIVE.store(true, Ordering::SeqCst);
+        if opts.serve {
+            std::thread::spawn(move || write_lines(n, bytes, rate));
+        } else {
+            write_lines(n, bytes, rate);
+        }
     }
     if let Some(code) = opts.exit {
         if let Some(ms) = opts.exit_after {
@@ -325,7 +351,10 @@ fn serve(opts: &Opts) {
             if signals.forever().next().is_some() {
                 TERMINATING.store(true, Ordering::SeqCst);
                 // Every accept loop has stopped, having counted what it took.
-                while ACCEPTORS.load(Ordering::SeqCst) > 0 || IN_FLIGHT.load(Ordering::SeqCst) > 0 {
+                while ACCEPTORS.load(Ordering::SeqCst) > 0
+                    || IN_FLIGHT.load(Ordering::SeqCst) > 0
+                    || WRITER_ACTIVE.load(Ordering::SeqCst)
+                {
                     std::thread::sleep(Duration::from_millis(5));
                 }
                 let _ = writeln!(std::io::stdout(), "worker {} exiting gracefully", std::process::id());
@@ -422,4 +451,64 @@ fn udp_loop(fd: RawFd) {
             let _ = sock.send_to(answer(fd).as_bytes(), peer);
         }
     }
+}
+
+/// `--write-lines`: see the module's header. Stops early at a TERM (in
+/// --serve mode), and says how many lines it wrote.
+fn write_lines(n: u64, max_bytes: usize, per_sec: u64) {
+    // Done, however it ends (a panic too): a TERM must not wait for it forever.
+    struct Done;
+    impl Drop for Done {
+        fn drop(&mut self) {
+            WRITER_ACTIVE.store(false, Ordering::SeqCst);
+        }
+    }
+    let _done = Done;
+    let slot = std::env::var("SUP_WORKER").unwrap_or_default();
+    let generation = std::env::var("SUP_GENERATION").unwrap_or_default();
+    let pid = std::process::id();
+    let start = std::time::Instant::now();
+    let mut written = 0;
+    for seq in 0..n {
+        if TERMINATING.load(Ordering::SeqCst) {
+            break;
+        }
+        if per_sec > 0 {
+            let due = start + Duration::from_secs_f64(seq as f64 / per_sec as f64);
+            let now = std::time::Instant::now();
+            if due > now + Duration::from_millis(1) {
+                std::thread::sleep(due - now);
+            }
+        }
+        let room = max_bytes - 64;
+        let len = if seq % 50 == 7 {
+            room - (seq as usize % 97).min(room / 2)
+        } else {
+            10 + (seq as usize * 7919) % 110
+        }
+        .min(room);
+        let payload: String = (0..len)
+            .map(|i| (b'a' + ((seq as usize + i) % 26) as u8) as char)
+            .collect();
+        let line = format!(
+            "L {slot} {generation} {pid} {seq} {len} {payload} {:08x}\n",
+            fnv32(payload.as_bytes())
+        );
+        // One write_all each, under the stream's lock: the line is whole.
+        let _ = if seq % 2 == 0 {
+            std::io::stdout().lock().write_all(line.as_bytes())
+        } else {
+            std::io::stderr().lock().write_all(line.as_bytes())
+        };
+        written = seq + 1;
+    }
+    let _ = std::io::stdout().lock().flush();
+    let _ = writeln!(std::io::stderr(), "worker {pid} wrote {written} lines");
+}
+
+/// FNV-1a, 32 bits: the lines' checksum.
+fn fnv32(bytes: &[u8]) -> u32 {
+    bytes
+        .iter()
+        .fold(0x811c_9dc5u32, |h, &b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
 }
