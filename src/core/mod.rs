@@ -697,7 +697,12 @@ impl Core {
                 );
             }
             None => {
-                self.rollback_target = Some(before);
+                // The target is what served when this rollout began: after a
+                // failed rollout, the generation before it, not the one that
+                // never came up.
+                if self.workers.iter().any(|w| !w.is_stopping() && w.generation == before) {
+                    self.rollback_target = Some(before);
+                }
                 let how = if kind == "rolling" { "" } else { ", rolling" };
                 let canary = plan
                     .canary

@@ -142,3 +142,24 @@ fn a_paused_canary_stays_paused_across_a_reexec() {
     new.run_checking_capacity(60_000, 8);
     assert_eq!(by_generation(&new), [(1, 8)].into());
 }
+
+/// After a failed rollout, the release a rollback restores is still the one
+/// that served, not the one that never came up.
+#[test]
+fn after_a_failed_rollout_the_rollback_target_is_still_the_release_that_served() {
+    let mut h = ready_harness(2, |_| {});
+    h.send(Event::Intent(Intent::Rolling), 2_000);
+    let new = *h.pids().last().unwrap();
+    h.exit(new, ExitStatus::Code(1), 2_100);
+    assert!(matches!(
+        h.core.restart_record().map(|r| r.outcome),
+        Some(Outcome::Failed { .. })
+    ));
+    assert_eq!(h.core.rollback_target(), Some(0));
+    h.control(Intent::Canary(1), 3_000);
+    h.run_checking_capacity(30_000, 2);
+    assert_eq!(h.core.restart_record().map(|r| r.outcome), Some(Outcome::Paused));
+    assert_eq!(h.core.rollback_target(), Some(0), "gen 1 never served");
+    h.control(Intent::Rollback { pinned: Pinned::Ready }, 31_000);
+    assert_eq!(h.pins, [(3, 0)], "back to gen 0's release");
+}
