@@ -97,8 +97,16 @@ fn a_stop_under_load_answers_every_connection_accepted_before_it() {
         });
         let stop = Arc::new(AtomicBool::new(false));
         let threads = clients(addr, 16, &stop);
-        // Load for a while: the accept queue fills (16 clients, 2 workers).
-        std::thread::sleep(Duration::from_millis(300));
+        // Under load: connections wait in the accept queue (16 clients, 2
+        // workers), which is what the stop must not reset.
+        wait_until("connections waiting in the accept queue", secs(30), || {
+            let text = raw(&sock, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+            text.lines()
+                .filter(|l| l.starts_with("sup_listener_queue_length{"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .any(|n| n > 0.0)
+                .then_some(())
+        });
         let stopped_at = Instant::now();
         sup.signal(libc::SIGTERM);
         sup.wait_exit(secs(60));
