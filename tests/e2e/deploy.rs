@@ -103,7 +103,7 @@ fn a_canary_pauses_and_a_rollback_restores_the_pinned_release_under_load() {
         s.rollback_target.as_ref().and_then(|t| t.release.clone()),
         Some(old.clone())
     );
-    let metrics = raw(&d.sock, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    let metrics = metrics_text(&d.sock);
     assert!(metrics.contains("sup_rollback_target_generation 0"), "{metrics}");
     let (code, out) = d.ctl(&["status"]);
     assert_eq!(code, Some(0));

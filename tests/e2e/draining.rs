@@ -100,7 +100,7 @@ fn a_stop_under_load_answers_every_connection_accepted_before_it() {
         // Under load: connections wait in the accept queue (16 clients, 2
         // workers), which is what the stop must not reset.
         wait_until("connections waiting in the accept queue", secs(30), || {
-            let text = raw(&sock, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+            let text = metrics_text(&sock);
             text.lines()
                 .filter(|l| l.starts_with("sup_listener_queue_length{"))
                 .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())

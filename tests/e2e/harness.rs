@@ -585,6 +585,18 @@ pub fn raw(path: &Path, bytes: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// `GET /metrics` on the control socket: the whole response.
+pub fn metrics_text(path: &Path) -> String {
+    raw(path, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+}
+
+/// One sample of `/metrics`, named exactly (labels included).
+pub fn metric(path: &Path, sample: &str) -> Option<f64> {
+    metrics_text(path)
+        .lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+}
+
 /// `/stats`, read with the same types `sup ctl` uses.
 pub fn stats(path: &Path) -> Stats {
     try_stats(path).unwrap()

@@ -103,7 +103,7 @@ fn metrics_parse_as_prometheus_text_and_show_the_accept_queue_of_stopped_workers
         });
     }
     let waiting: Vec<_> = (0..7).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect();
-    let response = raw(&sock, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    let response = metrics_text(&sock);
     for pid in &pids {
         // SAFETY: as above.
         unsafe { libc::kill(*pid, libc::SIGCONT) };
@@ -184,7 +184,7 @@ fn counters_survive_a_reexec_and_an_overlap_hot_restart() {
         (s.booted_workers == 2 && s.worker_status.iter().all(|w| w.pid != victim)).then_some(())
     });
     let metrics = || {
-        let text = raw(&sock, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        let text = metrics_text(&sock);
         text.split_once("\r\n\r\n").unwrap().1.to_string()
     };
     let crashed = r#"sup_worker_exits_total{cause="crashed"}"#;

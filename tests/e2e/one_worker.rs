@@ -3,13 +3,6 @@
 
 use crate::harness::*;
 
-fn metric(sock: &std::path::Path, series: &str) -> Option<f64> {
-    let text = raw(sock, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
-    let body = text.split_once("\r\n\r\n")?.1.to_string();
-    body.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
 fn control_of(dir: &TestDir) -> (std::path::PathBuf, String) {
     let sock = dir.join("c.sock");
     let control = format!("unix:{}", sock.display());

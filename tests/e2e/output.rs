@@ -95,18 +95,15 @@ fn check_lines(texts: &[&str]) -> BTreeMap<i64, u64> {
     wrote
 }
 
-/// One sample of `/metrics`.
-fn metric(sock: &std::path::Path, sample: &str) -> f64 {
-    let text = raw(sock, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {sample} in\n{text}"))
+/// One sample of `/metrics`, which must be there.
+fn sample(sock: &std::path::Path, name: &str) -> f64 {
+    metric(sock, name).unwrap_or_else(|| panic!("no {name} in\n{}", metrics_text(sock)))
 }
 
 /// Worker lines sup has written so far.
 fn lines(sock: &std::path::Path) -> f64 {
-    metric(sock, "sup_worker_output_lines_total{stream=\"stdout\"}")
-        + metric(sock, "sup_worker_output_lines_total{stream=\"stderr\"}")
+    sample(sock, "sup_worker_output_lines_total{stream=\"stdout\"}")
+        + sample(sock, "sup_worker_output_lines_total{stream=\"stderr\"}")
 }
 
 fn read(path: &std::path::Path) -> String {
@@ -165,15 +162,15 @@ fn restarts_while_writing(steps: &[&str], rate: u32, between: f64) -> u64 {
     }
     load.finish_without_failures(&sup);
     assert_eq!(
-        metric(&sock, "sup_worker_output_dropped_lines_total{stream=\"stdout\"}"),
+        sample(&sock, "sup_worker_output_dropped_lines_total{stream=\"stdout\"}"),
         0.0
     );
     assert_eq!(
-        metric(&sock, "sup_worker_output_dropped_lines_total{stream=\"stderr\"}"),
+        sample(&sock, "sup_worker_output_dropped_lines_total{stream=\"stderr\"}"),
         0.0
     );
     wait_until("the old workers' pipes closed", secs(10), || {
-        (metric(&sock, "sup_worker_output_pipes") == 16.0).then_some(())
+        (sample(&sock, "sup_worker_output_pipes") == 16.0).then_some(())
     });
     sup.signal(libc::SIGTERM);
     assert_eq!(sup.wait_exit(secs(60)).code(), Some(0), "{}", sup.log());
@@ -320,14 +317,14 @@ fn a_stdout_nobody_reads_makes_sup_drop_and_count_whole_lines_and_never_blocks_t
         "sup's stdout is not keeping up (4 MiB waiting); dropping worker lines",
         secs(5),
     );
-    let dropped = metric(&sock, "sup_worker_output_dropped_lines_total{stream=\"stdout\"}");
+    let dropped = sample(&sock, "sup_worker_output_dropped_lines_total{stream=\"stdout\"}");
     assert!(dropped > 0.0, "{}", sup.log());
     assert_eq!(
-        metric(&sock, "sup_worker_output_dropped_lines_total{stream=\"stderr\"}"),
+        sample(&sock, "sup_worker_output_dropped_lines_total{stream=\"stderr\"}"),
         0.0
     );
     assert_eq!(
-        metric(&sock, "sup_worker_output_lines_total{stream=\"stderr\"}"),
+        sample(&sock, "sup_worker_output_lines_total{stream=\"stderr\"}"),
         60_001.0
     );
     // Now read: what comes out is whole lines, in order, until sup says it
