@@ -18,6 +18,7 @@ use super::protocol::{
     Bind, GenerationStats, LastStatus, RestartOutcome, RestartStats, Stats, WorkerPhase, WorkerStats,
 };
 use crate::core::{Core, Key, Outcome, RestartRecord};
+use crate::output::lines::Stamp;
 use crate::sockets::BoundSocket;
 use crate::worker::WorkerState;
 
@@ -29,26 +30,11 @@ pub fn iso(at: Instant, now: Instant) -> String {
     format_utc(wall.duration_since(UNIX_EPOCH).unwrap_or_default())
 }
 
-/// Seconds since the epoch as `YYYY-MM-DDTHH:MM:SS.mmmZ` (civil-from-days).
+/// Time since the epoch as `YYYY-MM-DDTHH:MM:SS.mmmZ`: the worker-output
+/// timestamp, as text.
 pub fn format_utc(since_epoch: Duration) -> String {
-    let secs = since_epoch.as_secs() as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        since_epoch.subsec_millis()
-    )
+    let stamp = Stamp::at_ms(u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX));
+    String::from_utf8_lossy(stamp.as_bytes()).into_owned()
 }
 
 /// Resource use of the workers, refreshed for their pids only.
