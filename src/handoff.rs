@@ -16,6 +16,7 @@ use nix::sys::socket::SockType;
 use serde::{Deserialize, Serialize};
 
 use crate::core::Snapshot;
+use crate::output::HandedOutput;
 
 pub const VAR: &str = "SUP_HANDOFF";
 /// Version 2 carries the core's snapshot; version 1 (sup 0.1 before it) is
@@ -50,44 +51,6 @@ pub struct HandedControl {
     pub configured: String,
     /// The unix socket file sup created: (path, device, inode).
     pub created: Option<(PathBuf, u64, u64)>,
-}
-
-/// The workers' output pipes (`--worker-output`) handed across, and what
-/// sup held of their lines: partial lines and its own queues travel in a
-/// spill file (memory only on Linux), by (offset, length), since the
-/// environment cannot carry megabytes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HandedOutput {
-    /// The format the old image wrote in (kept if the new one says `inherit`).
-    pub mode: crate::config::WorkerOutput,
-    pub timestamps: bool,
-    pub pipes: Vec<HandedPipe>,
-    #[serde(default)]
-    pub spill: Option<RawFd>,
-    /// What waited for sup's stdout and stderr.
-    #[serde(default)]
-    pub queued: [(u64, u64); 2],
-    /// Lines written, dropped (by sup's stream) and cut: the counters go on.
-    #[serde(default)]
-    pub lines: [u64; 2],
-    #[serde(default)]
-    pub dropped: [u64; 2],
-    #[serde(default)]
-    pub cut: u64,
-}
-
-/// One worker's stdout or stderr pipe (the read end), and whose it is: its
-/// lines keep their prefix after the worker is gone.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HandedPipe {
-    pub fd: RawFd,
-    pub slot: usize,
-    pub pid: i32,
-    pub generation: u64,
-    pub stream: crate::output::Stream,
-    /// The bytes of a line not yet ended, in the spill file.
-    #[serde(default)]
-    pub partial: (u64, u64),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -550,7 +513,7 @@ mod tests {
         h.worker_output = Some(HandedOutput {
             mode: crate::config::WorkerOutput::Prefix,
             timestamps: false,
-            pipes: vec![HandedPipe {
+            pipes: vec![crate::output::HandedPipe {
                 fd: 9,
                 slot: 1,
                 pid: 4121,

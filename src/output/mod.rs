@@ -27,6 +27,7 @@
 //! a spill file ([`Output::hand_over`]); the new image carries on reading
 //! where the old one stopped, so no line is lost, doubled or torn.
 
+pub mod handed;
 pub mod lines;
 pub mod sink;
 
@@ -37,7 +38,7 @@ use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use nix::errno::Errno;
 
-use crate::handoff::{HandedOutput, HandedPipe};
+pub use handed::{HandedOutput, HandedPipe};
 pub use lines::{Format, Stream, Who};
 use lines::{Piece, Stamp};
 use sink::Sink;
@@ -209,7 +210,7 @@ impl Output {
                         p.pid,
                         p.generation
                     );
-                    crate::handoff::close(p.fd);
+                    p.close();
                 }
             }
         }
