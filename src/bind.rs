@@ -29,12 +29,44 @@ pub struct BindSpec {
     /// `listen(2)` backlog; `None` means the default (1024 or somaxconn).
     pub backlog: Option<i32>,
     pub reuseport: bool,
+    /// `balance=shared|reuseport`; `None` follows `--balance`. After the
+    /// configuration is read it is always set (see `Config`): `Reuseport`
+    /// only for TCP.
+    pub balance: Option<Balance>,
     /// Unix sockets: file mode, owner and group applied after bind.
     pub mode: Option<u32>,
     pub owner: Option<String>,
     pub group: Option<String>,
     /// IPv6 sockets: accept only IPv6 (`ipv6only=1`); default is dual-stack.
     pub ipv6only: bool,
+}
+
+/// How a bind's connections reach the workers (`--balance`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Balance {
+    /// One listening socket that every worker accepts from.
+    #[default]
+    Shared,
+    /// One `SO_REUSEPORT` listener per worker slot, held by sup; new
+    /// connections are spread over the slots that have a serving worker.
+    Reuseport,
+}
+
+impl Balance {
+    pub fn parse(s: &str) -> Option<Balance> {
+        match s {
+            "shared" => Some(Balance::Shared),
+            "reuseport" => Some(Balance::Reuseport),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::Shared => "shared",
+            Balance::Reuseport => "reuseport",
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -84,6 +116,7 @@ impl BindSpec {
             addr,
             backlog: None,
             reuseport: false,
+            balance: None,
             mode: None,
             owner: None,
             group: None,
@@ -117,6 +150,17 @@ impl BindSpec {
                 self.name = value.to_string();
             }
             "reuseport" => self.reuseport = parse_bool(&raw, key, value)?,
+            "balance" => {
+                let balance = Balance::parse(value)
+                    .ok_or_else(|| invalid(&raw, format!("balance `{value}` is not one of: shared, reuseport")))?;
+                if balance == Balance::Reuseport && !matches!(self.addr, BindAddr::Tcp(_)) {
+                    return Err(invalid(
+                        &raw,
+                        "balance=reuseport applies to tcp sockets only (unix and udp sockets are shared)",
+                    ));
+                }
+                self.balance = Some(balance);
+            }
             "ipv6only" => {
                 if is_unix {
                     return Err(invalid(&raw, "ipv6only applies to tcp and udp sockets only"));
@@ -149,7 +193,9 @@ impl BindSpec {
             _ => {
                 return Err(invalid(
                     &raw,
-                    format!("unknown option `{key}` (known: backlog, name, reuseport, ipv6only, mode, owner, group)"),
+                    format!(
+                        "unknown option `{key}` (known: backlog, name, balance, reuseport, ipv6only, mode, owner, group)"
+                    ),
                 ));
             }
         }
@@ -363,6 +409,17 @@ mod tests {
         assert_eq!(u.owner.as_deref(), Some("www"));
         let v6 = BindSpec::parse("[::]:80?ipv6only=1").unwrap();
         assert!(v6.ipv6only);
+        assert_eq!(
+            BindSpec::parse("0.0.0.0:80?balance=reuseport").unwrap().balance,
+            Some(Balance::Reuseport)
+        );
+        assert_eq!(BindSpec::parse("0.0.0.0:80").unwrap().balance, None);
+        let e = BindSpec::parse("unix:/tmp/x.sock?balance=reuseport")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tcp sockets only"), "{e}");
+        let e = BindSpec::parse("0.0.0.0:80?balance=fair").unwrap_err().to_string();
+        assert!(e.contains("not one of: shared, reuseport"), "{e}");
     }
 
     #[test]

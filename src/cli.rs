@@ -61,8 +61,8 @@ pub struct Cli {
     ///
     /// Forms: HOST:PORT, tcp://HOST:PORT, [::1]:PORT, unix:/path/app.sock, unix:///path,
     /// udp://HOST:PORT. Options as a query string: ?backlog=N (default 1024 or somaxconn,
-    /// whichever is smaller), name=NAME (for LISTEN_FDNAMES and {fd:NAME}), reuseport=1,
-    /// ipv6only=1, and for unix sockets mode=0660, owner=USER, group=GROUP. Port 0 binds a
+    /// whichever is smaller), name=NAME (for LISTEN_FDNAMES and {fd:NAME}),
+    /// balance=shared|reuseport (this bind's --balance), reuseport=1, ipv6only=1, and for unix sockets mode=0660, owner=USER, group=GROUP. Port 0 binds a
     /// free port; the address actually bound is logged.
     #[arg(short, long = "bind", value_name = "ADDR", env = "SUP_BIND", value_delimiter = ',')]
     pub bind: Vec<String>,
@@ -94,6 +94,30 @@ pub struct Cli {
     /// Durations read as 500ms, 30s, 2m or 1h; a bare number is seconds.
     #[arg(long, value_name = "DURATION", env = "SUP_GRACEFUL_TIMEOUT")]
     pub graceful_timeout: Option<String>,
+
+    /// How a TCP bind's connections reach the workers: shared or reuseport [default: shared]
+    ///
+    /// shared: one listening socket every worker accepts from; an idle worker takes the next
+    /// connection, the best balance for one-request-at-a-time workers (Unicorn, gunicorn sync,
+    /// Puma with 1 thread). reuseport: one SO_REUSEPORT socket per worker slot, held by sup, at
+    /// the same fd with the same variables; new connections are spread evenly over the slots
+    /// whose worker serves (the kernel's selection program, swapped as workers come and go), so
+    /// event-loop servers (Node, uvicorn, Go, Rust) share the load instead of a few taking most
+    /// of it. A slot's socket outlives its workers: a crash or a replacement loses nothing queued
+    /// there. Unix and UDP binds stay shared. Per bind: ?balance=.
+    #[arg(long, value_name = "MODE", env = "SUP_BALANCE")]
+    pub balance: Option<String>,
+
+    /// With --balance reuseport: replace a worker whose own queue holds connections it has not
+    /// accepted for DURATION
+    ///
+    /// sup reads each slot's accept queue from the kernel. A slot whose queue has not shrunk
+    /// for half of DURATION gets no new connections; if it still has not at DURATION, its worker
+    /// is hung: it is replaced make-before-break (with --dump-signal first, if set), and the
+    /// replacement serves what is queued. A worker that keeps accepting, however busy, is never
+    /// replaced. Off by default.
+    #[arg(long, value_name = "DURATION", env = "SUP_STALL_TIMEOUT")]
+    pub stall_timeout: Option<String>,
 
     /// At a stop, report not ready for DURATION while still serving [default: 0s]
     ///

@@ -81,6 +81,11 @@ pub struct Config {
     pub notify_socket: SocketPlace,
     /// `--hot-restart overlap`: hot restarts keep the workers serving.
     pub hot_overlap: bool,
+    /// `--balance`, as given (each TCP bind's own is in its spec).
+    pub balance: crate::bind::Balance,
+    /// `--stall-timeout`: with per-slot sockets, how long a worker may
+    /// leave its own queue unserved before it is replaced.
+    pub stall_timeout: Option<Duration>,
     /// `-v` count minus `-q` count; `None` when neither was given.
     pub verbosity: Option<i8>,
     /// `--check`: validate and exit.
@@ -127,6 +132,10 @@ pub enum ConfigError {
     ReadyFdTaken { fd: i32, last: i32, free: i32 },
     #[error("invalid --notify-socket `{0}`: expected path or abstract")]
     NotifySocket(String),
+    #[error("invalid --balance `{0}`: expected shared or reuseport")]
+    Balance(String),
+    #[error("--stall-timeout needs --balance reuseport on a TCP bind: it watches each slot's own queue")]
+    StallNeedsReuseport,
     #[error("invalid --hot-restart `{0}`: expected stop or overlap")]
     HotRestart(String),
     #[error("--on-restart is empty")]
@@ -199,6 +208,20 @@ impl Config {
                 Err(e) => errors.push(e.into()),
             }
         }
+        let balance = match cli.balance.as_deref() {
+            None => crate::bind::Balance::Shared,
+            Some(s) => crate::bind::Balance::parse(s).unwrap_or_else(|| {
+                errors.push(ConfigError::Balance(s.to_string()));
+                crate::bind::Balance::Shared
+            }),
+        };
+        // `--balance reuseport` applies to the TCP binds: unix and UDP
+        // sockets stay shared (said when sup starts).
+        for spec in &mut binds {
+            let tcp = matches!(spec.addr, crate::bind::BindAddr::Tcp(_));
+            let wanted = spec.balance.unwrap_or(balance);
+            spec.balance = Some(if tcp { wanted } else { crate::bind::Balance::Shared });
+        }
         for (i, spec) in binds.iter().enumerate() {
             if binds[..i].iter().any(|b| b.addr == spec.addr) {
                 errors.push(ConfigError::DuplicateBind(spec.raw.clone()));
@@ -254,6 +277,11 @@ impl Config {
         };
         let boot_timeout = duration("boot-timeout", cli.boot_timeout.as_deref(), Duration::from_secs(60));
         let stop_delay = duration("stop-delay", cli.stop_delay.as_deref(), Duration::ZERO);
+        let stall_timeout = cli
+            .stall_timeout
+            .as_deref()
+            .map(|d| duration("stall-timeout", Some(d), Duration::from_secs(10)))
+            .filter(|d| !d.is_zero());
         let dump_grace = duration("dump-grace", cli.dump_grace.as_deref(), Duration::from_secs(5));
         let hook_timeout = duration("hook-timeout", cli.hook_timeout.as_deref(), Duration::from_secs(60));
         let watchdog = cli
@@ -319,6 +347,10 @@ impl Config {
                 SocketPlace::Path
             }
         };
+        let reuseport = binds.iter().any(|b| b.balance == Some(crate::bind::Balance::Reuseport));
+        if stall_timeout.is_some() && !reuseport {
+            errors.push(ConfigError::StallNeedsReuseport);
+        }
         let hot_overlap = match cli.hot_restart.as_deref() {
             None | Some("stop") => false,
             Some("overlap") => true,
@@ -396,6 +428,8 @@ impl Config {
             einhorn_ack: cli.einhorn_ack,
             notify_socket,
             hot_overlap,
+            balance,
+            stall_timeout,
             verbosity,
             check: cli.check,
             control,
@@ -484,6 +518,10 @@ impl Config {
             recycle_check: self.recycle_check,
             hook: self.on_restart.is_some(),
             hot_overlap: self.hot_overlap,
+            stall_timeout: self.stall_timeout,
+            // Set by the shell once it knows which binds got per-slot
+            // sockets (a kernel may refuse them: then they stay shared).
+            balance: false,
             hook_timeout: self.hook_timeout,
             trusted_uids,
             backoff: crate::worker::Backoff::default(),
@@ -548,6 +586,8 @@ fn merge_file(cli: &mut Cli, file: FileConfig) {
     fill(&mut cli.dump_grace, file.dump_grace);
     fill(&mut cli.graceful_timeout, file.graceful_timeout);
     fill(&mut cli.stop_delay, file.stop_delay);
+    fill(&mut cli.balance, file.balance);
+    fill(&mut cli.stall_timeout, file.stall_timeout);
     fill(&mut cli.pidfile, file.pidfile);
     fill(&mut cli.user, file.user);
     fill(&mut cli.group, file.group);

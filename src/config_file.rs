@@ -30,6 +30,8 @@ pub struct FileConfig {
     pub stop_signal: Option<String>,
     pub graceful_timeout: Option<String>,
     pub stop_delay: Option<String>,
+    pub balance: Option<String>,
+    pub stall_timeout: Option<String>,
     pub pidfile: Option<PathBuf>,
     pub user: Option<String>,
     pub group: Option<String>,
