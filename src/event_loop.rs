@@ -180,7 +180,8 @@ impl EventLoop {
         mut ctx: Context<'_>,
     ) -> Result<i32, LoopError> {
         let upward_watchdog = self.upward.as_ref().and_then(|_| crate::upward::watchdog_interval());
-        let settings = config.core_settings(credentials, upward_watchdog);
+        let mut settings = config.core_settings(credentials, upward_watchdog);
+        settings.balance = ctx.slot_sockets.any();
         let (core, first) = match ctx.resume.take() {
             Some(snapshot) => Core::restore(settings, snapshot, Instant::now(), wall_ms(None), our_worker),
             None => (Core::new(settings), Vec::new()),
@@ -625,10 +626,22 @@ impl Shell<'_> {
                         return;
                     }
                 };
+                let fds = match self.ctx.slot_sockets.fds_for(slot, self.ctx.sockets) {
+                    Ok(fds) => fds,
+                    Err(e) => {
+                        self.pending.push_back(Event::SpawnFailed {
+                            slot,
+                            generation,
+                            reason: format!("cannot bind the slot's own socket: {}", crate::files::os_error(&e)),
+                        });
+                        return;
+                    }
+                };
                 let req = SpawnRequest {
                     slot,
                     generation,
                     sockets: self.ctx.sockets,
+                    fds,
                     credentials: self.credentials,
                     sup_pid: self.sup_pid,
                     devnull,
@@ -762,6 +775,16 @@ impl Shell<'_> {
                          connections keep queueing for the next sup; the workers take what is queued now"
                     );
                 }
+                if !restarting {
+                    for fd in self.ctx.slot_sockets.extra_fds() {
+                        if let Err(e) = crate::sockets::drop_all_packets(fd) {
+                            log::warn!(
+                                "a slot's socket: cannot keep new connections out ({})",
+                                crate::files::os_error(&e)
+                            );
+                        }
+                    }
+                }
                 for socket in self.ctx.sockets {
                     match socket.keep_out_new(restarting) {
                         Ok(KeptOut::Filtered) => log::info!(
@@ -785,15 +808,27 @@ impl Shell<'_> {
                 }
             }
             Action::ProbeQueues => {
+                let slots = self
+                    .ctx
+                    .slot_sockets
+                    .extra_fds()
+                    .filter_map(crate::sockets::tcp_accept_queue);
                 let connections = self
                     .ctx
                     .sockets
                     .iter()
                     .filter_map(BoundSocket::accept_queue)
+                    .chain(slots)
                     .map(|(queued, _)| queued)
                     .sum();
                 self.pending.push_back(Event::Queued { connections });
             }
+            Action::ProbeSlotQueues => {
+                let depths = self.ctx.slot_sockets.depths();
+                self.pending.push_back(Event::SlotQueues { depths });
+            }
+            Action::Steer { slots } => self.ctx.slot_sockets.steer(&slots),
+            Action::SlotSockets { count } => self.ctx.slot_sockets.retain(count),
             Action::SampleMemory => {
                 let groups: Vec<Pgid> = self.core.workers().iter().map(|w| Pgid::led_by(w.pid)).collect();
                 let samples = procfs::pss_by_group(&groups)
@@ -840,6 +875,7 @@ impl Shell<'_> {
         handoff.ready_pipes = self.ready_pipes.handed();
         handoff.pins = self.prepared.pins();
         handoff.sockets = sockets.iter().map(BoundSocket::handed).collect();
+        handoff.slot_sockets = self.ctx.slot_sockets.handed();
         self.res.own.hand_over(&mut handoff);
         if let (Some(server), Some(configured)) = (&self.res.control, &self.config.control) {
             handoff.control = Some(server.handed(configured));
@@ -941,6 +977,8 @@ fn reopen_log(path: Option<&Path>) -> bool {
 /// What the loop runs with besides the configuration.
 pub struct Context<'a> {
     pub sockets: &'a [BoundSocket],
+    /// `--balance reuseport`: the binds' per-slot sockets.
+    pub slot_sockets: crate::slot_sockets::SlotSockets,
     pub devnull: &'a OwnedFd,
     /// How sup was started, re-resolved at each hot restart.
     pub exe: &'a str,

@@ -83,6 +83,75 @@ pub struct Handoff {
     /// Each recent generation's preparation, pinned (what a rollback runs).
     #[serde(default)]
     pub pins: crate::command::Pins,
+    /// `--balance reuseport`: each bind's per-slot sockets.
+    #[serde(default)]
+    pub slot_sockets: Vec<HandedSlots>,
+}
+
+/// One bind's per-slot sockets (slot 0's is the bind's own socket).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandedSlots {
+    /// The bind's name.
+    pub name: String,
+    /// Slot k's socket at `fds[k - 1]`.
+    pub fds: Vec<RawFd>,
+    /// The kernel's reuseport array, as slots.
+    pub order: Vec<usize>,
+}
+
+impl HandedSlots {
+    /// Close them all (nothing adopts them).
+    pub fn close(self) {
+        for fd in self.fds {
+            close(fd);
+        }
+    }
+
+    /// Take them after checking that each is a TCP listener on `local`
+    /// and that the order names exactly their slots; on any failure every
+    /// one is closed.
+    pub fn adopt(self, local: &std::net::SocketAddr) -> Result<(Vec<OwnedFd>, Vec<usize>), FdError> {
+        let mut order = self.order.clone();
+        order.sort_unstable();
+        if order != (0..=self.fds.len()).collect::<Vec<_>>() {
+            self.close();
+            return Err(FdError::SlotOrder {
+                addr: local.to_string(),
+            });
+        }
+        let mut owned = Vec::new();
+        let mut fds = self.fds.into_iter();
+        for fd in fds.by_ref() {
+            let checked = check_socket(fd, SockType::Stream, &[libc::AF_INET, libc::AF_INET6], "a slot socket")
+                .and_then(|()| {
+                    let addr: nix::sys::socket::SockaddrStorage =
+                        nix::sys::socket::getsockname(fd).map_err(|source| FdError::Os { fd, source })?;
+                    let same = match local {
+                        std::net::SocketAddr::V4(a) => addr.as_sockaddr_in().is_some_and(|b| *a == (*b).into()),
+                        std::net::SocketAddr::V6(a) => addr.as_sockaddr_in6().is_some_and(|b| *a == (*b).into()),
+                    };
+                    if same {
+                        Ok(())
+                    } else {
+                        Err(FdError::NotBound {
+                            fd,
+                            addr: local.to_string(),
+                        })
+                    }
+                });
+            match checked.and_then(|()| own(fd)) {
+                Ok(o) => owned.push(o),
+                Err(e) => {
+                    close(fd);
+                    for rest in fds {
+                        close(rest);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok((owned, self.order))
+    }
 }
 
 impl Handoff {
@@ -100,6 +169,7 @@ impl Handoff {
             core,
             ready_pipes: Vec::new(),
             pins: Default::default(),
+            slot_sockets: Vec::new(),
         }
     }
 
@@ -137,6 +207,7 @@ impl Handoff {
         fds.extend(self.notify.iter().chain(&self.einhorn).map(|u| u.fd));
         fds.extend(self.control.iter().map(|c| c.fd));
         fds.extend(self.ready_pipes.iter().map(|(fd, _)| *fd));
+        fds.extend(self.slot_sockets.iter().flat_map(|g| g.fds.iter().copied()));
         if let Some(o) = &self.worker_output {
             fds.extend(o.pipes.iter().map(|p| p.fd));
             fds.extend(o.spill);
@@ -327,6 +398,7 @@ mod v1 {
             core,
             ready_pipes: Vec::new(),
             pins: Default::default(),
+            slot_sockets: Vec::new(),
         })
     }
 }
@@ -344,6 +416,8 @@ pub enum FdError {
     Unsupported { fd: RawFd },
     #[error("fd {fd} is not bound to {addr}")]
     NotBound { fd: RawFd, addr: String },
+    #[error("the per-slot sockets of {addr} came with a slot order that does not name each once")]
+    SlotOrder { addr: String },
     #[error("fd {fd}: {source}")]
     Os {
         fd: RawFd,

@@ -30,6 +30,7 @@ pub mod procfs;
 pub mod ready_fd;
 pub mod runtime_dir;
 pub mod signals;
+pub mod slot_sockets;
 pub mod slots;
 pub mod sockets;
 pub mod spawn;
@@ -104,7 +105,7 @@ pub fn run() -> u8 {
 fn start() -> Result<u8, StartupError> {
     // A hot restart hands its sockets over as fds named in SUP_HANDOFF:
     // those survive the sweep of inherited fds, nothing else does.
-    let handoff = match handoff::Handoff::from_env() {
+    let mut handoff = match handoff::Handoff::from_env() {
         Some(Ok(h)) => Some(h),
         Some(Err(e)) => {
             say(&format!(
@@ -211,13 +212,23 @@ fn start() -> Result<u8, StartupError> {
         None => sockets::bind_all(&config.binds)?,
     };
     for (i, s) in sockets.iter().enumerate() {
+        let balance = match (s.spec.balance, config.balance) {
+            (Some(bind::Balance::Reuseport), _) => ", one socket per worker slot (--balance reuseport)",
+            (_, bind::Balance::Reuseport) => ", shared (--balance reuseport applies to TCP binds only)",
+            _ => "",
+        };
         log::info!(
-            "listening on {} (fd {} in workers, name {})",
+            "listening on {} (fd {} in workers, name {}{balance})",
             s.local,
             3 + i,
             s.spec.name
         );
     }
+    let handed_slots = handoff
+        .as_mut()
+        .map(|h| std::mem::take(&mut h.slot_sockets))
+        .unwrap_or_default();
+    let slot_sockets = slot_sockets::SlotSockets::new(&sockets, handed_slots);
     become_subreaper();
     log::info!(
         "sup {} (pid {}) supervising {} worker(s) of {}",
@@ -257,6 +268,7 @@ fn start() -> Result<u8, StartupError> {
         pins,
         unstore,
         sockets: &sockets,
+        slot_sockets,
         devnull: &devnull,
         exe: &exe,
         origin: &origin,

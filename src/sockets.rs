@@ -116,7 +116,7 @@ impl BoundSocket {
 }
 
 /// Attach a classic BPF socket filter that accepts nothing (`ret #0`).
-fn drop_all_packets(fd: RawFd) -> std::io::Result<()> {
+pub(crate) fn drop_all_packets(fd: RawFd) -> std::io::Result<()> {
     let mut code = [libc::sock_filter {
         code: (libc::BPF_RET | libc::BPF_K) as u16,
         jt: 0,
@@ -166,7 +166,7 @@ pub fn let_in_new(fd: RawFd) {
     }
 }
 
-fn tcp_accept_queue(fd: RawFd) -> Option<(u32, u32)> {
+pub(crate) fn tcp_accept_queue(fd: RawFd) -> Option<(u32, u32)> {
     // SAFETY: tcp_info is plain old data; all-zero is a valid value.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -550,7 +550,7 @@ pub fn remove_created(created: Option<&(PathBuf, u64, u64)>) {
 }
 
 /// The default backlog: 1024 or the system's somaxconn, whichever is smaller.
-fn default_backlog() -> i32 {
+pub(crate) fn default_backlog() -> i32 {
     let somaxconn = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
         .ok()
         .and_then(|s| s.trim().parse::<i32>().ok())
@@ -574,26 +574,9 @@ fn bind_one(spec: &BindSpec) -> Result<BoundSocket, std::io::Error> {
     match &spec.addr {
         BindAddr::Tcp(addr) | BindAddr::Udp(addr) => {
             let stream = matches!(spec.addr, BindAddr::Tcp(_));
-            let family = if addr.is_ipv4() {
-                AddressFamily::Inet
-            } else {
-                AddressFamily::Inet6
-            };
-            let ty = if stream { SockType::Stream } else { SockType::Datagram };
-            let fd = socket::socket(family, ty, SockFlag::SOCK_CLOEXEC, None).map_err(err)?;
-            socket::setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(err)?;
-            if spec.reuseport {
-                socket::setsockopt(&fd, sockopt::ReusePort, &true).map_err(err)?;
-            }
-            if addr.is_ipv6() {
-                // Explicit either way: the system default (bindv6only) varies.
-                socket::setsockopt(&fd, sockopt::Ipv6V6Only, &spec.ipv6only).map_err(err)?;
-            }
-            match addr {
-                SocketAddr::V4(a) => socket::bind(fd.as_raw_fd(), &SockaddrIn::from(*a)),
-                SocketAddr::V6(a) => socket::bind(fd.as_raw_fd(), &SockaddrIn6::from(*a)),
-            }
-            .map_err(err)?;
+            // Per-slot sockets join the bind's own in one reuseport group.
+            let reuseport = spec.reuseport || spec.balance == Some(crate::bind::Balance::Reuseport);
+            let fd = inet_socket(addr, stream, reuseport, spec.ipv6only)?;
             if stream {
                 socket::listen(&fd, backlog).map_err(err)?;
             }
@@ -633,6 +616,45 @@ fn bind_one(spec: &BindSpec) -> Result<BoundSocket, std::io::Error> {
             Ok(sock)
         }
     }
+}
+
+/// A bound (not yet listening) TCP or UDP socket, CLOEXEC and blocking.
+fn inet_socket(addr: &SocketAddr, stream: bool, reuseport: bool, ipv6only: bool) -> Result<OwnedFd, std::io::Error> {
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let ty = if stream { SockType::Stream } else { SockType::Datagram };
+    let fd = socket::socket(family, ty, SockFlag::SOCK_CLOEXEC, None).map_err(err)?;
+    socket::setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(err)?;
+    if reuseport {
+        socket::setsockopt(&fd, sockopt::ReusePort, &true).map_err(err)?;
+    }
+    if addr.is_ipv6() {
+        // Explicit either way: the system default (bindv6only) varies.
+        socket::setsockopt(&fd, sockopt::Ipv6V6Only, &ipv6only).map_err(err)?;
+    }
+    match addr {
+        SocketAddr::V4(a) => socket::bind(fd.as_raw_fd(), &SockaddrIn::from(*a)),
+        SocketAddr::V6(a) => socket::bind(fd.as_raw_fd(), &SockaddrIn6::from(*a)),
+    }
+    .map_err(err)?;
+    Ok(fd)
+}
+
+/// One more listener in a bind's reuseport group (`--balance reuseport`):
+/// `SO_REUSEPORT` on `addr` (the bind's resolved address), listening.
+pub fn bind_reuseport(addr: &SocketAddr, backlog: i32, ipv6only: bool) -> Result<OwnedFd, std::io::Error> {
+    let fd = inet_socket(addr, true, true, ipv6only)?;
+    socket::listen(&fd, Backlog::new(backlog).map_err(err)?).map_err(err)?;
+    Ok(fd)
+}
+
+/// Whether a socket has `SO_REUSEPORT` set (it can share its port with
+/// more listeners of the same user).
+pub fn has_reuseport(fd: &OwnedFd) -> bool {
+    socket::getsockopt(fd, sockopt::ReusePort).unwrap_or(false)
 }
 
 fn finish_unix(spec: &BindSpec, path: &Path, fd: &OwnedFd, backlog: Backlog) -> Result<(), std::io::Error> {
@@ -696,7 +718,7 @@ pub fn clear_stale(path: &Path) -> Result<(), std::io::Error> {
     }
 }
 
-fn local_inet(fd: &OwnedFd) -> Result<SocketAddr, std::io::Error> {
+pub(crate) fn local_inet(fd: &OwnedFd) -> Result<SocketAddr, std::io::Error> {
     let addr: SockaddrStorage = socket::getsockname(fd.as_raw_fd()).map_err(err)?;
     if let Some(v4) = addr.as_sockaddr_in() {
         Ok(SocketAddr::V4((*v4).into()))

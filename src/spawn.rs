@@ -45,6 +45,9 @@ pub struct SpawnRequest<'a> {
     pub slot: usize,
     pub generation: u64,
     pub sockets: &'a [BoundSocket],
+    /// What each bind's fd is in this worker, in bind order: the bind's
+    /// socket, or the slot's own (`--balance reuseport`).
+    pub fds: Vec<RawFd>,
     pub credentials: Option<&'a Credentials>,
     pub sup_pid: crate::pid::Pid,
     /// An fd open on /dev/null: the worker's stdin.
@@ -165,7 +168,7 @@ pub fn start(req: &SpawnRequest<'_>, prepared: &Prepared) -> Result<i32, SpawnEr
         &prepared.argv,
         env,
         &prepared.cwd,
-        req.sockets.iter().map(BoundSocket::raw_fd).collect(),
+        req.fds.clone(),
         req.credentials,
         req.devnull,
         if req.watchdog.is_some() {

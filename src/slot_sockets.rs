@@ -1,0 +1,402 @@
+//! `--balance reuseport`: one `SO_REUSEPORT` listener per worker slot, all
+//! on the bind's address, held by sup.
+//!
+//! Slot 0's socket is the bind's own (the one in the handoff, the fd store
+//! and `/metrics`); slot k's is bound when slot k's first worker spawns
+//! (with every lower slot's, so that sockets join the kernel's group in
+//! slot order) and closed only when the slot is gone (a scale-down, once
+//! its worker has served its queue and stopped). A worker of slot k gets
+//! slot k's socket at the bind's fd number: applications see nothing new.
+//!
+//! The kernel picks a listener of the group for each new connection by
+//! running the group's classic BPF program (`SO_ATTACH_REUSEPORT_CBPF`,
+//! unprivileged), which returns an index into the group's socket array:
+//! sup's program draws a random number and maps it onto the indices of
+//! the slots the core steers to ([`SlotSockets::steer`]). The array is the
+//! order in which the sockets began listening; the kernel removes a closed
+//! socket by moving the last one into its place, and this module keeps the
+//! same array (`order`) to know each slot's index. sup closes the highest
+//! slot first, so the others never move.
+//!
+//! Where the kernel refuses the program (or the bind's socket came without
+//! `SO_REUSEPORT`: from a sup or systemd that bound it shared), that bind
+//! stays shared, with one line in the log.
+
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use crate::handoff::HandedSlots;
+use crate::sockets::{BoundSocket, LocalAddr};
+
+/// `SO_ATTACH_REUSEPORT_CBPF` (asm-generic; every architecture sup builds for).
+const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
+
+/// The per-slot sockets of every bind that has them.
+#[derive(Debug, Default)]
+pub struct SlotSockets {
+    groups: Vec<Group>,
+}
+
+#[derive(Debug)]
+struct Group {
+    /// The bind's index among sup's sockets (its fd is slot 0's socket).
+    bind: usize,
+    name: String,
+    local: SocketAddr,
+    base: RawFd,
+    backlog: i32,
+    ipv6only: bool,
+    /// Slot k's socket at `more[k - 1]`.
+    more: Vec<OwnedFd>,
+    /// The kernel's array: `order[i]` is the slot whose socket is at index i.
+    order: Vec<usize>,
+}
+
+impl Group {
+    fn fd(&self, slot: usize) -> Option<RawFd> {
+        match slot {
+            0 => Some(self.base),
+            k => self.more.get(k - 1).map(AsRawFd::as_raw_fd),
+        }
+    }
+
+    fn count(&self) -> usize {
+        1 + self.more.len()
+    }
+
+    /// Bind slot sockets up to `slot` (in slot order).
+    fn grow(&mut self, slot: usize) -> std::io::Result<()> {
+        while self.count() <= slot {
+            let fd = crate::sockets::bind_reuseport(&self.local, self.backlog, self.ipv6only)?;
+            self.order.push(self.count());
+            self.more.push(fd);
+        }
+        Ok(())
+    }
+
+    /// Close the sockets of slots `count` and up, the highest first.
+    fn shrink(&mut self, count: usize) {
+        while self.count() > count.max(1) {
+            let slot = self.more.len();
+            drop(self.more.pop());
+            if let Some(i) = self.order.iter().position(|&s| s == slot) {
+                self.order.swap_remove(i);
+            }
+        }
+    }
+
+    fn steer(&self, slots: &[usize]) -> std::io::Result<()> {
+        let indices: Vec<u32> = slots
+            .iter()
+            .filter_map(|s| self.order.iter().position(|o| o == s))
+            .map(|i| i as u32)
+            .collect();
+        let indices = if indices.is_empty() {
+            (0..self.order.len() as u32).collect()
+        } else {
+            indices
+        };
+        attach(self.base, &program(&indices))
+    }
+}
+
+impl SlotSockets {
+    /// Per-slot sockets for every bind that asks for them, adopting what a
+    /// previous image handed over. A bind whose socket lacks
+    /// `SO_REUSEPORT`, or whose kernel refuses the selection program,
+    /// stays shared (said once, here).
+    pub fn new(sockets: &[BoundSocket], handed: Vec<HandedSlots>) -> SlotSockets {
+        let mut groups = Vec::new();
+        let mut handed = handed;
+        for (bind, s) in sockets.iter().enumerate() {
+            let from_before = handed
+                .iter()
+                .position(|h| h.name == s.spec.name)
+                .map(|i| handed.swap_remove(i));
+            let wanted = s.spec.balance == Some(crate::bind::Balance::Reuseport);
+            let LocalAddr::Tcp(local) = s.local else {
+                if let Some(h) = from_before {
+                    h.close();
+                }
+                continue;
+            };
+            if !wanted && from_before.is_none() {
+                continue;
+            }
+            if !wanted {
+                log::warn!(
+                    "{}: per-slot sockets were handed over, and --balance shared takes effect only at a full restart; \
+                     keeping them",
+                    s.local
+                );
+            }
+            if !crate::sockets::has_reuseport(&s.fd) {
+                log::warn!(
+                    "{}: --balance reuseport needs the socket bound with SO_REUSEPORT, and this one was not (it was \
+                     passed in by systemd or by a sup that shared it); this bind stays shared until a full restart",
+                    s.local
+                );
+                continue;
+            }
+            let mut group = Group {
+                bind,
+                name: s.spec.name.clone(),
+                local,
+                base: s.raw_fd(),
+                backlog: s.spec.backlog.unwrap_or_else(crate::sockets::default_backlog),
+                ipv6only: s.spec.ipv6only,
+                more: Vec::new(),
+                order: vec![0],
+            };
+            if let Some(h) = from_before {
+                match h.adopt(&local) {
+                    Ok((more, order)) => {
+                        log::info!("{}: adopted {} per-slot socket(s)", s.local, more.len() + 1);
+                        group.more = more;
+                        group.order = order;
+                    }
+                    Err(why) => log::error!("{}: not adopting the per-slot sockets: {why}", s.local),
+                }
+            }
+            if let Err(e) = group.steer(&[]) {
+                log::warn!(
+                    "{}: the kernel refuses a reuseport selection program ({}); --balance reuseport falls back to \
+                     one shared socket for this bind",
+                    s.local,
+                    crate::files::os_error(&e)
+                );
+                continue;
+            }
+            groups.push(group);
+        }
+        for h in handed {
+            h.close();
+        }
+        SlotSockets { groups }
+    }
+
+    /// Whether any bind has per-slot sockets.
+    pub fn any(&self) -> bool {
+        !self.groups.is_empty()
+    }
+
+    /// The fd each bind passes to a worker of `slot`, in bind order: the
+    /// slot's own socket where the bind has them (bound now if it is the
+    /// slot's first worker), the bind's socket otherwise.
+    pub fn fds_for(&mut self, slot: usize, sockets: &[BoundSocket]) -> std::io::Result<Vec<RawFd>> {
+        let mut fds: Vec<RawFd> = sockets.iter().map(BoundSocket::raw_fd).collect();
+        for g in &mut self.groups {
+            g.grow(slot)?;
+            if let (Some(fd), Some(at)) = (g.fd(slot), fds.get_mut(g.bind)) {
+                *at = fd;
+            }
+        }
+        Ok(fds)
+    }
+
+    /// New connections go to these slots only (see the module's doc).
+    pub fn steer(&self, slots: &[usize]) {
+        for g in &self.groups {
+            if let Err(e) = g.steer(slots) {
+                log::error!(
+                    "{}: cannot swap the reuseport selection program: {}",
+                    g.local,
+                    crate::files::os_error(&e)
+                );
+            }
+        }
+    }
+
+    /// Close the sockets of slots `count` and up.
+    pub fn retain(&mut self, count: usize) {
+        for g in &mut self.groups {
+            g.shrink(count);
+        }
+    }
+
+    /// Each slot's queued connections, all binds together, by slot.
+    pub fn depths(&self) -> Vec<u32> {
+        let mut depths = Vec::new();
+        for g in &self.groups {
+            for slot in 0..g.count() {
+                let queued = g
+                    .fd(slot)
+                    .and_then(crate::sockets::tcp_accept_queue)
+                    .map_or(0, |(q, _)| q);
+                if depths.len() <= slot {
+                    depths.resize(slot + 1, 0);
+                }
+                depths[slot] += queued;
+            }
+        }
+        depths
+    }
+
+    /// Per bind name: each slot's (queued, backlog), slot 0 first.
+    pub fn queues(&self) -> Vec<(&str, Vec<(u32, u32)>)> {
+        self.groups
+            .iter()
+            .map(|g| {
+                let per_slot = (0..g.count())
+                    .map(|k| g.fd(k).and_then(crate::sockets::tcp_accept_queue).unwrap_or((0, 0)))
+                    .collect();
+                (g.name.as_str(), per_slot)
+            })
+            .collect()
+    }
+
+    /// The sockets of slots 1 and up (slot 0's is the bind's own).
+    pub fn extra_fds(&self) -> impl Iterator<Item = RawFd> + '_ {
+        self.groups.iter().flat_map(|g| g.more.iter().map(AsRawFd::as_raw_fd))
+    }
+
+    /// What the next image adopts.
+    pub fn handed(&self) -> Vec<HandedSlots> {
+        self.groups
+            .iter()
+            .map(|g| HandedSlots {
+                name: g.name.clone(),
+                fds: g.more.iter().map(AsRawFd::as_raw_fd).collect(),
+                order: g.order.clone(),
+            })
+            .collect()
+    }
+}
+
+/// A classic BPF program that returns one of `indices`, drawn at random
+/// (`indices` is never empty: the caller falls back to every index).
+fn program(indices: &[u32]) -> Vec<libc::sock_filter> {
+    const LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    const MOD_K: u16 = (libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K) as u16;
+    const JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    const RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+    const RET_A: u16 = (libc::BPF_RET | libc::BPF_A) as u16;
+    let op = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
+    let random = (libc::SKF_AD_OFF + libc::SKF_AD_RANDOM) as u32;
+    let n = indices.len() as u32;
+    if n == 1 {
+        return vec![op(RET_K, 0, 0, indices[0])];
+    }
+    let mut code = vec![op(LD_W_ABS, 0, 0, random), op(MOD_K, 0, 0, n)];
+    if indices.iter().enumerate().all(|(i, &x)| i as u32 == x) {
+        // 0..n: the random number is the index.
+        code.push(op(RET_A, 0, 0, 0));
+        return code;
+    }
+    for (i, &index) in indices.iter().enumerate() {
+        code.push(op(JEQ_K, 0, 1, i as u32));
+        code.push(op(RET_K, 0, 0, index));
+    }
+    code.push(op(RET_K, 0, 0, indices[0]));
+    code
+}
+
+fn attach(fd: RawFd, code: &[libc::sock_filter]) -> std::io::Result<()> {
+    let prog = libc::sock_fprog {
+        len: code.len() as u16,
+        filter: code.as_ptr().cast_mut(),
+    };
+    // SAFETY: `prog` points at `code`, which lives across the call (the
+    // kernel copies it); `fd` is a listening socket sup owns.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_ATTACH_REUSEPORT_CBPF,
+            (&raw const prog).cast::<libc::c_void>(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bind::BindSpec;
+
+    fn reuseport(workers: usize) -> (Vec<BoundSocket>, SlotSockets, SocketAddr) {
+        let sockets = crate::sockets::bind_all(&[BindSpec {
+            balance: Some(crate::bind::Balance::Reuseport),
+            ..BindSpec::parse("127.0.0.1:0").unwrap()
+        }])
+        .unwrap();
+        let LocalAddr::Tcp(addr) = sockets[0].local else {
+            panic!()
+        };
+        let mut slots = SlotSockets::new(&sockets, Vec::new());
+        assert!(slots.any());
+        slots.fds_for(workers - 1, &sockets).unwrap();
+        (sockets, slots, addr)
+    }
+
+    fn connect(addr: SocketAddr, n: usize) -> Vec<std::net::TcpStream> {
+        (0..n).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect()
+    }
+
+    #[test]
+    fn each_slot_has_its_own_socket_at_the_binds_fd() {
+        let (sockets, mut slots, _) = reuseport(3);
+        let a = slots.fds_for(0, &sockets).unwrap();
+        let b = slots.fds_for(2, &sockets).unwrap();
+        assert_eq!(a, vec![sockets[0].raw_fd()], "slot 0's socket is the bind's own");
+        assert_ne!(a, b);
+        assert_eq!(slots.depths(), vec![0, 0, 0]);
+    }
+
+    #[test]
+    fn new_connections_go_only_to_the_steered_slots() {
+        let (_sockets, slots, addr) = reuseport(4);
+        slots.steer(&[1, 3]);
+        let _held = connect(addr, 40);
+        let d = slots.depths();
+        assert_eq!(d.iter().sum::<u32>(), 40, "{d:?}");
+        assert_eq!((d[0], d[2]), (0, 0), "{d:?}");
+        assert!(d[1] > 5 && d[3] > 5, "spread over both: {d:?}");
+        slots.steer(&[2]);
+        let _more = connect(addr, 10);
+        assert_eq!(slots.depths()[2], 10);
+    }
+
+    #[test]
+    fn every_slot_gets_a_share() {
+        let (_sockets, slots, addr) = reuseport(4);
+        slots.steer(&[0, 1, 2, 3]);
+        let _held = connect(addr, 200);
+        let d = slots.depths();
+        assert_eq!(d.iter().sum::<u32>(), 200);
+        assert!(d.iter().all(|&n| n >= 20), "random over 4 slots: {d:?}");
+    }
+
+    #[test]
+    fn closing_the_highest_slots_keeps_the_others_in_place() {
+        let (sockets, mut slots, addr) = reuseport(4);
+        slots.retain(2);
+        assert_eq!(slots.depths().len(), 2);
+        slots.steer(&[1]);
+        let _held = connect(addr, 5);
+        assert_eq!(slots.depths(), vec![0, 5]);
+        // Growing again binds new sockets for slots 2 and 3.
+        slots.fds_for(3, &sockets).unwrap();
+        slots.steer(&[3]);
+        let _more = connect(addr, 3);
+        assert_eq!(slots.depths(), vec![0, 5, 0, 3]);
+    }
+
+    #[test]
+    fn programs() {
+        assert_eq!(program(&[2]).len(), 1);
+        assert_eq!(program(&[0, 1, 2]).len(), 3);
+        assert_eq!(program(&[1, 3]).len(), 2 + 2 * 2 + 1);
+    }
+
+    #[test]
+    fn a_shared_socket_stays_shared() {
+        let sockets = crate::sockets::bind_all(&[BindSpec::parse("127.0.0.1:0").unwrap()]).unwrap();
+        assert!(!SlotSockets::new(&sockets, Vec::new()).any());
+    }
+}
