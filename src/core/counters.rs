@@ -39,6 +39,8 @@ pub enum RecycleReason {
     Requested,
     /// An operator asked for it (`sup ctl worker … replace`).
     Operator,
+    /// Its own queue did not shrink for `--stall-timeout` (a hung worker).
+    Stall,
 }
 
 /// A counter key: every variant, and its name on the wire.
@@ -78,6 +80,7 @@ impl Key for RecycleReason {
         RecycleReason::Age,
         RecycleReason::Requested,
         RecycleReason::Operator,
+        RecycleReason::Stall,
     ];
     fn name(self) -> &'static str {
         match self {
@@ -85,6 +88,7 @@ impl Key for RecycleReason {
             RecycleReason::Age => "age",
             RecycleReason::Requested => "requested",
             RecycleReason::Operator => "operator",
+            RecycleReason::Stall => "stall",
         }
     }
 }
@@ -172,6 +176,15 @@ mod tests {
         assert_eq!(back, c);
         assert_eq!(back.restarts_of(RestartKind::Hot, Ended::Failed), 1);
         let names: Vec<(&str, u64)> = back.recycled.all().map(|(k, n)| (k.name(), n)).collect();
-        assert_eq!(names, [("memory", 0), ("age", 2), ("requested", 0), ("operator", 0)]);
+        assert_eq!(
+            names,
+            [
+                ("memory", 0),
+                ("age", 2),
+                ("requested", 0),
+                ("operator", 0),
+                ("stall", 0)
+            ]
+        );
     }
 }

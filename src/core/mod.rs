@@ -35,6 +35,7 @@
 //!
 //! Idle means no deadline: a steady sup sets no timer at all.
 
+mod balance;
 pub mod counters;
 mod deploy;
 mod one_worker;
@@ -99,6 +100,8 @@ pub struct Core {
     /// before the last rollout began.
     rollback_target: Option<u64>,
     counters: Counters,
+    /// Per-slot sockets: steering, retiring slots, the stall watch.
+    balancing: balance::Balancing,
     /// READY=1 has been sent upward for the first start.
     ready_announced: bool,
     last_status: String,
@@ -129,6 +132,7 @@ impl Core {
             stopping: None,
             rollback_target: None,
             counters: Counters::default(),
+            balancing: balance::Balancing::default(),
             ready_announced: false,
             last_status: String::new(),
             next_upward_watchdog: None,
@@ -250,6 +254,7 @@ impl Core {
     fn remove_worker(&mut self, i: usize) -> Worker {
         let w = self.workers.swap_remove(i);
         self.index.remove(&w.pid);
+        self.balancing.retiring.retain(|(p, _)| *p != w.pid);
         if let Some(moved) = self.workers.get(i) {
             self.index.insert(moved.pid, i);
         }
@@ -318,7 +323,11 @@ impl Core {
                 }
             }
         }
-        let live = self.live_workers();
+        let live = self
+            .workers
+            .iter()
+            .filter(|w| !w.is_stopping() && !self.is_retiring(w.pid))
+            .count();
         let limit = self.target + self.settings.max_surge;
         if live > limit {
             return Err(format!(
@@ -379,6 +388,7 @@ impl Core {
             }
             Event::GroupEmpty { pgid } => self.on_group_empty(pgid, &mut out),
             Event::Queued { connections } => self.on_queued(connections, now, &mut out),
+            Event::SlotQueues { depths } => self.on_slot_queues(depths, now, &mut out),
             Event::Memory { samples } => {
                 self.recycling
                     .on_memory(&samples, &self.index, &mut self.workers, &self.settings)
@@ -664,9 +674,17 @@ impl Core {
             self.slots[slot].forget();
         }
         self.target = n;
+        self.keep_retiring();
         for i in 0..self.workers.len() {
-            if self.workers[i].slot >= self.target && !self.workers[i].is_stopping() {
-                self.stop_worker(i, now, out);
+            let w = &self.workers[i];
+            if w.slot >= self.target && !w.is_stopping() && !self.is_retiring(w.pid) {
+                // With per-slot sockets, what waits in the slot's own queue
+                // is served before its worker stops.
+                if self.settings.balance {
+                    self.retire(i, now, out);
+                } else {
+                    self.stop_worker(i, now, out);
+                }
             }
         }
     }

@@ -36,6 +36,7 @@ impl Core {
         self.check_done(out);
         self.start_pending(now, out);
         self.arm_linger_probe(now);
+        self.balance(now, out);
         self.report_upward(now, out);
     }
 

@@ -531,7 +531,13 @@ impl Core {
                 );
                 self.stop_worker(i, now, out);
             } else if slot >= self.target {
-                self.stop_worker(i, now, out);
+                // Scaled down while it retired: with per-slot sockets it
+                // drains its queue first, as before the exec.
+                if self.settings.balance {
+                    self.retire(i, now, out);
+                } else {
+                    self.stop_worker(i, now, out);
+                }
             }
             self.note_replacing(slot);
         }

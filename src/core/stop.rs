@@ -211,6 +211,8 @@ impl Core {
 
     /// Send the stop signal to worker `i` and start its graceful deadline.
     pub(super) fn stop_worker(&mut self, i: usize, now: Instant, out: &mut Vec<Action>) {
+        let pid = self.workers[i].pid;
+        self.balancing.retiring.retain(|(p, _)| *p != pid);
         let w = &mut self.workers[i];
         out.push(Action::Signal {
             pid: w.pid,

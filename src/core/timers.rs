@@ -65,6 +65,11 @@ pub enum Timer {
     MemorySample,
     /// sup's own supervisor's keep-alive.
     Upward,
+    /// Per-slot sockets: read the slots' queues (a scaled-down slot
+    /// draining, `--stall-timeout`).
+    SlotQueues,
+    /// A retiring worker's queue did not empty in time: it stops anyway.
+    Retire(Pid),
     /// `fill` stopped at its batch: the next batch, at once.
     Continue,
 }
@@ -147,6 +152,8 @@ impl Core {
         if running && self.started && self.settings.max_memory.is_some() {
             list.extend(self.recycling.next_memory_check.map(|t| (t, Timer::MemorySample)));
         }
+        list.extend(self.balancing.next_probe.map(|t| (t, Timer::SlotQueues)));
+        list.extend(self.balancing.retiring.iter().map(|&(pid, t)| (t, Timer::Retire(pid))));
         if running {
             list.extend(self.next_upward_watchdog.map(|t| (t, Timer::Upward)));
             if self.more_spawns {
@@ -374,6 +381,11 @@ impl Core {
             Timer::Upward => {
                 out.push(Action::Upward(Upward::Watchdog));
                 self.next_upward_watchdog = self.settings.upward_watchdog.map(|every| now + every);
+            }
+            Timer::SlotQueues => self.probe_slot_queues(out),
+            Timer::Retire(pid) => {
+                let time = self.settings.graceful_timeout;
+                self.end_retiring(pid, &format!("its slot's queue did not empty in {time:?}"), now, out);
             }
             // The next batch: `fill` runs after the timers, and arms it again if more remain.
             Timer::Continue => self.more_spawns = false,

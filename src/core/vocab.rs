@@ -158,6 +158,12 @@ pub enum Event {
     Queued {
         connections: u32,
     },
+    /// The answer to [`Action::ProbeSlotQueues`]: with per-slot sockets,
+    /// the connections waiting in each slot's own accept queue, by slot
+    /// (all of its binds together).
+    SlotQueues {
+        depths: Vec<u32>,
+    },
     /// The answer to [`Action::SampleMemory`]: (worker pid, bytes).
     Memory {
         samples: Vec<(Pid, u64)>,
@@ -239,6 +245,20 @@ pub enum Action {
     /// Count the connections waiting in the listeners' accept queues and
     /// answer with [`Event::Queued`].
     ProbeQueues,
+    /// With per-slot sockets: read each slot's accept queue and answer with
+    /// [`Event::SlotQueues`].
+    ProbeSlotQueues,
+    /// With per-slot sockets: new connections go only to these slots' sockets
+    /// from now on (the reuseport selection program is swapped). Never
+    /// empty.
+    Steer {
+        slots: Vec<usize>,
+    },
+    /// With per-slot sockets: slots from `count` up have no worker left and
+    /// no use: their sockets are closed (the highest first).
+    SlotSockets {
+        count: usize,
+    },
     /// Measure every worker's memory (PSS summed over its process group)
     /// and answer with [`Event::Memory`]. Only with `--max-memory`.
     SampleMemory,
@@ -345,6 +365,12 @@ pub struct Settings {
     pub backoff: Backoff,
     /// After an immediate stop, how long to wait for reaping before exiting anyway.
     pub halt_timeout: Duration,
+    /// Some bind has per-slot sockets (`--balance reuseport`, and the kernel
+    /// took them): the core steers connections and retires slot sockets.
+    pub balance: bool,
+    /// `--stall-timeout`: with per-slot sockets, a ready worker whose own
+    /// queue has not shrunk for this long is hung and replaced.
+    pub stall_timeout: Option<Duration>,
     /// sup's own supervisor asked for a keep-alive this often (half of
     /// `WATCHDOG_USEC`); the only periodic timer sup ever sets.
     pub upward_watchdog: Option<Duration>,

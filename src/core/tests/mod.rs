@@ -44,6 +44,8 @@ pub(crate) fn settings(workers: usize) -> Settings {
         backoff: Backoff::default(),
         halt_timeout: Duration::from_secs(5),
         upward_watchdog: None,
+        balance: false,
+        stall_timeout: None,
     }
 }
 
@@ -80,6 +82,14 @@ struct Harness {
     queued: u32,
     /// How many looks at the accept queues there were.
     queue_probes: usize,
+    /// Per-slot sockets: every steering, in order.
+    steered: Vec<Vec<usize>>,
+    /// What a look at the slots' queues finds, by slot.
+    slot_depths: Vec<u32>,
+    /// How many looks at the slots' queues there were.
+    slot_probes: usize,
+    /// The slot-socket count last asked for.
+    slot_sockets: Option<usize>,
 }
 
 impl Harness {
@@ -159,6 +169,10 @@ impl Harness {
             closed: false,
             queued: 0,
             queue_probes: 0,
+            steered: vec![],
+            slot_depths: vec![],
+            slot_probes: 0,
+            slot_sockets: None,
         }
     }
 
@@ -218,6 +232,14 @@ impl Harness {
                             connections: self.queued,
                         });
                     }
+                    Action::ProbeSlotQueues => {
+                        self.slot_probes += 1;
+                        queue.push_back(Event::SlotQueues {
+                            depths: self.slot_depths.clone(),
+                        });
+                    }
+                    Action::Steer { slots } => self.steered.push(slots),
+                    Action::SlotSockets { count } => self.slot_sockets = Some(count),
                     Action::SampleMemory => {
                         let samples = self
                             .core
@@ -460,6 +482,7 @@ fn recycling_harness(workers: usize, s: impl FnOnce(&mut Settings)) -> Harness {
     })
 }
 
+mod balance;
 mod control;
 mod deploy;
 mod hot;

@@ -46,6 +46,8 @@ fn random_run(seed: u64, steps: usize, recycling: bool) {
     st.max_age = (recycling || rng.below(3) == 0).then(|| Duration::from_millis(1000 + rng.below(4000) as u64));
     st.recycle_check = Duration::from_millis(200 + rng.below(800) as u64);
     st.stop_delay = Duration::from_millis([0, 0, 300][rng.below(3)]);
+    st.balance = rng.below(2) == 0;
+    st.stall_timeout = (st.balance && rng.below(2) == 0).then(|| Duration::from_millis(300 + rng.below(1000) as u64));
     let mut core = Core::new(st.clone());
     let t0 = Instant::now();
     let mut ms: u64 = 0;
@@ -82,6 +84,12 @@ fn random_run(seed: u64, steps: usize, recycling: bool) {
                     Action::ProbeQueues if rng.below(3) > 0 => queue.push_back(Event::Queued {
                         connections: if rng.below(3) == 0 { 0 } else { 5 },
                     }),
+                    Action::ProbeSlotQueues => {
+                        let slots = core.workers().iter().map(|w| w.slot + 1).max().unwrap_or(0);
+                        let depths = (0..slots.max(core.target())).map(|_| rng.below(3) as u32).collect();
+                        queue.push_back(Event::SlotQueues { depths });
+                    }
+                    Action::Steer { slots } => assert!(!slots.is_empty(), "seed {seed}: an empty steering"),
                     Action::SampleMemory => {
                         let samples = core
                             .workers()
