@@ -446,6 +446,7 @@ impl Shell<'_> {
                 let body = stats::build(
                     &self.core,
                     self.ctx.sockets,
+                    &self.ctx.slot_sockets,
                     &mut self.usage,
                     self.started,
                     Instant::now(),
@@ -458,6 +459,7 @@ impl Shell<'_> {
                 let mut text = metrics::render(
                     &self.core,
                     self.ctx.sockets,
+                    &self.ctx.slot_sockets,
                     &mut self.usage,
                     self.started,
                     Instant::now(),
@@ -497,6 +499,7 @@ impl Shell<'_> {
         let Some(server) = &mut self.res.control else { return };
         let token = self.config.control_token.as_deref();
         let (core, sockets, usage, started) = (&self.core, self.ctx.sockets, &mut self.usage, self.started);
+        let slot_sockets = &self.ctx.slot_sockets;
         let prepared = &self.prepared;
         let releases = |g: u64| prepared.release(g).map(|p| p.display().to_string());
         let output = self.res.output.counters();
@@ -511,11 +514,11 @@ impl Shell<'_> {
             match control::route(req, token) {
                 Route::Health => health_response(core),
                 Route::Stats => {
-                    let body = stats::build(core, sockets, usage, started, Instant::now(), &releases);
+                    let body = stats::build(core, sockets, slot_sockets, usage, started, Instant::now(), &releases);
                     http::response(200, &serde_json::to_string(&body).unwrap_or_default(), &[])
                 }
                 Route::Metrics => {
-                    let mut text = metrics::render(core, sockets, usage, started, Instant::now());
+                    let mut text = metrics::render(core, sockets, slot_sockets, usage, started, Instant::now());
                     text.push_str(&metrics::worker_output(&output));
                     http::typed_response(200, metrics::CONTENT_TYPE, &text, &[])
                 }

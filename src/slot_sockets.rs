@@ -180,6 +180,11 @@ impl SlotSockets {
         !self.groups.is_empty()
     }
 
+    /// Whether bind `bind` (its index) has per-slot sockets.
+    pub fn has(&self, bind: usize) -> bool {
+        self.groups.iter().any(|g| g.bind == bind)
+    }
+
     /// The fd each bind passes to a worker of `slot`, in bind order: the
     /// slot's own socket where the bind has them (bound now if it is the
     /// slot's first worker), the bind's socket otherwise.

@@ -15,6 +15,7 @@ use sysinfo::Pid;
 use super::stats::Usage;
 use crate::core::counters::Tally;
 use crate::core::{Core, Ended, Key, RestartKind};
+use crate::slot_sockets::SlotSockets;
 use crate::sockets::BoundSocket;
 use crate::worker::WorkerState;
 
@@ -22,7 +23,14 @@ use crate::worker::WorkerState;
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// The whole exposition, as of `now`.
-pub fn render(core: &Core, sockets: &[BoundSocket], usage: &mut Usage, started: Instant, now: Instant) -> String {
+pub fn render(
+    core: &Core,
+    sockets: &[BoundSocket],
+    slot_sockets: &SlotSockets,
+    usage: &mut Usage,
+    started: Instant,
+    now: Instant,
+) -> String {
     let mut m = Metrics::default();
     m.family("sup_info", "gauge", "sup's version; always 1.");
     m.sample("sup_info", &[("version", env!("CARGO_PKG_VERSION"))], 1.0);
@@ -191,9 +199,20 @@ pub fn render(core: &Core, sockets: &[BoundSocket], usage: &mut Usage, started: 
     m.family(
         "sup_listener_queue_length",
         "gauge",
-        "Connections the kernel has completed on this listener that no worker has accepted yet.",
+        "Connections the kernel has completed on this listener that no worker has accepted yet (with --balance reuseport: every slot's socket together).",
     );
-    let queues: Vec<_> = sockets.iter().map(|s| (s, s.accept_queue())).collect();
+    let per_slot = slot_sockets.queues();
+    let slots_of = |name: &str| per_slot.iter().find(|(n, _)| *n == name).map(|(_, q)| q);
+    let queues: Vec<_> = sockets
+        .iter()
+        .map(|s| {
+            let q = match slots_of(&s.spec.name) {
+                Some(q) => Some(q.iter().fold((0, 0), |(a, b), (x, y)| (a + x, b + y))),
+                None => s.accept_queue(),
+            };
+            (s, q)
+        })
+        .collect();
     for (s, q) in &queues {
         if let Some((len, _)) = q {
             let addr = s.local.to_string();
@@ -217,6 +236,23 @@ pub fn render(core: &Core, sockets: &[BoundSocket], usage: &mut Usage, started: 
                 &[("listener", &s.spec.name), ("address", &addr)],
                 f64::from(*limit),
             );
+        }
+    }
+    if !per_slot.is_empty() {
+        m.family(
+            "sup_slot_queue_length",
+            "gauge",
+            "With --balance reuseport: connections waiting in one worker slot's own socket.",
+        );
+        for (name, q) in &per_slot {
+            for (slot, (len, _)) in q.iter().enumerate() {
+                let slot = slot.to_string();
+                m.sample(
+                    "sup_slot_queue_length",
+                    &[("listener", name), ("slot", &slot)],
+                    f64::from(*len),
+                );
+            }
         }
     }
     m.out
@@ -336,7 +372,14 @@ mod tests {
         let cli = crate::cli::Cli::try_parse_from(["sup", "--", "x"]).unwrap();
         let config = crate::config::Config::from_cli(cli).unwrap();
         let core = Core::new(config.core_settings(None, None));
-        let text = render(&core, &[], &mut Usage::new(), Instant::now(), Instant::now());
+        let text = render(
+            &core,
+            &[],
+            &SlotSockets::default(),
+            &mut Usage::new(),
+            Instant::now(),
+            Instant::now(),
+        );
         for family in [
             "sup_info",
             "sup_generation",

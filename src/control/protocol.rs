@@ -281,6 +281,9 @@ pub struct Bind {
     pub name: String,
     pub address: String,
     pub fd: usize,
+    /// `shared` or `reuseport` (one socket per worker slot).
+    #[serde(default)]
+    pub balance: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -347,6 +350,10 @@ pub struct WorkerStats {
     pub pss_bytes: Option<u64>,
     pub cpu_percent: Option<f64>,
     pub status: Option<String>,
+    /// With `--balance reuseport`: connections waiting in its slot's own
+    /// accept queue (every such bind together).
+    #[serde(default)]
+    pub queue: Option<u32>,
 }
 
 #[cfg(test)]
@@ -411,6 +418,7 @@ mod tests {
                 name: "web".into(),
                 address: "tcp://127.0.0.1:3000".into(),
                 fd: 3,
+                balance: "reuseport".into(),
             }],
             restart: Some(RestartStats {
                 id: 2,
@@ -447,6 +455,7 @@ mod tests {
                 pss_bytes: Some(900_000),
                 cpu_percent: Some(0.5),
                 status: None,
+                queue: Some(2),
             }],
             recycled: [("memory".to_string(), 2)].into(),
         };

@@ -19,6 +19,7 @@ use super::protocol::{
 };
 use crate::core::{Core, Key, Outcome, RestartRecord};
 use crate::output::lines::Stamp;
+use crate::slot_sockets::SlotSockets;
 use crate::sockets::BoundSocket;
 use crate::worker::WorkerState;
 
@@ -70,6 +71,7 @@ impl Default for Usage {
 pub fn build(
     core: &Core,
     sockets: &[BoundSocket],
+    slot_sockets: &SlotSockets,
     usage: &mut Usage,
     started: Instant,
     now: Instant,
@@ -82,6 +84,7 @@ pub fn build(
         .collect();
     let system = usage.refresh(&pids);
     let generation = core.generation();
+    let slot_queues = slot_sockets.any().then(|| slot_sockets.depths());
     let mut worker_status = Vec::new();
     let (mut live, mut booted, mut old) = (0, 0, 0);
     for w in core.workers() {
@@ -118,6 +121,7 @@ pub fn build(
             pss_bytes: w.memory,
             cpu_percent: process.map(|p| (f64::from(p.cpu_usage()) * 10.0).round() / 10.0),
             status: w.status.clone(),
+            queue: slot_queues.as_ref().map(|d| d.get(w.slot).copied().unwrap_or(0)),
         });
     }
     let restart = core.restart_record().map(|r| restart_stats(r, now));
@@ -129,6 +133,7 @@ pub fn build(
             name: s.spec.name.clone(),
             address: s.local.to_string(),
             fd: 3 + i,
+            balance: if slot_sockets.has(i) { "reuseport" } else { "shared" }.to_string(),
         })
         .collect();
     Stats {

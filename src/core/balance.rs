@@ -53,7 +53,17 @@ pub(super) struct Balancing {
     pub(super) probing: bool,
     /// The queue depths last read, by slot.
     pub(super) depths: Vec<u32>,
+    /// Slots whose serving worker exited: refilled at once, backoff or
+    /// not, if their queue holds connections.
+    pub(super) stranded: Vec<usize>,
 }
+
+/// A worker that served at least this long before it exited lets its
+/// slot's queue skip the crash backoff, however often it happens; one that
+/// served less only for the first few exits in a row (a worker that
+/// becomes ready and dies at once keeps the backoff).
+pub(super) const SERVED_ENOUGH: Duration = Duration::from_secs(1);
+pub(super) const QUICK_EXITS: u32 = 4;
 
 /// What the stall rule knows of one slot's serving worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,10 +218,36 @@ impl Core {
             .retain(|(p, _)| index.get(p).is_none_or(|&i| workers[i].slot >= target));
     }
 
+    /// A worker that served exited unasked: what its slot's queue holds
+    /// waits for the slot's next worker, not for a backoff — look at the
+    /// queue (see [`SERVED_ENOUGH`]).
+    pub(super) fn served_and_exited(&mut self, slot: usize, ready_since: Instant, now: Instant, out: &mut Vec<Action>) {
+        let failures = self.slots.get(slot).map_or(0, |s| s.failures);
+        let served = now.saturating_duration_since(ready_since) >= SERVED_ENOUGH;
+        if self.settings.balance && slot < self.target && (served || failures <= QUICK_EXITS) {
+            self.balancing.stranded.push(slot);
+            out.push(Action::ProbeSlotQueues);
+        }
+    }
+
     /// The answer to a look at the queues.
     pub(super) fn on_slot_queues(&mut self, depths: Vec<u32>, now: Instant, out: &mut Vec<Action>) {
         self.balancing.probing = false;
         let depth = |k: usize| depths.get(k).copied().unwrap_or(0);
+        for k in std::mem::take(&mut self.balancing.stranded) {
+            let Some(s) = self.slots.get_mut(k) else { continue };
+            if depth(k) > 0 && s.not_before().is_some() {
+                s.end_backoff();
+                log(
+                    out,
+                    Level::Info,
+                    format!(
+                        "worker {k}'s own queue holds {} connection(s): its slot is refilled at once, without a backoff",
+                        depth(k)
+                    ),
+                );
+            }
+        }
         let drained: Vec<Pid> = self
             .balancing
             .retiring

@@ -903,6 +903,11 @@ impl Core {
         };
         let phase = if booting { " before becoming ready" } else { "" };
         log(out, Level::Warn, format!("{label} exited with {status}{phase}; {when}"));
+        if let WorkerState::Ready { since } = w.state
+            && replaced
+        {
+            self.served_and_exited(w.slot, since, now, out);
+        }
         if booting {
             let reason = format!("(pid {pid}) exited with {status} before becoming ready");
             self.replacement_failed(w.slot, w.generation, reason, now, out);

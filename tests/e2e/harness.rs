@@ -425,7 +425,7 @@ pub fn ppid(pid: i32) -> Option<i32> {
 /// (successful requests, failures with their errors).
 pub struct Load {
     stop: Arc<AtomicBool>,
-    handle: JoinHandle<(usize, Vec<String>)>,
+    handle: JoinHandle<(usize, Vec<String>, Duration)>,
 }
 
 impl Load {
@@ -437,15 +437,19 @@ impl Load {
         let made = Arc::new(AtomicUsize::new(0));
         let (flag, count) = (stop.clone(), made.clone());
         let handle = std::thread::spawn(move || {
-            let (mut ok, mut failed) = (0, Vec::new());
+            let (mut ok, mut failed, mut longest) = (0, Vec::new(), Duration::ZERO);
             while !flag.load(Ordering::SeqCst) {
+                let t = Instant::now();
                 match get(addr) {
-                    Ok(_) => ok += 1,
+                    Ok(_) => {
+                        ok += 1;
+                        longest = longest.max(t.elapsed());
+                    }
                     Err(e) => failed.push(e.to_string()),
                 }
                 count.fetch_add(1, Ordering::SeqCst);
             }
-            (ok, failed)
+            (ok, failed, longest)
         });
         wait_until("the client's first request", secs(30), || {
             (made.load(Ordering::SeqCst) > 0).then_some(())
@@ -454,6 +458,12 @@ impl Load {
     }
 
     pub fn finish(self) -> (usize, Vec<String>) {
+        let (ok, failed, _) = self.finish_timed();
+        (ok, failed)
+    }
+
+    /// Stop the client: (answered, failures, the longest answered request).
+    pub fn finish_timed(self) -> (usize, Vec<String>, Duration) {
         self.stop.store(true, Ordering::SeqCst);
         self.handle.join().unwrap()
     }

@@ -9,6 +9,7 @@
 mod harness;
 
 mod bad_input;
+mod balance;
 mod completions;
 mod config;
 mod control;

@@ -8,11 +8,18 @@
 //!                         checked strictly against LISTEN_PID, as real
 //!                         servers do) with one JSON line: pid, slot, gen
 //!   --delay-response MS   take this long to answer each request
+//!   --one-at-a-time       answer each request before accepting the next
+//!                         (a sync worker: Unicorn, gunicorn sync); by
+//!                         default each request gets a thread
 //!   --grow-kb N           keep N KiB more memory (written, so resident)
 //!                         with every request: a leak, for --max-memory
 //!   --exit N              exit with status N (at once, or after --exit-after)
 //!   --exit-after MS       ... after this long
 //!   --ignore-term         ignore SIGTERM
+//!   --serve-for MS        with --serve: after MS (plus up to half again,
+//!                         drawn from the pid), stop accepting, finish the
+//!                         requests in flight and exit 0 on its own, as a
+//!                         worker that recycles itself does
 //!   --grandchild          start a child of its own in the same process
 //!                         group that ignores TERM and sleeps (a wrapper's
 //!                         child); its pid goes in the report
@@ -61,9 +68,11 @@ struct Opts {
     report_dir: Option<String>,
     serve: bool,
     delay_response: u64,
+    one_at_a_time: bool,
     exit: Option<i32>,
     exit_after: Option<u64>,
     ignore_term: bool,
+    serve_for: Option<u64>,
     grandchild: bool,
     sleep_forever: bool,
     ready_after: Option<u64>,
@@ -86,10 +95,12 @@ fn parse() -> Opts {
         match a.as_str() {
             "--report-dir" => o.report_dir = Some(value("--report-dir")),
             "--serve" => o.serve = true,
+            "--one-at-a-time" => o.one_at_a_time = true,
             "--delay-response" => o.delay_response = value("--delay-response").parse().unwrap_or_else(|_| die("ms")),
             "--exit" => o.exit = Some(value("--exit").parse().unwrap_or_else(|_| die("code"))),
             "--exit-after" => o.exit_after = Some(value("--exit-after").parse().unwrap_or_else(|_| die("ms"))),
             "--ignore-term" => o.ignore_term = true,
+            "--serve-for" => o.serve_for = Some(value("--serve-for").parse().unwrap_or_else(|_| die("ms"))),
             "--grandchild" => o.grandchild = true,
             "--sleep-forever" => o.sleep_forever = true,
             "--boot" => o.boot = value("--boot").parse().unwrap_or_else(|_| die("ms")),
@@ -260,6 +271,14 @@ fn sockopt(fd: RawFd, level: libc::c_int, opt: libc::c_int) -> i32 {
     v
 }
 
+/// The inode of the socket at `fd` (0 if it cannot be read).
+fn inode(fd: RawFd) -> u64 {
+    // SAFETY: fstat writes one stat struct we own.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; `fd` is only queried.
+    if unsafe { libc::fstat(fd, &mut st) } == 0 { st.st_ino } else { 0 }
+}
+
 fn write_report(dir: &str, fds: &BTreeMap<i32, String>, status: &str, grandchild: Option<u32>) {
     let listen_fds: i32 = std::env::var("LISTEN_FDS")
         .ok()
@@ -276,6 +295,7 @@ fn write_report(dir: &str, fds: &BTreeMap<i32, String>, status: &str, grandchild
                 "type": match sockopt(fd, libc::SOL_SOCKET, libc::SO_TYPE) {
                     libc::SOCK_STREAM => "stream", libc::SOCK_DGRAM => "dgram", _ => "other" },
                 "listening": sockopt(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN) == 1,
+                "inode": inode(fd),
                 "nonblocking": fl >= 0 && fl & libc::O_NONBLOCK != 0,
             })
         })
@@ -349,27 +369,26 @@ fn serve(opts: &Opts) {
         let mut signals = signal_hook::iterator::Signals::new([libc::SIGTERM]).unwrap_or_else(|_| die("signals"));
         std::thread::spawn(move || {
             if signals.forever().next().is_some() {
-                TERMINATING.store(true, Ordering::SeqCst);
-                // Every accept loop has stopped, having counted what it took.
-                while ACCEPTORS.load(Ordering::SeqCst) > 0
-                    || IN_FLIGHT.load(Ordering::SeqCst) > 0
-                    || WRITER_ACTIVE.load(Ordering::SeqCst)
-                {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                let _ = writeln!(std::io::stdout(), "worker {} exiting gracefully", std::process::id());
-                std::process::exit(0);
+                finish_and_exit("exiting gracefully");
             }
+        });
+    }
+    if let Some(ms) = opts.serve_for {
+        let jitter = u64::from(pid) % (ms / 2 + 1);
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(ms + jitter));
+            finish_and_exit("served its time");
         });
     }
     let delay = Duration::from_millis(opts.delay_response);
     let grow = opts.grow_kb;
+    let serial = opts.one_at_a_time;
     let mut handles = Vec::new();
     for fd in 3..3 + count {
         let stream = sockopt(fd, libc::SOL_SOCKET, libc::SO_TYPE) == libc::SOCK_STREAM;
         handles.push(std::thread::spawn(move || {
             if stream {
-                accept_loop(fd, delay, grow)
+                accept_loop(fd, delay, grow, serial)
             } else {
                 udp_loop(fd)
             }
@@ -380,7 +399,20 @@ fn serve(opts: &Opts) {
     }
 }
 
-fn accept_loop(fd: RawFd, delay: Duration, grow_kb: usize) {
+/// Stop accepting, let every request in flight finish, say `worker <pid>
+/// <what>` and exit 0.
+fn finish_and_exit(what: &str) -> ! {
+    TERMINATING.store(true, Ordering::SeqCst);
+    // Every accept loop has stopped, having counted what it took.
+    while ACCEPTORS.load(Ordering::SeqCst) > 0 || IN_FLIGHT.load(Ordering::SeqCst) > 0 || WRITER_ACTIVE.load(Ordering::SeqCst)
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = writeln!(std::io::stdout(), "worker {} {what}", std::process::id());
+    std::process::exit(0);
+}
+
+fn accept_loop(fd: RawFd, delay: Duration, grow_kb: usize, serial: bool) {
     ACCEPTORS.fetch_add(1, Ordering::SeqCst);
     let timeout = libc::timeval {
         tv_sec: 0,
@@ -407,7 +439,7 @@ fn accept_loop(fd: RawFd, delay: Duration, grow_kb: usize) {
             continue;
         }
         IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
-        std::thread::spawn(move || {
+        let handle = std::thread::spawn(move || {
             // SAFETY: conn is a fresh fd owned by this thread from here on.
             let mut s = unsafe { std::net::TcpStream::from_raw_fd(conn) };
             let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
@@ -439,6 +471,9 @@ fn accept_loop(fd: RawFd, delay: Duration, grow_kb: usize) {
             }
             IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
         });
+        if serial {
+            let _ = handle.join();
+        }
     }
 }
 

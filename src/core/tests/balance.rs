@@ -159,3 +159,26 @@ fn at_a_stop_connections_queue_on_slot_zero_the_binds_own_socket() {
     h.send(Event::Intent(Intent::Stop), 2_000);
     assert_eq!(h.steered.last().unwrap(), &vec![0]);
 }
+
+#[test]
+fn a_slot_whose_queue_holds_connections_skips_the_crash_backoff() {
+    let mut h = balanced(2, None);
+    h.slot_depths = vec![0, 3];
+    // Exits every 2 s: without the queue, the backoff would grow.
+    let mut ms = 3_000;
+    for _ in 0..5 {
+        let pid = h.core.slot(1).and_then(|s| s.live().next()).unwrap().raw();
+        let spawns = h.spawns;
+        h.exit(pid, ExitStatus::Code(0), ms);
+        assert_eq!(h.spawns, spawns + 1, "refilled at once");
+        h.tick_until(ms + 1_000);
+        ms += 2_000;
+    }
+    assert!(h.logs.iter().any(|l| l.contains("its slot is refilled at once")));
+    // An empty queue keeps the backoff.
+    h.slot_depths = vec![0, 0];
+    let pid = h.core.slot(1).and_then(|s| s.live().next()).unwrap().raw();
+    let spawns = h.spawns;
+    h.exit(pid, ExitStatus::Code(0), ms);
+    assert_eq!(h.spawns, spawns, "backing off");
+}
