@@ -112,11 +112,17 @@ fn each_slot_gets_its_own_socket_at_the_binds_fd_and_a_fair_share() {
     assert_spread(&shares(addr, 400), 4, 400, &sup);
     let s = sup.stats();
     assert_eq!(s.binds[0].balance, "reuseport");
-    assert!(s.worker_status.iter().all(|w| w.queue == Some(0)), "{:?}", s.worker_status);
+    assert!(
+        s.worker_status.iter().all(|w| w.queue == Some(0)),
+        "{:?}",
+        s.worker_status
+    );
     let text = metrics_text(sup.control());
     for slot in 0..4 {
         assert!(
-            text.contains(&format!("sup_slot_queue_length{{listener=\"tcp-127.0.0.1-0\",slot=\"{slot}\"}} 0")),
+            text.contains(&format!(
+                "sup_slot_queue_length{{listener=\"tcp-127.0.0.1-0\",slot=\"{slot}\"}} 0"
+            )),
             "{text}"
         );
     }
@@ -220,7 +226,11 @@ fn workers_that_exit_on_their_own_lose_nothing_and_strand_nothing() {
          longest {shared_longest:?}"
     );
     assert!(failed.is_empty(), "{:?}\n{log}", &failed[..failed.len().min(5)]);
-    assert!(shared_failed.is_empty(), "{:?}", &shared_failed[..shared_failed.len().min(5)]);
+    assert!(
+        shared_failed.is_empty(),
+        "{:?}",
+        &shared_failed[..shared_failed.len().min(5)]
+    );
     // What was queued on a slot whose worker left waits only for the slot's
     // next worker (no crash backoff), never for seconds. A liveness bound:
     // the figures themselves are in the output above.
@@ -276,7 +286,9 @@ fn a_stopped_worker_is_replaced_and_its_queue_answered() {
     sup.wait_log(&format!("(pid {}, gen 0) is hung", victim.pid), secs(5));
     // The stopped worker got CONT with its stop signal: it finishes what it
     // had in hand and exits.
-    wait_until("the hung worker to be gone", secs(30), || (!alive(victim.pid)).then_some(()));
+    wait_until("the hung worker to be gone", secs(30), || {
+        (!alive(victim.pid)).then_some(())
+    });
     for l in loads {
         l.finish_without_failures(&sup);
     }
@@ -314,7 +326,10 @@ fn a_busy_worker_that_keeps_accepting_is_never_taken_for_hung() {
     for l in loads {
         l.finish_without_failures(&sup);
     }
-    assert!(busy > 10, "the queues were rarely non-empty ({busy} looks): not an overload");
+    assert!(
+        busy > 10,
+        "the queues were rarely non-empty ({busy} looks): not an overload"
+    );
     assert_eq!(live_pids(&sup), pids, "nobody replaced\n{}", sup.log());
     assert!(!sup.log().contains("is hung"), "{}", sup.log());
 }
@@ -341,9 +356,18 @@ fn hot_restarts_and_reexec_keep_every_slot_socket() {
         sup.wait_workers_ready(3);
         let after = slot_inodes(&dir, &live_pids(&sup));
         assert_eq!(after, before, "{mode}: every slot kept its socket\n{}", sup.log());
-        let (code, out, err) = ctl(&["--control", &format!("unix:{}", sup.control().display()), "reexec", "--wait"]);
+        let (code, out, err) = ctl(&[
+            "--control",
+            &format!("unix:{}", sup.control().display()),
+            "reexec",
+            "--wait",
+        ]);
         assert_eq!(code, Some(0), "{out}{err}");
-        assert_eq!(slot_inodes(&dir, &live_pids(&sup)), before, "reexec adopts the same workers");
+        assert_eq!(
+            slot_inodes(&dir, &live_pids(&sup)),
+            before,
+            "reexec adopts the same workers"
+        );
         load.finish_without_failures(&sup);
         assert_spread(&shares(addr, 300), 3, 300, &sup);
         assert!(sup.log().contains("adopted 3 per-slot socket(s)"), "{}", sup.log());

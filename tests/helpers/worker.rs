@@ -276,7 +276,11 @@ fn inode(fd: RawFd) -> u64 {
     // SAFETY: fstat writes one stat struct we own.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: as above; `fd` is only queried.
-    if unsafe { libc::fstat(fd, &mut st) } == 0 { st.st_ino } else { 0 }
+    if unsafe { libc::fstat(fd, &mut st) } == 0 {
+        st.st_ino
+    } else {
+        0
+    }
 }
 
 fn write_report(dir: &str, fds: &BTreeMap<i32, String>, status: &str, grandchild: Option<u32>) {
@@ -404,7 +408,9 @@ fn serve(opts: &Opts) {
 fn finish_and_exit(what: &str) -> ! {
     TERMINATING.store(true, Ordering::SeqCst);
     // Every accept loop has stopped, having counted what it took.
-    while ACCEPTORS.load(Ordering::SeqCst) > 0 || IN_FLIGHT.load(Ordering::SeqCst) > 0 || WRITER_ACTIVE.load(Ordering::SeqCst)
+    while ACCEPTORS.load(Ordering::SeqCst) > 0
+        || IN_FLIGHT.load(Ordering::SeqCst) > 0
+        || WRITER_ACTIVE.load(Ordering::SeqCst)
     {
         std::thread::sleep(Duration::from_millis(5));
     }
