@@ -594,7 +594,7 @@ impl Shell<'_> {
     /// answers); they are stopped with sup. One read of the child list.
     fn note_strays(&mut self) {
         let now = self.strays();
-        let listening = socket_inodes(self.ctx.sockets);
+        let listening = socket_inodes(self.ctx.sockets, &self.ctx.slot_sockets);
         for pid in self.strays_seen.fresh(&now) {
             match holds_socket(pid, &listening) {
                 Some(ino) => log::warn!(
@@ -749,7 +749,7 @@ impl Shell<'_> {
                 }
             }
             Action::SignalStrays { signal } => {
-                let listening = socket_inodes(self.ctx.sockets);
+                let listening = socket_inodes(self.ctx.sockets, &self.ctx.slot_sockets);
                 for pid in self.strays() {
                     let holds = holds_socket(pid, &listening)
                         .map(|ino| format!(", holding one of sup's listening sockets (inode {ino})"))
@@ -1084,11 +1084,15 @@ fn group_of(pid: Pid) -> Option<Pgid> {
 }
 
 /// The inodes of sup's listening sockets.
-fn socket_inodes(sockets: &[BoundSocket]) -> Vec<u64> {
-    sockets
-        .iter()
-        .filter_map(|s| nix::sys::stat::fstat(&s.fd).ok().map(|st| st.st_ino))
-        .collect()
+fn socket_inodes(sockets: &[BoundSocket], slots: &crate::slot_sockets::SlotSockets) -> Vec<u64> {
+    let fds = sockets.iter().map(BoundSocket::raw_fd).chain(slots.extra_fds());
+    fds.filter_map(|fd| {
+        // SAFETY: every fd here is one of sup's own listening sockets,
+        // open for the whole call.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        nix::sys::stat::fstat(fd).ok().map(|st| st.st_ino)
+    })
+    .collect()
 }
 
 /// The inode of one of `inodes` that `pid` holds an fd on, if any.

@@ -35,6 +35,8 @@ const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
 #[derive(Debug, Default)]
 pub struct SlotSockets {
     groups: Vec<Group>,
+    /// The slots last steered to: a socket bound since joins the program.
+    steered: Vec<usize>,
 }
 
 #[derive(Debug)]
@@ -64,14 +66,15 @@ impl Group {
         1 + self.more.len()
     }
 
-    /// Bind slot sockets up to `slot` (in slot order).
-    fn grow(&mut self, slot: usize) -> std::io::Result<()> {
+    /// Bind slot sockets up to `slot` (in slot order); whether any was.
+    fn grow(&mut self, slot: usize) -> std::io::Result<bool> {
+        let before = self.count();
         while self.count() <= slot {
             let fd = crate::sockets::bind_reuseport(&self.local, self.backlog, self.ipv6only)?;
             self.order.push(self.count());
             self.more.push(fd);
         }
-        Ok(())
+        Ok(self.count() > before)
     }
 
     /// Close the sockets of slots `count` and up, the highest first.
@@ -172,7 +175,10 @@ impl SlotSockets {
         for h in handed {
             h.close();
         }
-        SlotSockets { groups }
+        SlotSockets {
+            groups,
+            steered: Vec::new(),
+        }
     }
 
     /// Whether any bind has per-slot sockets.
@@ -190,17 +196,23 @@ impl SlotSockets {
     /// slot's first worker), the bind's socket otherwise.
     pub fn fds_for(&mut self, slot: usize, sockets: &[BoundSocket]) -> std::io::Result<Vec<RawFd>> {
         let mut fds: Vec<RawFd> = sockets.iter().map(BoundSocket::raw_fd).collect();
+        let mut grew = false;
         for g in &mut self.groups {
-            g.grow(slot)?;
+            grew |= g.grow(slot)?;
             if let (Some(fd), Some(at)) = (g.fd(slot), fds.get_mut(g.bind)) {
                 *at = fd;
             }
+        }
+        // A slot steered to before its socket existed gets its share now.
+        if grew {
+            self.steer(&self.steered.clone());
         }
         Ok(fds)
     }
 
     /// New connections go to these slots only (see the module's doc).
-    pub fn steer(&self, slots: &[usize]) {
+    pub fn steer(&mut self, slots: &[usize]) {
+        self.steered = slots.to_vec();
         for g in &self.groups {
             if let Err(e) = g.steer(slots) {
                 log::error!(
@@ -355,7 +367,7 @@ mod tests {
 
     #[test]
     fn new_connections_go_only_to_the_steered_slots() {
-        let (_sockets, slots, addr) = reuseport(4);
+        let (_sockets, mut slots, addr) = reuseport(4);
         slots.steer(&[1, 3]);
         let _held = connect(addr, 40);
         let d = slots.depths();
@@ -369,7 +381,7 @@ mod tests {
 
     #[test]
     fn every_slot_gets_a_share() {
-        let (_sockets, slots, addr) = reuseport(4);
+        let (_sockets, mut slots, addr) = reuseport(4);
         slots.steer(&[0, 1, 2, 3]);
         let _held = connect(addr, 200);
         let d = slots.depths();
@@ -390,6 +402,24 @@ mod tests {
         slots.steer(&[3]);
         let _more = connect(addr, 3);
         assert_eq!(slots.depths(), vec![0, 5, 0, 3]);
+    }
+
+    #[test]
+    fn a_slot_steered_to_before_its_socket_existed_gets_its_share_once_bound() {
+        let sockets = crate::sockets::bind_all(&[BindSpec {
+            balance: Some(crate::bind::Balance::Reuseport),
+            ..BindSpec::parse("127.0.0.1:0").unwrap()
+        }])
+        .unwrap();
+        let LocalAddr::Tcp(addr) = sockets[0].local else {
+            panic!()
+        };
+        let mut slots = SlotSockets::new(&sockets, Vec::new());
+        slots.steer(&[0, 1, 2]);
+        slots.fds_for(2, &sockets).unwrap();
+        let _held = connect(addr, 90);
+        let d = slots.depths();
+        assert!(d.iter().all(|&n| n >= 10), "{d:?}");
     }
 
     #[test]
