@@ -431,7 +431,11 @@ mod tests {
 
     #[test]
     fn a_shared_socket_stays_shared() {
-        let sockets = crate::sockets::bind_all(&[BindSpec::parse("127.0.0.1:0").unwrap()]).unwrap();
+        let mut sockets = crate::sockets::bind_all(&[BindSpec::parse("127.0.0.1:0").unwrap()]).unwrap();
+        assert!(!SlotSockets::new(&sockets, Vec::new()).any());
+        // Asked for, but the socket came without SO_REUSEPORT (systemd, or
+        // a sup that shared it): it stays shared.
+        sockets[0].spec.balance = Some(crate::bind::Balance::Reuseport);
         assert!(!SlotSockets::new(&sockets, Vec::new()).any());
     }
 }

@@ -63,6 +63,18 @@ fn usage_and_config_errors_exit_2_with_one_line() {
             "invalid --hot-restart `sometimes`: expected stop or overlap",
         ),
         (
+            &["--balance", "fair", "--", WORKER],
+            "invalid --balance `fair`: expected shared or reuseport",
+        ),
+        (
+            &["--bind", ANY_PORT, "--stall-timeout", "2s", "--", WORKER],
+            "--stall-timeout needs --balance reuseport on a TCP bind",
+        ),
+        (
+            &["--bind", "unix:/tmp/x.sock?balance=reuseport", "--", WORKER],
+            "balance=reuseport applies to tcp sockets only",
+        ),
+        (
             &["--", "no-such-command-anywhere"],
             "command `no-such-command-anywhere` not found in PATH",
         ),
