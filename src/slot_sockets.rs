@@ -309,26 +309,7 @@ fn program(indices: &[u32]) -> Vec<libc::sock_filter> {
 }
 
 fn attach(fd: RawFd, code: &[libc::sock_filter]) -> std::io::Result<()> {
-    let prog = libc::sock_fprog {
-        len: code.len() as u16,
-        filter: code.as_ptr().cast_mut(),
-    };
-    // SAFETY: `prog` points at `code`, which lives across the call (the
-    // kernel copies it); `fd` is a listening socket sup owns.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            SO_ATTACH_REUSEPORT_CBPF,
-            (&raw const prog).cast::<libc::c_void>(),
-            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    crate::sockets::attach_program(fd, SO_ATTACH_REUSEPORT_CBPF, code)
 }
 
 #[cfg(test)]
@@ -336,7 +317,8 @@ mod tests {
     use super::*;
     use crate::bind::BindSpec;
 
-    fn reuseport(workers: usize) -> (Vec<BoundSocket>, SlotSockets, SocketAddr) {
+    /// One bind on loopback with `balance=reuseport`, and its address.
+    fn bound() -> (Vec<BoundSocket>, SocketAddr) {
         let sockets = crate::sockets::bind_all(&[BindSpec {
             balance: Some(crate::bind::Balance::Reuseport),
             ..BindSpec::parse("127.0.0.1:0").unwrap()
@@ -345,6 +327,11 @@ mod tests {
         let LocalAddr::Tcp(addr) = sockets[0].local else {
             panic!()
         };
+        (sockets, addr)
+    }
+
+    fn reuseport(workers: usize) -> (Vec<BoundSocket>, SlotSockets, SocketAddr) {
+        let (sockets, addr) = bound();
         let mut slots = SlotSockets::new(&sockets, Vec::new());
         assert!(slots.any());
         slots.fds_for(workers - 1, &sockets).unwrap();
@@ -406,14 +393,7 @@ mod tests {
 
     #[test]
     fn a_slot_steered_to_before_its_socket_existed_gets_its_share_once_bound() {
-        let sockets = crate::sockets::bind_all(&[BindSpec {
-            balance: Some(crate::bind::Balance::Reuseport),
-            ..BindSpec::parse("127.0.0.1:0").unwrap()
-        }])
-        .unwrap();
-        let LocalAddr::Tcp(addr) = sockets[0].local else {
-            panic!()
-        };
+        let (sockets, addr) = bound();
         let mut slots = SlotSockets::new(&sockets, Vec::new());
         slots.steer(&[0, 1, 2]);
         slots.fds_for(2, &sockets).unwrap();

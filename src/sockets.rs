@@ -117,23 +117,31 @@ impl BoundSocket {
 
 /// Attach a classic BPF socket filter that accepts nothing (`ret #0`).
 pub(crate) fn drop_all_packets(fd: RawFd) -> std::io::Result<()> {
-    let mut code = [libc::sock_filter {
+    let code = [libc::sock_filter {
         code: (libc::BPF_RET | libc::BPF_K) as u16,
         jt: 0,
         jf: 0,
         k: 0,
     }];
+    attach_program(fd, libc::SO_ATTACH_FILTER, &code)
+}
+
+/// Attach the classic BPF program `code` to socket `fd` with `option`
+/// (`SO_ATTACH_FILTER`, `SO_ATTACH_REUSEPORT_CBPF`). Unprivileged: a
+/// socket's owner may.
+pub(crate) fn attach_program(fd: RawFd, option: libc::c_int, code: &[libc::sock_filter]) -> std::io::Result<()> {
     let prog = libc::sock_fprog {
-        len: 1,
-        filter: code.as_mut_ptr(),
+        len: code.len() as u16,
+        filter: code.as_ptr().cast_mut(),
     };
-    // SAFETY: `prog` points at one valid instruction that lives across the
-    // call (the kernel copies it); `fd` is a socket sup owns.
+    // SAFETY: `prog` points at `code`, which lives across the call (the
+    // kernel copies it and never writes through the pointer); `fd` is a
+    // socket sup owns.
     let r = unsafe {
         libc::setsockopt(
             fd,
             libc::SOL_SOCKET,
-            libc::SO_ATTACH_FILTER,
+            option,
             (&raw const prog).cast::<libc::c_void>(),
             std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
         )
