@@ -220,10 +220,12 @@ impl EventLoop {
             strays_seen: children::Seen::default(),
             strays_check_at: None,
             fd_store,
+            stored_slots: Vec::new(),
             ready_pipes,
             reap_due: false,
             prepared,
         };
+        shell.store_slot_sockets();
         for action in first {
             shell.execute(action);
         }
@@ -275,6 +277,8 @@ struct Shell<'a> {
     strays_check_at: Option<Instant>,
     /// The listeners are in systemd's fd store (they outlive this sup).
     fd_store: bool,
+    /// The per-slot sockets in systemd's fd store, by name.
+    stored_slots: Vec<String>,
     /// `--ready fd:N`: the booting workers' readiness pipes.
     ready_pipes: crate::ready_fd::ReadyPipes,
     /// A SIGCHLD read between events: reap after the next poll.
@@ -640,6 +644,7 @@ impl Shell<'_> {
                         return;
                     }
                 };
+                self.store_slot_sockets();
                 let req = SpawnRequest {
                     slot,
                     generation,
@@ -831,7 +836,10 @@ impl Shell<'_> {
                 self.pending.push_back(Event::SlotQueues { depths });
             }
             Action::Steer { slots } => self.ctx.slot_sockets.steer(&slots),
-            Action::SlotSockets { count } => self.ctx.slot_sockets.retain(count),
+            Action::SlotSockets { count } => {
+                self.ctx.slot_sockets.retain(count);
+                self.store_slot_sockets();
+            }
             Action::SampleMemory => {
                 let groups: Vec<Pgid> = self.core.workers().iter().map(|w| Pgid::led_by(w.pid)).collect();
                 let samples = procfs::pss_by_group(&groups)
@@ -865,6 +873,32 @@ impl Shell<'_> {
             Action::Log { level, message } => log::log!(level, "{message}"),
             Action::Exit(code) => self.exit = Some(code),
         }
+    }
+
+    /// Under systemd's fd store: hand it the per-slot sockets bound since the
+    /// last look (`NAME.slotK`), and take out the ones closed, so that a
+    /// crash or a restart of sup keeps every slot's queue, not only slot 0's.
+    fn store_slot_sockets(&mut self) {
+        let Some(n) = self.res.upward.as_ref().filter(|_| self.fd_store) else {
+            return;
+        };
+        let now = self.ctx.slot_sockets.store_names();
+        for (name, fd) in &now {
+            if self.stored_slots.contains(name) {
+                continue;
+            }
+            match n.store(name, *fd) {
+                Ok(()) => self.stored_slots.push(name.clone()),
+                Err(e) => log::warn!("fd store: cannot hand `{name}` over: {}", crate::files::os_error(&e)),
+            }
+        }
+        self.stored_slots.retain(|name| {
+            let open = now.iter().any(|(n, _)| n == name);
+            if !open && let Err(e) = n.unstore(name) {
+                log::warn!("fd store: cannot remove `{name}`: {}", crate::files::os_error(&e));
+            }
+            open
+        });
     }
 
     /// Hand everything over and re-execute sup; returns only on failure.

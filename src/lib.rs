@@ -194,6 +194,9 @@ fn start() -> Result<u8, StartupError> {
     signals::unblock_handled().map_err(StartupError::Unblock)?;
     // Names systemd passed that no bind took: out of its fd store.
     let mut unstore = Vec::new();
+    // Per-slot sockets (`--balance reuseport`) systemd kept, by bind.
+    let (stored_slots, gaps) = slot_sockets::from_store(&mut activated);
+    unstore.extend(gaps);
     let sockets = match &handoff {
         // After a hot restart a bind that cannot be made is a runtime error:
         // the sockets that were handed over keep serving.
@@ -224,11 +227,19 @@ fn start() -> Result<u8, StartupError> {
             s.spec.name
         );
     }
-    let handed_slots = handoff
+    let mut handed_slots = handoff
         .as_mut()
         .map(|h| std::mem::take(&mut h.slot_sockets))
         .unwrap_or_default();
+    let from_store: Vec<String> = stored_slots
+        .iter()
+        .flat_map(|h| (1..=h.fds.len()).map(|k| slot_sockets::store_name(&h.name, k)))
+        .collect();
+    handed_slots.extend(stored_slots);
     let slot_sockets = slot_sockets::SlotSockets::new(&sockets, handed_slots);
+    // What systemd kept of per-slot sockets that no bind took any more.
+    let kept: Vec<String> = slot_sockets.store_names().into_iter().map(|(n, _)| n).collect();
+    unstore.extend(from_store.into_iter().filter(|n| !kept.contains(n)));
     become_subreaper();
     log::info!(
         "sup {} (pid {}) supervising {} worker(s) of {}",

@@ -267,6 +267,20 @@ impl SlotSockets {
         self.groups.iter().flat_map(|g| g.more.iter().map(AsRawFd::as_raw_fd))
     }
 
+    /// The sockets of slots 1 and up by the names they have in systemd's fd
+    /// store (`NAME.slotK`; slot 0's is the bind's own, stored as `NAME`).
+    pub fn store_names(&self) -> Vec<(String, RawFd)> {
+        self.groups
+            .iter()
+            .flat_map(|g| {
+                g.more
+                    .iter()
+                    .enumerate()
+                    .map(|(i, fd)| (store_name(&g.name, i + 1), fd.as_raw_fd()))
+            })
+            .collect()
+    }
+
     /// What the next image adopts.
     pub fn handed(&self) -> Vec<HandedSlots> {
         self.groups
@@ -278,6 +292,50 @@ impl SlotSockets {
             })
             .collect()
     }
+}
+
+/// Slot `k`'s socket of bind `name` in systemd's fd store.
+pub fn store_name(name: &str, slot: usize) -> String {
+    format!("{name}.slot{slot}")
+}
+
+/// Split the per-slot sockets systemd passed back (`NAME.slotK`, K ≥ 1) off
+/// the activated sockets, by bind name, as the next image would get them in
+/// a handoff: slots 1.. in order (sup closes the highest first, so the
+/// kernel's order is the slots' own). A slot missing from the run ends it:
+/// the sockets past the gap are closed and their names returned, to be
+/// removed from the store.
+pub fn from_store(activated: &mut Vec<crate::sockets::Activated>) -> (Vec<HandedSlots>, Vec<String>) {
+    let mut by_bind: std::collections::BTreeMap<String, Vec<(usize, OwnedFd)>> = Default::default();
+    let mut rest = Vec::new();
+    for a in activated.drain(..) {
+        let parsed = a.name.as_deref().and_then(|n| {
+            let (bind, k) = n.rsplit_once(".slot")?;
+            let k: usize = k.parse().ok().filter(|&k| k >= 1)?;
+            Some((bind.to_string(), k))
+        });
+        match parsed {
+            Some((bind, k)) => by_bind.entry(bind).or_default().push((k, a.fd)),
+            None => rest.push(a),
+        }
+    }
+    *activated = rest;
+    let mut handed = Vec::new();
+    let mut dropped = Vec::new();
+    for (name, mut slots) in by_bind {
+        slots.sort_by_key(|(k, _)| *k);
+        let mut fds = Vec::new();
+        for (k, fd) in slots {
+            if k == fds.len() + 1 {
+                fds.push(std::os::fd::IntoRawFd::into_raw_fd(fd));
+            } else {
+                dropped.push(store_name(&name, k));
+            }
+        }
+        let order = (0..=fds.len()).collect();
+        handed.push(HandedSlots { name, fds, order });
+    }
+    (handed, dropped)
 }
 
 /// A classic BPF program that returns one of `indices`, drawn at random

@@ -321,6 +321,82 @@ fn the_fd_store_keeps_the_listeners_across_a_crash_of_sup() {
     assert_eq!(second.tcp_addr(0), addr);
 }
 
+/// With `--balance reuseport` every slot's socket goes to the fd store too
+/// (`web.slotK`); after a `kill -9` of sup, the next sup takes each back —
+/// the same sockets, none bound anew — and what queued on any slot while
+/// no sup ran is answered.
+#[test]
+fn the_fd_store_keeps_every_slot_socket_across_a_crash_of_sup() {
+    let dir = TestDir::new();
+    let notify_path = dir.join("systemd.sock");
+    let systemd = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    systemd.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let notify = notify_path.display().to_string();
+    let sock = dir.join("c.sock");
+    let control = format!("unix:{}", sock.display());
+    let args = [
+        "--bind",
+        "127.0.0.1:0?name=web",
+        "--balance",
+        "reuseport",
+        "--workers",
+        "3",
+        "--control",
+        &control,
+        "--",
+        WORKER,
+        "--serve",
+    ];
+    let mut cmd = std::process::Command::new(SUP);
+    cmd.args(args).env("NOTIFY_SOCKET", &notify);
+    let mut first = Sup::launch(&dir, cmd);
+    let mut stored: Vec<(String, OwnedFd)> = Vec::new();
+    let deadline = Instant::now() + secs(20);
+    while stored.len() < 4 {
+        assert!(Instant::now() < deadline, "sup stored {stored:?}\n{}", first.log());
+        if let Some((text, mut fds)) = receive(&systemd)
+            && text.starts_with("FDSTORE=1")
+        {
+            let name = text.split("FDNAME=").nth(1).unwrap().trim().to_string();
+            stored.push((name, fds.remove(0)));
+        }
+    }
+    let mut names: Vec<&str> = stored.iter().map(|(n, _)| n.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["sup-control", "web", "web.slot1", "web.slot2"]);
+    let inodes: std::collections::BTreeSet<u64> = stored.iter().map(|(_, fd)| inode(fd)).collect();
+    let addr = first.tcp_addr(0);
+    wait_until("3 workers ready", secs(30), || {
+        (sock.exists() && stats(&sock).booted_workers == 3).then_some(())
+    });
+    let loads: Vec<Load> = (0..3).map(|_| Load::start(addr)).collect();
+    first.signal(libc::SIGKILL);
+    first.wait_exit(secs(10));
+    let second = start_with_stored(&dir, &notify, &stored, &args);
+    wait_until("the new sup's workers ready", secs(30), || {
+        (second.log().contains("is ready") && stats(&sock).booted_workers == 3).then_some(())
+    });
+    for l in loads {
+        l.finish_without_failures(&second);
+    }
+    assert!(
+        second.log().contains("adopted 3 per-slot socket(s)"),
+        "{}",
+        second.log()
+    );
+    // Stored again: the same sockets, no new one.
+    let mut again = std::collections::BTreeSet::new();
+    wait_until("the new sup's FDSTOREs", secs(10), || {
+        if let Some((t, fds)) = receive(&systemd)
+            && t.contains("FDNAME=web")
+        {
+            again.insert(inode(&fds[0]));
+        }
+        (again.len() == 3).then_some(())
+    });
+    assert!(again.is_subset(&inodes), "{again:?} vs {inodes:?}");
+}
+
 /// Scaling down stops one worker at a time while the others serve the
 /// shared queue: nothing queued is lost.
 #[test]
