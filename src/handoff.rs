@@ -373,6 +373,7 @@ mod v1 {
             }),
             parked: None,
             rollback_target: None,
+            refill: None,
             pending: old.pending,
             last_restart: None,
             restarts_begun: old.restart_id,

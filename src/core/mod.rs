@@ -99,6 +99,10 @@ pub struct Core {
     /// The generation `sup ctl rollback` goes back to: the one that served
     /// before the last rollout began.
     rollback_target: Option<u64>,
+    /// After a failed rollout: the generation that still serves, whose
+    /// pinned release refills a slot (a crash, a recycling) until the next
+    /// rollout, instead of the release that failed.
+    refill: Option<u64>,
     counters: Counters,
     /// Per-slot sockets: steering, retiring slots, the stall watch.
     balancing: balance::Balancing,
@@ -131,6 +135,7 @@ impl Core {
             recycling: Recycling::default(),
             stopping: None,
             rollback_target: None,
+            refill: None,
             counters: Counters::default(),
             balancing: balance::Balancing::default(),
             ready_announced: false,
@@ -449,8 +454,38 @@ impl Core {
             }
             Follow::StopReplacements { generation } => {
                 self.stop_replacements(|w| w.generation == generation, now, out);
+                self.refill_from_serving(generation, out);
             }
             Follow::EndHelper(pid) => self.end_helper(pid, now, out),
+        }
+    }
+
+    /// The generation a slot is filled with outside a rollout: the current
+    /// one, or after a failed rollout the one that still serves.
+    fn spawn_generation(&self) -> u64 {
+        self.refill.unwrap_or(self.generation)
+    }
+
+    /// A rollout to `failed` failed: until the next one, slots are refilled
+    /// with the newest generation that still serves, from its pinned
+    /// release (the release directory may still point at the broken one).
+    fn refill_from_serving(&mut self, failed: u64, out: &mut Vec<Action>) {
+        let serving = self
+            .workers
+            .iter()
+            .filter(|w| !w.is_stopping() && w.generation < failed)
+            .map(|w| w.generation)
+            .max();
+        if let Some(g) = serving {
+            self.refill = Some(g);
+            out.push(Action::PinRecipe { generation: g, like: g });
+            log(
+                out,
+                Level::Info,
+                format!(
+                    "until the next restart, a worker that exits is replaced by gen {g}'s release (the one serving), not gen {failed}'s"
+                ),
+            );
         }
     }
 
@@ -694,6 +729,7 @@ impl Core {
     fn start_rollout(&mut self, now: Instant, out: &mut Vec<Action>) {
         let before = self.generation;
         self.generation += 1;
+        self.refill = None;
         self.roll_cursor = 0;
         let generation = self.generation;
         let plan = self.restart.current().map(|r| r.plan).unwrap_or_default();
@@ -807,7 +843,7 @@ impl Core {
         // A replacement is kept only for the rollout (or recycling) that
         // asked for it: one that ended or started over no longer wants it.
         let replacement = matches!(self.slots[slot].state, SlotState::Replacing { .. });
-        let recycled = self.recycling.is_recycling(slot) && generation == self.generation;
+        let recycled = self.recycling.is_recycling(slot) && generation == self.spawn_generation();
         let wanted = !replacement || recycled || self.restart.rolling_generation() == Some(generation);
         let taken = self.slots[slot].take(pid);
         let (delay, timeout) = (self.settings.ready_delay, self.settings.boot_timeout);

@@ -110,7 +110,7 @@ impl Core {
                     Level::Info,
                     format!(
                         "replacing {label} as asked; its replacement (gen {}) starts first",
-                        self.generation
+                        self.spawn_generation()
                     ),
                 );
                 self.replace_in_slot(slot, pid, RecycleReason::Operator, out);

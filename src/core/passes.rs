@@ -132,7 +132,7 @@ impl Core {
         if !self.started || self.stopping.is_some() || self.restart.holds_spawns() {
             return;
         }
-        let generation = self.generation;
+        let generation = self.spawn_generation();
         // At most SPAWN_BATCH forks per event: the shell reads signals and
         // control requests between batches (a TERM during the start of a
         // thousand workers acts within one batch), and the next batch goes

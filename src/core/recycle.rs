@@ -60,7 +60,7 @@ impl Core {
     /// it takes over when ready (the hand-over rule), like one slot of a
     /// rolling restart; counted in `/metrics`.
     pub(super) fn replace_in_slot(&mut self, slot: usize, pid: Pid, reason: RecycleReason, out: &mut Vec<Action>) {
-        let generation = self.generation;
+        let generation = self.spawn_generation();
         self.counters.recycled.bump(reason);
         self.recycling.after.remove(&slot);
         self.recycling.active.insert(slot, (reason, pid));
@@ -124,7 +124,7 @@ impl Core {
             } else {
                 continue;
             };
-            let (label, generation) = (w.label(), self.generation);
+            let (label, generation) = (w.label(), self.spawn_generation());
             log(
                 out,
                 Level::Info,

@@ -49,6 +49,9 @@ pub struct Snapshot {
     /// The generation `sup ctl rollback` goes back to.
     #[serde(default)]
     pub rollback_target: Option<u64>,
+    /// After a failed rollout, the generation slots are refilled with.
+    #[serde(default)]
+    pub refill: Option<u64>,
     pub pending: Option<RestartKind>,
     pub last_restart: Option<RecordSnap>,
     pub restarts_begun: u64,
@@ -332,6 +335,7 @@ impl Core {
             restart: restart.current.map(|r| RestartSnap::of(&r, now)),
             parked: restart.parked.map(|r| RestartSnap::of(&r, now)),
             rollback_target: self.rollback_target,
+            refill: self.refill,
             pending: restart.pending,
             last_restart: restart.last.as_ref().map(|r| RecordSnap {
                 id: r.id,
@@ -404,6 +408,7 @@ impl Core {
         });
         r.parked = snap.parked.map(|s| s.restart(base));
         core.rollback_target = snap.rollback_target;
+        core.refill = snap.refill;
         let highest = snap.workers.iter().map(|w| w.slot + 1).max().unwrap_or(0);
         let slots = snap.slots.len().max(highest).max(core.target);
         core.slots.resize(slots, Slot::default());

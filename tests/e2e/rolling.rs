@@ -95,6 +95,29 @@ fn a_broken_release_stops_the_rollout_and_the_old_workers_keep_serving() {
         sup.log()
     );
 
+    // An old worker dies while `current` still names the broken release:
+    // its slot gets gen 0 again, from r1 as it was pinned, not a crash loop.
+    let victim = *old.iter().next().unwrap() as i32;
+    // SAFETY: killing a worker of the sup this test started.
+    unsafe { libc::kill(victim, libc::SIGKILL) };
+    let s = sup.wait_stats("the slot refilled from r1", secs(30), |s| {
+        let live: Vec<&WorkerStats> = s.worker_status.iter().filter(|w| w.pid != victim).collect();
+        (live.len() == 3 && live.iter().all(|w| w.state == WorkerPhase::Ready)).then(|| s.clone())
+    });
+    assert!(s.worker_status.iter().all(|w| w.generation == 0), "{}", summary(&s));
+    let r1 = std::fs::canonicalize(dir.join("r1")).unwrap().display().to_string();
+    assert!(
+        s.generations.iter().all(|g| g.release.as_deref() == Some(r1.as_str())),
+        "{:?}",
+        s.generations
+    );
+    assert_eq!(
+        sup.log().matches("release 2 cannot boot").count(),
+        1,
+        "only the rollout's replacement ran r2:\n{}",
+        sup.log()
+    );
+
     point(&dir, &good(&dir, "r3"));
     sup.signal(libc::SIGUSR1);
     sup.wait_restart_complete(RestartKind::Rolling, 2, secs(60));

@@ -160,6 +160,7 @@ fn after_a_failed_rollout_the_rollback_target_is_still_the_release_that_served()
     h.run_checking_capacity(30_000, 2);
     assert_eq!(h.core.restart_record().map(|r| r.outcome), Some(Outcome::Paused));
     assert_eq!(h.core.rollback_target(), Some(0), "gen 1 never served");
+    assert_eq!(h.pins, [(0, 0)], "gen 0's release refills slots meanwhile");
     h.control(Intent::Rollback { pinned: Pinned::Ready }, 31_000);
-    assert_eq!(h.pins, [(3, 0)], "back to gen 0's release");
+    assert_eq!(h.pins, [(0, 0), (3, 0)], "back to gen 0's release");
 }

@@ -279,3 +279,26 @@ fn a_replacement_that_arrives_after_its_rollout_ended_is_stopped() {
     assert_eq!(core.slot(0).map(|s| s.state), Some(SlotState::Running { pid: p(100) }));
     assert_eq!(core.check_invariants(), Ok(()));
 }
+
+#[test]
+fn after_a_failed_rollout_an_old_worker_that_exits_is_refilled_from_the_release_that_serves() {
+    let mut h = ready_harness(2, |_| {});
+    h.send(Event::Intent(Intent::Rolling), 2_000);
+    h.exit(102, ExitStatus::Code(1), 2_100);
+    assert!(matches!(h.outcome(), Some(Outcome::Failed { .. })), "{:?}", h.outcome());
+    assert_eq!(h.pins, [(0, 0)], "gen 0's preparation is pinned for refills");
+    // An old worker crashes: its slot gets gen 0 again, not the broken gen 1.
+    h.exit(101, ExitStatus::Code(3), 5_000);
+    h.tick_until(6_100);
+    assert_eq!(h.gens(), [0, 0], "{:?}", h.logs);
+    assert_eq!(h.core.generation(), 1, "the failed generation is still the newest");
+    // The next rollout rolls out a new generation as usual.
+    h.send(Event::Intent(Intent::Rolling), 7_000);
+    h.run_checking_capacity(60_000, 2);
+    assert_eq!(h.gens(), [2, 2]);
+    // And a crash now refills from it.
+    let pid = h.pids()[0];
+    h.exit(pid, ExitStatus::Code(3), 70_000);
+    h.tick_until(71_100);
+    assert_eq!(h.gens(), [2, 2]);
+}
