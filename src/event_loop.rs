@@ -831,15 +831,15 @@ impl Shell<'_> {
                     .sum();
                 self.pending.push_back(Event::Queued { connections });
             }
-            Action::ProbeSlotQueues => {
+            Action::ProbeSlotQueues { pids } => {
                 let depths = self.ctx.slot_sockets.depths();
-                self.pending.push_back(Event::SlotQueues { depths });
+                let held = pids
+                    .into_iter()
+                    .filter_map(|pid| Some((pid, procfs::socket_inodes(pid).ok()?)))
+                    .collect();
+                self.pending.push_back(Event::SlotQueues { depths, held });
             }
             Action::Steer { slots } => self.ctx.slot_sockets.steer(&slots),
-            Action::SlotSockets { count } => {
-                self.ctx.slot_sockets.retain(count);
-                self.store_slot_sockets();
-            }
             Action::SampleMemory => {
                 let groups: Vec<Pgid> = self.core.workers().iter().map(|w| Pgid::led_by(w.pid)).collect();
                 let samples = procfs::pss_by_group(&groups)

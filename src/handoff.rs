@@ -139,10 +139,11 @@ impl HandedSlots {
                         })
                     }
                 });
-            match checked.and_then(|()| own(fd)) {
+            // `own` closes the fd itself when it fails.
+            let taken = checked.inspect_err(|_| close(fd)).and_then(|()| own(fd));
+            match taken {
                 Ok(o) => owned.push(o),
                 Err(e) => {
-                    close(fd);
                     for rest in fds {
                         close(rest);
                     }

@@ -236,7 +236,7 @@ fn start() -> Result<u8, StartupError> {
         .flat_map(|h| (1..=h.fds.len()).map(|k| slot_sockets::store_name(&h.name, k)))
         .collect();
     handed_slots.extend(stored_slots);
-    let slot_sockets = slot_sockets::SlotSockets::new(&sockets, handed_slots);
+    let slot_sockets = slot_sockets::SlotSockets::new(&sockets, handed_slots, config.workers);
     // What systemd kept of per-slot sockets that no bind took any more.
     let kept: Vec<String> = slot_sockets.store_names().into_iter().map(|(n, _)| n).collect();
     unstore.extend(from_store.into_iter().filter(|n| !kept.contains(n)));

@@ -4,19 +4,21 @@
 //! Slot 0's socket is the bind's own (the one in the handoff, the fd store
 //! and `/metrics`); slot k's is bound when slot k's first worker spawns
 //! (with every lower slot's, so that sockets join the kernel's group in
-//! slot order) and closed only when the slot is gone (a scale-down, once
-//! its worker has served its queue and stopped). A worker of slot k gets
-//! slot k's socket at the bind's fd number: applications see nothing new.
+//! slot order) and kept for sup's whole life: after a scale-down it is
+//! steered to by nobody, and the next scale-up reuses it. A worker of slot
+//! k gets slot k's socket at the bind's fd number: applications see
+//! nothing new.
 //!
 //! The kernel picks a listener of the group for each new connection by
 //! running the group's classic BPF program (`SO_ATTACH_REUSEPORT_CBPF`,
 //! unprivileged), which returns an index into the group's socket array:
 //! sup's program draws a random number and maps it onto the indices of
 //! the slots the core steers to ([`SlotSockets::steer`]). The array is the
-//! order in which the sockets began listening; the kernel removes a closed
-//! socket by moving the last one into its place, and this module keeps the
-//! same array (`order`) to know each slot's index. sup closes the highest
-//! slot first, so the others never move.
+//! order in which the sockets began listening (`order` keeps it); the
+//! kernel removes a socket only once its last holder closes it, and then
+//! moves the last one into its place. sup cannot see when that happens (a
+//! retired worker's children, systemd's fd store may hold one), so it never
+//! closes a slot socket while it runs: the array never moves.
 //!
 //! Where the kernel refuses the program (or the bind's socket came without
 //! `SO_REUSEPORT`: from a sup or systemd that bound it shared), that bind
@@ -77,17 +79,6 @@ impl Group {
         Ok(self.count() > before)
     }
 
-    /// Close the sockets of slots `count` and up, the highest first.
-    fn shrink(&mut self, count: usize) {
-        while self.count() > count.max(1) {
-            let slot = self.more.len();
-            drop(self.more.pop());
-            if let Some(i) = self.order.iter().position(|&s| s == slot) {
-                self.order.swap_remove(i);
-            }
-        }
-    }
-
     fn steer(&self, slots: &[usize]) -> std::io::Result<()> {
         let indices: Vec<u32> = slots
             .iter()
@@ -108,7 +99,7 @@ impl SlotSockets {
     /// previous image handed over. A bind whose socket lacks
     /// `SO_REUSEPORT`, or whose kernel refuses the selection program,
     /// stays shared (said once, here).
-    pub fn new(sockets: &[BoundSocket], handed: Vec<HandedSlots>) -> SlotSockets {
+    pub fn new(sockets: &[BoundSocket], handed: Vec<HandedSlots>, workers: usize) -> SlotSockets {
         let mut groups = Vec::new();
         let mut handed = handed;
         for (bind, s) in sockets.iter().enumerate() {
@@ -139,6 +130,9 @@ impl SlotSockets {
                      passed in by systemd or by a sup that shared it); this bind stays shared until a full restart",
                     s.local
                 );
+                if let Some(h) = from_before {
+                    h.close();
+                }
                 continue;
             }
             let mut group = Group {
@@ -151,20 +145,34 @@ impl SlotSockets {
                 more: Vec::new(),
                 order: vec![0],
             };
+            let mut adopted = false;
             if let Some(h) = from_before {
                 match h.adopt(&local) {
                     Ok((more, order)) => {
                         log::info!("{}: adopted {} per-slot socket(s)", s.local, more.len() + 1);
                         group.more = more;
                         group.order = order;
+                        adopted = true;
                     }
                     Err(why) => log::error!("{}: not adopting the per-slot sockets: {why}", s.local),
                 }
             }
-            if let Err(e) = group.steer(&[]) {
+            // An adopted group keeps the program the previous sup attached
+            // (it belongs to the group) until the core steers. A new one is
+            // tried here, with every slot's socket bound at once: a kernel
+            // that refuses the program, or a slot socket that cannot join
+            // (the bind's socket belongs to another user, as with a systemd
+            // .socket unit), leaves the bind shared.
+            let ready = if adopted {
+                Ok(())
+            } else {
+                group
+                    .steer(&[])
+                    .and_then(|()| group.grow(workers.saturating_sub(1)).map(drop))
+            };
+            if let Err(e) = ready {
                 log::warn!(
-                    "{}: the kernel refuses a reuseport selection program ({}); --balance reuseport falls back to \
-                     one shared socket for this bind",
+                    "{}: --balance reuseport cannot work here ({}); this bind falls back to one shared socket",
                     s.local,
                     crate::files::os_error(&e)
                 );
@@ -221,13 +229,6 @@ impl SlotSockets {
                     crate::files::os_error(&e)
                 );
             }
-        }
-    }
-
-    /// Close the sockets of slots `count` and up.
-    pub fn retain(&mut self, count: usize) {
-        for g in &mut self.groups {
-            g.shrink(count);
         }
     }
 
@@ -390,7 +391,7 @@ mod tests {
 
     fn reuseport(workers: usize) -> (Vec<BoundSocket>, SlotSockets, SocketAddr) {
         let (sockets, addr) = bound();
-        let mut slots = SlotSockets::new(&sockets, Vec::new());
+        let mut slots = SlotSockets::new(&sockets, Vec::new(), 1);
         assert!(slots.any());
         slots.fds_for(workers - 1, &sockets).unwrap();
         (sockets, slots, addr)
@@ -435,24 +436,23 @@ mod tests {
     }
 
     #[test]
-    fn closing_the_highest_slots_keeps_the_others_in_place() {
+    fn a_slot_socket_is_kept_for_the_next_worker_of_the_slot() {
         let (sockets, mut slots, addr) = reuseport(4);
-        slots.retain(2);
-        assert_eq!(slots.depths().len(), 2);
-        slots.steer(&[1]);
-        let _held = connect(addr, 5);
-        assert_eq!(slots.depths(), vec![0, 5]);
-        // Growing again binds new sockets for slots 2 and 3.
-        slots.fds_for(3, &sockets).unwrap();
+        let before = slots.fds_for(3, &sockets).unwrap();
+        // Scaled down to 2, then up again: the same socket, the same index.
+        slots.steer(&[0, 1]);
+        let _held = connect(addr, 6);
+        assert_eq!(slots.depths()[2..], [0, 0]);
+        assert_eq!(slots.fds_for(3, &sockets).unwrap(), before);
         slots.steer(&[3]);
         let _more = connect(addr, 3);
-        assert_eq!(slots.depths(), vec![0, 5, 0, 3]);
+        assert_eq!(slots.depths()[3], 3);
     }
 
     #[test]
     fn a_slot_steered_to_before_its_socket_existed_gets_its_share_once_bound() {
         let (sockets, addr) = bound();
-        let mut slots = SlotSockets::new(&sockets, Vec::new());
+        let mut slots = SlotSockets::new(&sockets, Vec::new(), 1);
         slots.steer(&[0, 1, 2]);
         slots.fds_for(2, &sockets).unwrap();
         let _held = connect(addr, 90);
@@ -470,10 +470,10 @@ mod tests {
     #[test]
     fn a_shared_socket_stays_shared() {
         let mut sockets = crate::sockets::bind_all(&[BindSpec::parse("127.0.0.1:0").unwrap()]).unwrap();
-        assert!(!SlotSockets::new(&sockets, Vec::new()).any());
+        assert!(!SlotSockets::new(&sockets, Vec::new(), 1).any());
         // Asked for, but the socket came without SO_REUSEPORT (systemd, or
         // a sup that shared it): it stays shared.
         sockets[0].spec.balance = Some(crate::bind::Balance::Reuseport);
-        assert!(!SlotSockets::new(&sockets, Vec::new()).any());
+        assert!(!SlotSockets::new(&sockets, Vec::new(), 1).any());
     }
 }

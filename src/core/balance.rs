@@ -1,8 +1,8 @@
 //! Per-slot sockets (`--balance reuseport`): which slots new connections
-//! are steered to, which slot sockets are still needed, the retirement of a
-//! slot at a scale-down (its queue drained through its own worker before
-//! the worker stops), and `--stall-timeout` (a worker whose own queue does
-//! not shrink is hung). The shell holds the sockets and reads the queues;
+//! are steered to, the retirement of a slot at a scale-down (its queue
+//! drained through its own worker before the worker stops; the socket
+//! stays, steered to by nobody), and `--stall-timeout` (a worker whose own
+//! queue does not shrink is hung). The shell holds the sockets and reads the queues;
 //! the core decides from what it reads ([`Event::SlotQueues`]).
 //!
 //! Steering: a slot gets new connections while its worker is ready and
@@ -39,8 +39,6 @@ pub(super) const RETIRE_PROBE: Duration = Duration::from_millis(10);
 pub(super) struct Balancing {
     /// The slots the shell was last told to steer to.
     pub(super) steered: Option<Vec<usize>>,
-    /// The slot-socket count last announced.
-    pub(super) sockets: Option<usize>,
     /// Workers of removed slots that keep serving what their slot's queue
     /// holds (no new connection reaches it), and when they are stopped
     /// anyway.
@@ -66,7 +64,7 @@ pub(super) const SERVED_ENOUGH: Duration = Duration::from_secs(1);
 pub(super) const QUICK_EXITS: u32 = 4;
 
 /// What the stall rule knows of one slot's serving worker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Watch {
     pub(super) pid: Pid,
     /// The depth last read.
@@ -78,6 +76,9 @@ pub(super) struct Watch {
     pub(super) away: bool,
     /// Found hung; its replacement is under way.
     pub(super) hung: bool,
+    /// The sockets the worker held at the last look (asked for while its
+    /// queue is stuck): a new one is a connection it accepted.
+    pub(super) held: Option<Vec<u64>>,
 }
 
 impl Core {
@@ -112,9 +113,8 @@ impl Core {
         }
     }
 
-    /// After every event: tell the shell where to steer and how many slot
-    /// sockets are needed, when either changed; arm the next look at the
-    /// queues.
+    /// After every event: tell the shell where to steer when that changed;
+    /// arm the next look at the queues.
     pub(super) fn balance(&mut self, now: Instant, out: &mut Vec<Action>) {
         if !self.settings.balance || self.exited {
             return;
@@ -123,16 +123,6 @@ impl Core {
         if self.balancing.steered.as_ref() != Some(&slots) {
             out.push(Action::Steer { slots: slots.clone() });
             self.balancing.steered = Some(slots);
-        }
-        let highest = self.workers.iter().map(|w| w.slot + 1).max().unwrap_or(0);
-        let count = self.target.max(highest);
-        if self.balancing.sockets != Some(count) {
-            // Only closing needs saying: the shell opens a slot's socket
-            // when its first worker spawns.
-            if self.balancing.sockets.is_some_and(|c| c > count) {
-                out.push(Action::SlotSockets { count });
-            }
-            self.balancing.sockets = Some(count);
         }
         let watching = self.settings.stall_timeout.is_some() && self.started && self.stopping.is_none();
         let wanted = watching || !self.balancing.retiring.is_empty();
@@ -153,11 +143,19 @@ impl Core {
         })
     }
 
-    /// Its timer: read the queues.
+    /// Its timer: read the queues, and what the workers whose queue is
+    /// stuck hold.
     pub(super) fn probe_slot_queues(&mut self, out: &mut Vec<Action>) {
         self.balancing.next_probe = None;
         self.balancing.probing = true;
-        out.push(Action::ProbeSlotQueues);
+        let pids = self
+            .balancing
+            .watch
+            .values()
+            .filter(|w| w.stuck_since.is_some() && !w.hung)
+            .map(|w| w.pid)
+            .collect();
+        out.push(Action::ProbeSlotQueues { pids });
     }
 
     /// Scale-down with per-slot sockets: the workers of removed slots are
@@ -226,12 +224,18 @@ impl Core {
         let served = now.saturating_duration_since(ready_since) >= SERVED_ENOUGH;
         if self.settings.balance && slot < self.target && (served || failures <= QUICK_EXITS) {
             self.balancing.stranded.push(slot);
-            out.push(Action::ProbeSlotQueues);
+            out.push(Action::ProbeSlotQueues { pids: Vec::new() });
         }
     }
 
     /// The answer to a look at the queues.
-    pub(super) fn on_slot_queues(&mut self, depths: Vec<u32>, now: Instant, out: &mut Vec<Action>) {
+    pub(super) fn on_slot_queues(
+        &mut self,
+        depths: Vec<u32>,
+        held: &[(Pid, Vec<u64>)],
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
         self.balancing.probing = false;
         let depth = |k: usize| depths.get(k).copied().unwrap_or(0);
         for k in std::mem::take(&mut self.balancing.stranded) {
@@ -261,12 +265,21 @@ impl Core {
         if let Some(timeout) = self.settings.stall_timeout
             && self.stopping.is_none()
         {
-            self.watch_stalls(&depths, timeout, now, out);
+            self.watch_stalls(&depths, held, timeout, now, out);
         }
         self.balancing.depths = depths;
     }
 
-    fn watch_stalls(&mut self, depths: &[u32], timeout: Duration, now: Instant, out: &mut Vec<Action>) {
+    fn watch_stalls(
+        &mut self,
+        depths: &[u32],
+        held: &[(Pid, Vec<u64>)],
+        timeout: Duration,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let target = self.target;
+        self.balancing.watch.retain(|&k, _| k < target);
         for k in 0..self.target {
             let Some(pid) = self.serving_pid(k) else {
                 // A hung worker stays steered away from until its
@@ -283,17 +296,36 @@ impl Core {
                 stuck_since: None,
                 away: false,
                 hung: false,
+                held: None,
             };
-            let w = self.balancing.watch.entry(k).or_insert(fresh);
+            let w = self.balancing.watch.entry(k).or_insert_with(|| fresh.clone());
             if w.pid != pid {
+                *w = fresh.clone();
+            }
+            // A hung worker whose replacement failed to start (the slot is
+            // its alone again) is watched afresh, and tried again.
+            let alone = matches!(self.slots[k].state, SlotState::Running { .. });
+            if w.hung && alone {
                 *w = fresh;
             }
             if w.hung {
                 continue;
             }
-            if depth == 0 || depth < w.depth {
+            // Progress: the queue shrank, or the worker holds a socket it did
+            // not hold at the last look (it accepted a connection; under
+            // overload a full queue refills as fast as it is served).
+            let now_held = held.iter().find(|(p, _)| *p == pid).map(|(_, h)| h);
+            let accepted = match (&w.held, now_held) {
+                (Some(before), Some(now_held)) => now_held.iter().any(|i| !before.contains(i)),
+                _ => false,
+            };
+            if let Some(h) = now_held {
+                w.held = Some(h.clone());
+            }
+            if depth == 0 || depth < w.depth || accepted {
                 w.stuck_since = None;
                 w.away = false;
+                w.held = None;
             } else if w.stuck_since.is_none() {
                 w.stuck_since = Some(now);
             }

@@ -393,7 +393,7 @@ impl Core {
             }
             Event::GroupEmpty { pgid } => self.on_group_empty(pgid, &mut out),
             Event::Queued { connections } => self.on_queued(connections, now, &mut out),
-            Event::SlotQueues { depths } => self.on_slot_queues(depths, now, &mut out),
+            Event::SlotQueues { depths, held } => self.on_slot_queues(depths, &held, now, &mut out),
             Event::Memory { samples } => {
                 self.recycling
                     .on_memory(&samples, &self.index, &mut self.workers, &self.settings)
@@ -463,7 +463,10 @@ impl Core {
     /// The generation a slot is filled with outside a rollout: the current
     /// one, or after a failed rollout the one that still serves.
     fn spawn_generation(&self) -> u64 {
-        self.refill.unwrap_or(self.generation)
+        match self.refill {
+            Some(g) if self.restart.current().is_none() => g,
+            _ => self.generation,
+        }
     }
 
     /// A rollout to `failed` failed: until the next one, slots are refilled

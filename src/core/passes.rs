@@ -198,6 +198,7 @@ impl Core {
             // New workers run the code on disk now, in the next image or in
             // this one if the exec fails.
             self.generation += 1;
+            self.refill = None;
             out.push(Action::ReExec {
                 generation: self.generation,
                 adopt: false,

@@ -160,9 +160,12 @@ pub enum Event {
     },
     /// The answer to [`Action::ProbeSlotQueues`]: with per-slot sockets,
     /// the connections waiting in each slot's own accept queue, by slot
-    /// (all of its binds together).
+    /// (all of its binds together); and for each worker asked about, the
+    /// inodes of the sockets it holds (a new one is a connection it
+    /// accepted).
     SlotQueues {
         depths: Vec<u32>,
+        held: Vec<(Pid, Vec<u64>)>,
     },
     /// The answer to [`Action::SampleMemory`]: (worker pid, bytes).
     Memory {
@@ -246,18 +249,15 @@ pub enum Action {
     /// answer with [`Event::Queued`].
     ProbeQueues,
     /// With per-slot sockets: read each slot's accept queue and answer with
-    /// [`Event::SlotQueues`].
-    ProbeSlotQueues,
+    /// [`Event::SlotQueues`], with the sockets each of `pids` holds.
+    ProbeSlotQueues {
+        pids: Vec<Pid>,
+    },
     /// With per-slot sockets: new connections go only to these slots' sockets
     /// from now on (the reuseport selection program is swapped). Never
     /// empty.
     Steer {
         slots: Vec<usize>,
-    },
-    /// With per-slot sockets: slots from `count` up have no worker left and
-    /// no use: their sockets are closed (the highest first).
-    SlotSockets {
-        count: usize,
     },
     /// Measure every worker's memory (PSS summed over its process group)
     /// and answer with [`Event::Memory`]. Only with `--max-memory`.

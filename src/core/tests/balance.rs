@@ -116,12 +116,11 @@ fn a_scaled_down_slot_serves_its_queue_before_its_worker_stops() {
     h.slot_depths = vec![0, 0, 0];
     h.tick_until(2_200);
     assert_eq!(h.signals, [(102, TERM), (102, SIGCONT)], "its queue is empty: it stops");
-    assert_eq!(h.slot_sockets, None, "its socket stays while the worker runs");
     h.exit(102, ExitStatus::Code(0), 2_300);
     assert_eq!(
-        h.slot_sockets,
-        Some(2),
-        "slot 2's socket is closed once its worker is gone"
+        h.steered.last().unwrap(),
+        &vec![0, 1],
+        "slot 2's socket stays, steered to by nobody"
     );
     assert_eq!(h.core.next_deadline(), None, "idle again: no timer");
 }
@@ -181,4 +180,50 @@ fn a_slot_whose_queue_holds_connections_skips_the_crash_backoff() {
     let spawns = h.spawns;
     h.exit(pid, ExitStatus::Code(0), ms);
     assert_eq!(h.spawns, spawns, "backing off");
+}
+
+#[test]
+fn under_overload_a_full_queue_that_never_shrinks_is_not_a_hang_while_its_worker_accepts() {
+    let mut h = balanced(2, Some(1_000));
+    // Both queues full at every look (the backlog refills as fast as it is
+    // served), but each worker holds a new connection at each look.
+    h.slot_depths = vec![128, 128];
+    let mut ms = 1_000;
+    for round in 0..100u64 {
+        h.held.insert(100, vec![1_000 + round]);
+        h.held.insert(101, vec![5_000 + round]);
+        ms += 100;
+        h.tick_until(ms);
+    }
+    assert_eq!(h.spawns, 2, "nobody replaced: {:?}", h.logs);
+    assert_eq!(h.core.counters().recycled.get(RecycleReason::Stall), 0);
+    // Worker 1 stops accepting (the same socket at every look): hung.
+    h.held.insert(101, vec![9_999]);
+    for round in 0..30u64 {
+        h.held.insert(100, vec![20_000 + round]);
+        ms += 100;
+        h.tick_until(ms);
+        if h.core.counters().recycled.get(RecycleReason::Stall) > 0 {
+            // Its replacement takes the queue.
+            h.slot_depths = vec![128, 0];
+        }
+    }
+    assert_eq!(h.core.counters().recycled.get(RecycleReason::Stall), 1, "{:?}", h.logs);
+    assert!(h.logs.iter().any(|l| l.contains("worker 1 (pid 101, gen 0) is hung")));
+}
+
+#[test]
+fn a_hung_worker_whose_replacement_fails_is_tried_again() {
+    let mut h = balanced(2, Some(1_000));
+    h.slot_depths = vec![0, 3];
+    h.tick_until(2_200);
+    assert_eq!(h.core.counters().recycled.get(RecycleReason::Stall), 1);
+    let replacement = *h.pids().last().unwrap();
+    h.exit(replacement, ExitStatus::Code(1), 2_300);
+    h.tick_until(6_000);
+    assert!(
+        h.core.counters().recycled.get(RecycleReason::Stall) >= 2,
+        "tried again: {:?}",
+        h.logs
+    );
 }

@@ -88,8 +88,8 @@ struct Harness {
     slot_depths: Vec<u32>,
     /// How many looks at the slots' queues there were.
     slot_probes: usize,
-    /// The slot-socket count last asked for.
-    slot_sockets: Option<usize>,
+    /// What sockets a worker holds, by pid (the stall watch asks).
+    held: std::collections::HashMap<i32, Vec<u64>>,
 }
 
 impl Harness {
@@ -172,7 +172,7 @@ impl Harness {
             steered: vec![],
             slot_depths: vec![],
             slot_probes: 0,
-            slot_sockets: None,
+            held: std::collections::HashMap::new(),
         }
     }
 
@@ -232,14 +232,18 @@ impl Harness {
                             connections: self.queued,
                         });
                     }
-                    Action::ProbeSlotQueues => {
+                    Action::ProbeSlotQueues { pids } => {
                         self.slot_probes += 1;
+                        let held = pids
+                            .into_iter()
+                            .map(|p| (p, self.held.get(&p.raw()).cloned().unwrap_or_default()))
+                            .collect();
                         queue.push_back(Event::SlotQueues {
                             depths: self.slot_depths.clone(),
+                            held,
                         });
                     }
                     Action::Steer { slots } => self.steered.push(slots),
-                    Action::SlotSockets { count } => self.slot_sockets = Some(count),
                     Action::SampleMemory => {
                         let samples = self
                             .core

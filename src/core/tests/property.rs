@@ -84,10 +84,11 @@ fn random_run(seed: u64, steps: usize, recycling: bool) {
                     Action::ProbeQueues if rng.below(3) > 0 => queue.push_back(Event::Queued {
                         connections: if rng.below(3) == 0 { 0 } else { 5 },
                     }),
-                    Action::ProbeSlotQueues => {
+                    Action::ProbeSlotQueues { pids } => {
                         let slots = core.workers().iter().map(|w| w.slot + 1).max().unwrap_or(0);
                         let depths = (0..slots.max(core.target())).map(|_| rng.below(3) as u32).collect();
-                        queue.push_back(Event::SlotQueues { depths });
+                        let held = pids.into_iter().map(|p| (p, vec![rng.below(3) as u64])).collect();
+                        queue.push_back(Event::SlotQueues { depths, held });
                     }
                     Action::Steer { slots } => assert!(!slots.is_empty(), "seed {seed}: an empty steering"),
                     Action::SampleMemory => {
