@@ -302,3 +302,28 @@ fn after_a_failed_rollout_an_old_worker_that_exits_is_refilled_from_the_release_
     h.tick_until(71_100);
     assert_eq!(h.gens(), [2, 2]);
 }
+
+#[test]
+fn a_hot_restart_after_a_failed_rollout_starts_the_new_generation_not_the_refill() {
+    let mut h = ready_harness(2, |_| {});
+    h.send(Event::Intent(Intent::Rolling), 2_000);
+    h.exit(102, ExitStatus::Code(1), 2_100);
+    assert!(matches!(h.outcome(), Some(Outcome::Failed { .. })));
+    h.send(Event::Intent(Intent::Hot), 3_000);
+    h.send(Event::HelperSpawned { pid: p(800) }, 3_001);
+    h.exit(800, ExitStatus::Code(0), 3_100);
+    h.exit(100, ExitStatus::Code(0), 3_200);
+    h.exit(101, ExitStatus::Code(0), 3_300);
+    assert_eq!(h.reexec, Some(2));
+    // The new image starts gen 2, and the refill is not carried.
+    let (mut new, _) = h.new_image(3_400, settings(2));
+    new.send(Event::Started, 0);
+    new.tick_until(2_000);
+    assert_eq!(new.gens(), [2, 2], "{:?}", new.logs);
+    assert_eq!(new.outcome(), Some(Outcome::Completed));
+    // A crash now is refilled from gen 2, not from the old refill.
+    let pid = new.pids()[0];
+    new.exit(pid, ExitStatus::Code(3), 20_000);
+    new.tick_until(21_100);
+    assert_eq!(new.gens(), [2, 2]);
+}
