@@ -252,6 +252,32 @@ fn start_with_stored(dir: &TestDir, notify: &str, stored: &[(String, OwnedFd)], 
     Sup::launch(dir, cmd)
 }
 
+/// A stand-in for systemd's notify socket in `dir`: the socket, and its
+/// address for `NOTIFY_SOCKET`.
+fn stand_in_systemd(dir: &TestDir) -> (std::os::unix::net::UnixDatagram, String) {
+    let path = dir.join("systemd.sock");
+    let systemd = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    systemd.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    (systemd, path.display().to_string())
+}
+
+/// The first `n` fds `sup` hands to the fd store (`FDSTORE=1`), by name.
+fn stored_fds(systemd: &std::os::unix::net::UnixDatagram, n: usize, sup: &Sup) -> Vec<(String, OwnedFd)> {
+    let mut stored: Vec<(String, OwnedFd)> = Vec::new();
+    let deadline = Instant::now() + secs(20);
+    while stored.len() < n {
+        assert!(Instant::now() < deadline, "sup stored {stored:?}\n{}", sup.log());
+        if let Some((text, mut fds)) = receive(systemd)
+            && text.starts_with("FDSTORE=1")
+        {
+            let name = text.split("FDNAME=").nth(1).unwrap().trim().to_string();
+            assert_eq!(fds.len(), 1, "{text}");
+            stored.push((name, fds.remove(0)));
+        }
+    }
+    stored
+}
+
 /// Under systemd (a stand-in here: its NOTIFY_SOCKET, and LISTEN_FDS the
 /// way it passes stored fds back), sup hands its listener and control
 /// socket to the fd store; after a `kill -9` of sup, the next sup takes
@@ -260,10 +286,7 @@ fn start_with_stored(dir: &TestDir, notify: &str, stored: &[(String, OwnedFd)], 
 #[test]
 fn the_fd_store_keeps_the_listeners_across_a_crash_of_sup() {
     let dir = TestDir::new();
-    let notify_path = dir.join("systemd.sock");
-    let systemd = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
-    systemd.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-    let notify = notify_path.display().to_string();
+    let (systemd, notify) = stand_in_systemd(&dir);
     let sock = dir.join("c.sock");
     let control = format!("unix:{}", sock.display());
     let args = [
@@ -280,18 +303,7 @@ fn the_fd_store_keeps_the_listeners_across_a_crash_of_sup() {
     let mut cmd = std::process::Command::new(SUP);
     cmd.args(args).env("NOTIFY_SOCKET", &notify);
     let mut first = Sup::launch(&dir, cmd);
-    let mut stored: Vec<(String, OwnedFd)> = Vec::new();
-    let deadline = Instant::now() + secs(20);
-    while stored.len() < 2 {
-        assert!(Instant::now() < deadline, "sup stored {stored:?}\n{}", first.log());
-        if let Some((text, mut fds)) = receive(&systemd)
-            && text.starts_with("FDSTORE=1")
-        {
-            let name = text.split("FDNAME=").nth(1).unwrap().trim().to_string();
-            assert_eq!(fds.len(), 1, "{text}");
-            stored.push((name, fds.remove(0)));
-        }
-    }
+    let stored = stored_fds(&systemd, 2, &first);
     let names: Vec<&str> = stored.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["web", "sup-control"]);
     let addr = first.tcp_addr(0);
@@ -328,10 +340,7 @@ fn the_fd_store_keeps_the_listeners_across_a_crash_of_sup() {
 #[test]
 fn the_fd_store_keeps_every_slot_socket_across_a_crash_of_sup() {
     let dir = TestDir::new();
-    let notify_path = dir.join("systemd.sock");
-    let systemd = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
-    systemd.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-    let notify = notify_path.display().to_string();
+    let (systemd, notify) = stand_in_systemd(&dir);
     let sock = dir.join("c.sock");
     let control = format!("unix:{}", sock.display());
     let args = [
@@ -350,17 +359,7 @@ fn the_fd_store_keeps_every_slot_socket_across_a_crash_of_sup() {
     let mut cmd = std::process::Command::new(SUP);
     cmd.args(args).env("NOTIFY_SOCKET", &notify);
     let mut first = Sup::launch(&dir, cmd);
-    let mut stored: Vec<(String, OwnedFd)> = Vec::new();
-    let deadline = Instant::now() + secs(20);
-    while stored.len() < 4 {
-        assert!(Instant::now() < deadline, "sup stored {stored:?}\n{}", first.log());
-        if let Some((text, mut fds)) = receive(&systemd)
-            && text.starts_with("FDSTORE=1")
-        {
-            let name = text.split("FDNAME=").nth(1).unwrap().trim().to_string();
-            stored.push((name, fds.remove(0)));
-        }
-    }
+    let stored = stored_fds(&systemd, 4, &first);
     let mut names: Vec<&str> = stored.iter().map(|(n, _)| n.as_str()).collect();
     names.sort_unstable();
     assert_eq!(names, ["sup-control", "web", "web.slot1", "web.slot2"]);
