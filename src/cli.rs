@@ -112,10 +112,11 @@ pub struct Cli {
     /// accepted for DURATION
     ///
     /// sup reads each slot's accept queue from the kernel. A slot whose queue has not shrunk
-    /// for half of DURATION gets no new connections; if it still has not at DURATION, its worker
-    /// is hung: it is replaced make-before-break (with --dump-signal first, if set), and the
-    /// replacement serves what is queued. A worker that keeps accepting, however busy, is never
-    /// replaced. Off by default.
+    /// for half of DURATION gets no new connections; if at DURATION it still has not, and the
+    /// worker holds no connection it did not hold before (it accepted none), the worker is hung:
+    /// it is replaced make-before-break (with --dump-signal first, if set), and the replacement
+    /// serves what is queued. A worker that keeps accepting, however busy, is never replaced.
+    /// Off by default.
     #[arg(long, value_name = "DURATION", env = "SUP_STALL_TIMEOUT")]
     pub stall_timeout: Option<String>,
 

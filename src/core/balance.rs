@@ -13,11 +13,12 @@
 //! store keeps across a restart.
 //!
 //! The stall rule: a slot's queue that holds connections and has not
-//! shrunk for half the timeout is steered away from (so that an accept
-//! shows as a shrink, not hidden by arrivals); if it still has not shrunk
-//! at the full timeout, the worker is hung. A busy worker that keeps
-//! accepting shrinks its queue as soon as nothing new arrives, so it is
-//! steered back and never replaced.
+//! shrunk for half the timeout is steered away from; at the full timeout,
+//! if it still has not shrunk and its worker holds no socket it did not
+//! hold at the last look (the shell lists them while the queue is stuck),
+//! the worker is hung. The sockets are what tell an overloaded worker from
+//! a hung one: a full backlog refills from pending handshakes as fast as
+//! it is served, so its depth never shrinks while the worker accepts.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
