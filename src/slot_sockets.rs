@@ -2,10 +2,10 @@
 //! on the bind's address, held by sup.
 //!
 //! Slot 0's socket is the bind's own (the one in the handoff, the fd store
-//! and `/metrics`); slot k's is bound when slot k's first worker spawns
-//! (with every lower slot's, so that sockets join the kernel's group in
-//! slot order) and kept for sup's whole life: after a scale-down it is
-//! steered to by nobody, and the next scale-up reuses it. A worker of slot
+//! and `/metrics`); the others are bound at start, in slot order (so that
+//! they join the kernel's group in that order), and at a scale-up when a
+//! new slot's first worker spawns. Each is kept for sup's whole life: after
+//! a scale-down it is steered to by nobody, and the next scale-up reuses it. A worker of slot
 //! k gets slot k's socket at the bind's fd number: applications see
 //! nothing new.
 //!
