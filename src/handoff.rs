@@ -95,8 +95,6 @@ pub struct HandedSlots {
     pub name: String,
     /// Slot k's socket at `fds[k - 1]`.
     pub fds: Vec<RawFd>,
-    /// The kernel's reuseport array, as slots.
-    pub order: Vec<usize>,
 }
 
 impl HandedSlots {
@@ -107,18 +105,9 @@ impl HandedSlots {
         }
     }
 
-    /// Take them after checking that each is a TCP listener on `local`
-    /// and that the order names exactly their slots; on any failure every
-    /// one is closed.
-    pub fn adopt(self, local: &std::net::SocketAddr) -> Result<(Vec<OwnedFd>, Vec<usize>), FdError> {
-        let mut order = self.order.clone();
-        order.sort_unstable();
-        if order != (0..=self.fds.len()).collect::<Vec<_>>() {
-            self.close();
-            return Err(FdError::SlotOrder {
-                addr: local.to_string(),
-            });
-        }
+    /// Take them after checking that each is a TCP listener on `local`; on
+    /// any failure every one is closed.
+    pub fn adopt(self, local: &std::net::SocketAddr) -> Result<Vec<OwnedFd>, FdError> {
         let mut owned = Vec::new();
         let mut fds = self.fds.into_iter();
         for fd in fds.by_ref() {
@@ -151,7 +140,7 @@ impl HandedSlots {
                 }
             }
         }
-        Ok((owned, self.order))
+        Ok(owned)
     }
 }
 
@@ -418,8 +407,6 @@ pub enum FdError {
     Unsupported { fd: RawFd },
     #[error("fd {fd} is not bound to {addr}")]
     NotBound { fd: RawFd, addr: String },
-    #[error("the per-slot sockets of {addr} came with a slot order that does not name each once")]
-    SlotOrder { addr: String },
     #[error("fd {fd}: {source}")]
     Os {
         fd: RawFd,

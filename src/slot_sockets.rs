@@ -14,11 +14,12 @@
 //! unprivileged), which returns an index into the group's socket array:
 //! sup's program draws a random number and maps it onto the indices of
 //! the slots the core steers to ([`SlotSockets::steer`]). The array is the
-//! order in which the sockets began listening (`order` keeps it); the
-//! kernel removes a socket only once its last holder closes it, and then
-//! moves the last one into its place. sup cannot see when that happens (a
-//! retired worker's children, systemd's fd store may hold one), so it never
-//! closes a slot socket while it runs: the array never moves.
+//! order in which the sockets began listening, which is slot order, so slot
+//! k is index k. The kernel removes a socket only once its last holder
+//! closes it, and then moves the last one into its place; sup cannot see
+//! when that happens (a retired worker's children, systemd's fd store may
+//! hold one), so it never closes a slot socket while it runs: the array
+//! never moves.
 //!
 //! Where the kernel refuses the program (or the bind's socket came without
 //! `SO_REUSEPORT`: from a sup or systemd that bound it shared), that bind
@@ -50,10 +51,8 @@ struct Group {
     base: RawFd,
     backlog: i32,
     ipv6only: bool,
-    /// Slot k's socket at `more[k - 1]`.
+    /// Slot k's socket at `more[k - 1]` (and at index k of the kernel's array).
     more: Vec<OwnedFd>,
-    /// The kernel's array: `order[i]` is the slot whose socket is at index i.
-    order: Vec<usize>,
 }
 
 impl Group {
@@ -73,20 +72,16 @@ impl Group {
         let before = self.count();
         while self.count() <= slot {
             let fd = crate::sockets::bind_reuseport(&self.local, self.backlog, self.ipv6only)?;
-            self.order.push(self.count());
             self.more.push(fd);
         }
         Ok(self.count() > before)
     }
 
     fn steer(&self, slots: &[usize]) -> std::io::Result<()> {
-        let indices: Vec<u32> = slots
-            .iter()
-            .filter_map(|s| self.order.iter().position(|o| o == s))
-            .map(|i| i as u32)
-            .collect();
+        let count = self.count();
+        let indices: Vec<u32> = slots.iter().filter(|&&k| k < count).map(|&k| k as u32).collect();
         let indices = if indices.is_empty() {
-            (0..self.order.len() as u32).collect()
+            (0..count as u32).collect()
         } else {
             indices
         };
@@ -143,15 +138,13 @@ impl SlotSockets {
                 backlog: s.spec.backlog.unwrap_or_else(crate::sockets::default_backlog),
                 ipv6only: s.spec.ipv6only,
                 more: Vec::new(),
-                order: vec![0],
             };
             let mut adopted = false;
             if let Some(h) = from_before {
                 match h.adopt(&local) {
-                    Ok((more, order)) => {
+                    Ok(more) => {
                         log::info!("{}: adopted {} per-slot socket(s)", s.local, more.len() + 1);
                         group.more = more;
-                        group.order = order;
                         adopted = true;
                     }
                     Err(why) => log::error!("{}: not adopting the per-slot sockets: {why}", s.local),
@@ -289,7 +282,6 @@ impl SlotSockets {
             .map(|g| HandedSlots {
                 name: g.name.clone(),
                 fds: g.more.iter().map(AsRawFd::as_raw_fd).collect(),
-                order: g.order.clone(),
             })
             .collect()
     }
@@ -302,8 +294,7 @@ pub fn store_name(name: &str, slot: usize) -> String {
 
 /// Split the per-slot sockets systemd passed back (`NAME.slotK`, K ≥ 1) off
 /// the activated sockets, by bind name, as the next image would get them in
-/// a handoff: slots 1.. in order (sup closes the highest first, so the
-/// kernel's order is the slots' own). A slot missing from the run ends it:
+/// a handoff: slots 1.. in order. A slot missing from the run ends it:
 /// the sockets past the gap are closed and their names returned, to be
 /// removed from the store.
 pub fn from_store(activated: &mut Vec<crate::sockets::Activated>) -> (Vec<HandedSlots>, Vec<String>) {
@@ -333,8 +324,7 @@ pub fn from_store(activated: &mut Vec<crate::sockets::Activated>) -> (Vec<Handed
                 dropped.push(store_name(&name, k));
             }
         }
-        let order = (0..=fds.len()).collect();
-        handed.push(HandedSlots { name, fds, order });
+        handed.push(HandedSlots { name, fds });
     }
     (handed, dropped)
 }

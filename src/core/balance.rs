@@ -50,8 +50,6 @@ pub(super) struct Balancing {
     pub(super) next_probe: Option<Instant>,
     /// A look at the queues is out: its answer has not come.
     pub(super) probing: bool,
-    /// The queue depths last read, by slot.
-    pub(super) depths: Vec<u32>,
     /// Slots whose serving worker exited: refilled at once, backoff or
     /// not, if their queue holds connections.
     pub(super) stranded: Vec<usize>,
@@ -268,7 +266,6 @@ impl Core {
         {
             self.watch_stalls(&depths, held, timeout, now, out);
         }
-        self.balancing.depths = depths;
     }
 
     fn watch_stalls(
