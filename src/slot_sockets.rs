@@ -228,16 +228,12 @@ impl SlotSockets {
     /// Each slot's queued connections, all binds together, by slot.
     pub fn depths(&self) -> Vec<u32> {
         let mut depths = Vec::new();
-        for g in &self.groups {
-            for slot in 0..g.count() {
-                let queued = g
-                    .fd(slot)
-                    .and_then(crate::sockets::tcp_accept_queue)
-                    .map_or(0, |(q, _)| q);
-                if depths.len() <= slot {
-                    depths.resize(slot + 1, 0);
-                }
-                depths[slot] += queued;
+        for (_, per_slot) in self.queues() {
+            if depths.len() < per_slot.len() {
+                depths.resize(per_slot.len(), 0);
+            }
+            for (d, (queued, _)) in depths.iter_mut().zip(per_slot) {
+                *d += queued;
             }
         }
         depths
